@@ -1,0 +1,267 @@
+//! One opaque error type for the whole engine.
+//!
+//! Callers branch on [`Error::kind`] or on the predicates (`is_timeout`, `is_closed`, ...),
+//! never on message text. When the broker closed a channel or the connection, the error
+//! carries its reply code and text, so a log line says exactly what the broker said.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, broadly. New kinds may be added, so match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The socket failed (connect refused, reset, unexpected EOF).
+    Io,
+    /// The TLS handshake or TLS configuration failed (bad certificate, unknown CA, bad PEM).
+    Tls,
+    /// An operation did not complete before its deadline.
+    Timeout,
+    /// The broker refused the credentials (wrong user or password, or certificate login).
+    AuthFailure,
+    /// The broker refused access (vhost, or a resource the user has no permission for).
+    AccessRefused,
+    /// The named entity (queue, exchange) does not exist (reply code 404).
+    NotFound,
+    /// A precondition failed, e.g. redeclaring a queue with other arguments (reply code 406).
+    PreconditionFailed,
+    /// The resource is locked, e.g. an exclusive queue of another connection (reply code 405).
+    ResourceLocked,
+    /// The broker closed the channel with some other reply code.
+    ChannelClosed,
+    /// The connection is closed: by the broker, by us, or because the socket failed.
+    ConnectionClosed,
+    /// No heartbeat or other traffic came from the broker within two heartbeat intervals.
+    MissedHeartbeat,
+    /// The peer sent bytes that are not valid AMQP 0-9-1, or a frame out of place.
+    Protocol,
+    /// A frame larger than the negotiated `frame_max`, or a body over the configured limit.
+    FrameTooLarge,
+    /// A caller passed a value the protocol cannot carry (a name over 255 bytes, ...).
+    InvalidArgument,
+    /// Bad configuration: an unparsable URI, a missing certificate file, ...
+    Config,
+    /// Every channel id up to `channel_max` is in use.
+    ChannelLimit,
+    /// A consumer's delivery buffer overflowed (the consumer has no prefetch limit and
+    /// the application does not keep up).
+    ConsumerOverflow,
+    /// A delivery was acknowledged on a channel that has since closed: the broker has
+    /// already requeued it, and acking it elsewhere would ack some other message.
+    StaleDelivery,
+    /// The broker cancelled the consumer (the queue was deleted, or a node failed).
+    ConsumerCancelled,
+}
+
+/// The engine's error: a kind, a message, and the broker's reply code and text when the
+/// broker closed something.
+///
+/// Cheap to clone (one `Arc`), so a single close reason can fail many waiting calls.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    reply_code: Option<u16>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                reply_code: None,
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                reply_code: None,
+                source: Some(Box::new(source)),
+            }),
+        }
+    }
+
+    /// An error from a `channel.close` or `connection.close` the broker sent.
+    pub(crate) fn from_reply(code: u16, text: &str, on_channel: bool, during_login: bool) -> Self {
+        let kind = match code {
+            403 if during_login => ErrorKind::AuthFailure,
+            403 | 530 => ErrorKind::AccessRefused,
+            404 => ErrorKind::NotFound,
+            405 => ErrorKind::ResourceLocked,
+            406 => ErrorKind::PreconditionFailed,
+            _ if on_channel => ErrorKind::ChannelClosed,
+            _ => ErrorKind::ConnectionClosed,
+        };
+        let scope = if on_channel { "channel" } else { "connection" };
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: format!("broker closed the {scope}: {code} {text}"),
+                reply_code: Some(code),
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn io(context: &str, err: std::io::Error) -> Self {
+        let kind = if err.kind() == std::io::ErrorKind::TimedOut {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Io
+        };
+        Self::with_source(kind, format!("{context}: {err}"), err)
+    }
+
+    pub(crate) fn timeout(what: &str, after: std::time::Duration) -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            format!("{what} did not complete within {after:?}"),
+        )
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Protocol, message)
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The reply code the broker sent when it closed the channel or connection, if it did.
+    pub fn reply_code(&self) -> Option<u16> {
+        self.inner.reply_code
+    }
+
+    /// The human-readable message (for a broker close, it includes the reply text).
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// The broker refused our credentials.
+    pub fn is_auth_failure(&self) -> bool {
+        self.kind() == ErrorKind::AuthFailure
+    }
+
+    /// The broker refused access to a vhost or resource.
+    pub fn is_access_refused(&self) -> bool {
+        self.kind() == ErrorKind::AccessRefused
+    }
+
+    /// A precondition failed (reply code 406), e.g. inequivalent queue arguments.
+    pub fn is_precondition_failed(&self) -> bool {
+        self.kind() == ErrorKind::PreconditionFailed
+    }
+
+    /// The entity does not exist (reply code 404).
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == ErrorKind::NotFound
+    }
+
+    /// The operation hit its deadline.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// The channel or connection this operation needed is closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::ConnectionClosed
+                | ErrorKind::ChannelClosed
+                | ErrorKind::Io
+                | ErrorKind::MissedHeartbeat
+                | ErrorKind::StaleDelivery
+        ) || self.inner.reply_code.is_some()
+    }
+
+    /// Whether a new connection (or channel) may succeed where this one failed.
+    ///
+    /// Network failures, timeouts, broker shutdowns and channel-level errors are
+    /// recoverable; wrong credentials, refused access, bad configuration and invalid
+    /// arguments are not: retrying them only hammers the broker.
+    pub fn is_recoverable(&self) -> bool {
+        match self.kind() {
+            ErrorKind::AuthFailure
+            | ErrorKind::AccessRefused
+            | ErrorKind::Config
+            | ErrorKind::InvalidArgument
+            | ErrorKind::Tls
+            | ErrorKind::FrameTooLarge => false,
+            ErrorKind::Protocol => false,
+            _ => true,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(code) = self.inner.reply_code {
+            d.field("reply_code", &code);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_codes_map_to_kinds() {
+        assert!(
+            Error::from_reply(406, "PRECONDITION_FAILED", true, false).is_precondition_failed()
+        );
+        assert!(Error::from_reply(404, "NOT_FOUND", true, false).is_not_found());
+        assert!(Error::from_reply(403, "ACCESS_REFUSED", false, true).is_auth_failure());
+        assert!(Error::from_reply(530, "NOT_ALLOWED", false, false).is_access_refused());
+        let forced = Error::from_reply(320, "CONNECTION_FORCED", false, false);
+        assert_eq!(forced.kind(), ErrorKind::ConnectionClosed);
+        assert!(forced.is_recoverable());
+        assert_eq!(forced.reply_code(), Some(320));
+        assert!(!Error::from_reply(403, "x", false, true).is_recoverable());
+    }
+}

@@ -1,0 +1,405 @@
+//! How to reach a broker: address, credentials, TLS, and the limits we negotiate.
+//!
+//! Options come from an AMQP URI (`amqp://user:pass@host:port/vhost?heartbeat=10`), from
+//! setters, or both (a URI, then setters to override). The password is kept out of every
+//! `Debug` print and error message.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use amq_protocol::uri::{AMQPScheme, AMQPUri, SASLMechanism};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Heartbeat interval we propose, in seconds (the broker's, if smaller and non-zero, wins).
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 30;
+/// Largest frame we propose, in bytes (the smaller of ours and the broker's wins).
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// Most channels we propose per connection.
+pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
+/// How long TCP connect, TLS and the AMQP handshake together may take.
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long any other operation that waits for the broker may take.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest message body accepted in either direction (RabbitMQ's default `max_message_size`).
+pub const DEFAULT_MAX_BODY_SIZE: usize = 128 * 1024 * 1024;
+/// Bytes queued for the socket beyond which publishers wait (bounded write buffer).
+pub const DEFAULT_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// How we log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuthMechanism {
+    /// User name and password.
+    #[default]
+    Plain,
+    /// The TLS client certificate identifies us (RabbitMQ's `rabbitmq_auth_mechanism_ssl`).
+    External,
+}
+
+/// TLS settings for `amqps`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM file with the CA certificates to trust; the system's roots when unset.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with our certificate chain, for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with our private key, for mutual TLS.
+    pub key_file: Option<PathBuf>,
+    /// The name to verify the server's certificate against; the host when unset.
+    pub server_name: Option<String>,
+}
+
+/// A password that never prints.
+#[derive(Clone, Default)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Everything needed to open one connection. Build with [`ConnectionOptions::from_uri`] or
+/// [`ConnectionOptions::new`] and the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use lepus_amqp::ConnectionOptions;
+///
+/// let opts = ConnectionOptions::from_uri("amqp://app:s3cret@127.0.0.1:5672/orders?heartbeat=10")?
+///     .connection_name("billing")
+///     .operation_timeout(Duration::from_secs(5));
+/// assert_eq!(opts.vhost(), "orders");
+/// assert!(!format!("{opts:?}").contains("s3cret"));
+/// # Ok::<(), lepus_amqp::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConnectionOptions {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) vhost: String,
+    pub(crate) username: String,
+    pub(crate) password: Secret,
+    pub(crate) auth: AuthMechanism,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) heartbeat: u16,
+    pub(crate) frame_max: u32,
+    pub(crate) channel_max: u16,
+    pub(crate) connection_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) max_body_size: usize,
+    pub(crate) write_buffer: usize,
+    pub(crate) name: Option<String>,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        Self::new("127.0.0.1", 5672)
+    }
+}
+
+impl ConnectionOptions {
+    /// Plain AMQP to `host:port`, vhost `/`, user `guest`, and the documented defaults.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            vhost: "/".into(),
+            username: "guest".into(),
+            password: Secret("guest".into()),
+            auth: AuthMechanism::Plain,
+            tls: None,
+            heartbeat: DEFAULT_HEARTBEAT_SECS,
+            frame_max: DEFAULT_FRAME_MAX,
+            channel_max: DEFAULT_CHANNEL_MAX,
+            connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            write_buffer: DEFAULT_WRITE_BUFFER,
+            name: None,
+        }
+    }
+
+    /// Parses an AMQP URI: `amqp[s]://[user[:password]@]host[:port][/vhost][?query]`.
+    ///
+    /// Query keys: `heartbeat`, `frame_max`, `channel_max`, `connection_timeout` (ms),
+    /// `auth_mechanism` (`plain` or `external`), and for `amqps` the files `cacertfile`,
+    /// `certfile`, `keyfile` and `server_name_indication`.
+    pub fn from_uri(uri: &str) -> Result<Self> {
+        let parsed = AMQPUri::from_str(uri).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("invalid AMQP URI {}: {e}", redact_uri(uri)),
+            )
+        })?;
+        let mut opts = Self::new(parsed.authority.host, parsed.authority.port);
+        opts.vhost = parsed.vhost;
+        opts.username = parsed.authority.userinfo.username;
+        opts.password = Secret(parsed.authority.userinfo.password);
+        let q = parsed.query;
+        if let Some(h) = q.heartbeat {
+            opts.heartbeat = h;
+        }
+        if let Some(f) = q.frame_max {
+            opts.frame_max = f;
+        }
+        if let Some(c) = q.channel_max {
+            opts.channel_max = c;
+        }
+        if let Some(ms) = q.connection_timeout {
+            opts.connection_timeout = Duration::from_millis(ms);
+        }
+        match q.auth_mechanism {
+            None | Some(SASLMechanism::Plain) => {}
+            Some(SASLMechanism::External) => opts.auth = AuthMechanism::External,
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("auth_mechanism {other} is not supported (use plain or external)"),
+                ));
+            }
+        }
+        if parsed.scheme == AMQPScheme::AMQPS {
+            let mut tls = TlsOptions::default();
+            for (key, value) in query_pairs(uri) {
+                match key.as_str() {
+                    "cacertfile" => tls.ca_file = Some(value.into()),
+                    "certfile" => tls.cert_file = Some(value.into()),
+                    "keyfile" => tls.key_file = Some(value.into()),
+                    "server_name_indication" => tls.server_name = Some(value),
+                    _ => {}
+                }
+            }
+            opts.tls = Some(tls);
+        }
+        Ok(opts)
+    }
+
+    /// The virtual host.
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// The host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `host:port`, for logs and metrics.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Sets the virtual host.
+    pub fn with_vhost(mut self, vhost: impl Into<String>) -> Self {
+        self.vhost = vhost.into();
+        self
+    }
+
+    /// Sets user name and password (PLAIN).
+    pub fn credentials(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.username = username.into();
+        self.password = Secret(password.into());
+        self
+    }
+
+    /// Sets the login mechanism.
+    pub fn auth_mechanism(mut self, auth: AuthMechanism) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Uses TLS with these settings.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Proposes a heartbeat interval in seconds (0 proposes none; the broker's non-zero
+    /// value then applies).
+    pub fn heartbeat(mut self, secs: u16) -> Self {
+        self.heartbeat = secs;
+        self
+    }
+
+    /// Proposes a largest frame size in bytes (at least 4096).
+    pub fn frame_max(mut self, bytes: u32) -> Self {
+        self.frame_max = bytes;
+        self
+    }
+
+    /// Proposes a most-channels limit.
+    pub fn channel_max(mut self, channels: u16) -> Self {
+        self.channel_max = channels;
+        self
+    }
+
+    /// Bounds TCP connect, TLS and the AMQP handshake together.
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Bounds every other operation that waits for the broker.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Largest message body accepted, sent or received.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// Bytes queued for the socket beyond which publishers wait.
+    pub fn write_buffer(mut self, bytes: usize) -> Self {
+        self.write_buffer = bytes.max(64 * 1024);
+        self
+    }
+
+    /// A name shown in the broker's management UI for this connection.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let config = |m: String| Err(Error::new(ErrorKind::Config, m));
+        if self.frame_max != 0 && self.frame_max < 4096 {
+            return config(format!(
+                "frame_max {} is below the minimum 4096",
+                self.frame_max
+            ));
+        }
+        if self.vhost.len() > 255 {
+            return config("vhost name is longer than 255 bytes".into());
+        }
+        if self.auth == AuthMechanism::External
+            && self
+                .tls
+                .as_ref()
+                .and_then(|t| t.cert_file.as_ref())
+                .is_none()
+        {
+            return config("EXTERNAL login needs TLS with a client certificate".into());
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the password in an AMQP URI with `***`, for logs and errors.
+///
+/// ```
+/// assert_eq!(
+///     lepus_amqp::redact_uri("amqp://app:s3cret@host/vh"),
+///     "amqp://app:***@host/vh"
+/// );
+/// ```
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                uri.to_string()
+            }
+        }
+        None => uri.to_string(),
+    }
+}
+
+fn query_pairs(uri: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = uri.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_sets_everything() {
+        let o = ConnectionOptions::from_uri(
+            "amqps://u:p%40ss@broker:5999/prod?heartbeat=7&frame_max=8192&channel_max=9&connection_timeout=1500&auth_mechanism=external&cacertfile=/tmp/ca.pem&certfile=/tmp/c.pem&keyfile=/tmp/k%20x.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.vhost.as_str()),
+            ("broker", 5999, "prod")
+        );
+        assert_eq!(o.password.0, "p@ss");
+        assert_eq!((o.heartbeat, o.frame_max, o.channel_max), (7, 8192, 9));
+        assert_eq!(o.connection_timeout, Duration::from_millis(1500));
+        assert_eq!(o.auth, AuthMechanism::External);
+        let tls = o.tls.unwrap();
+        assert_eq!(tls.key_file.unwrap(), PathBuf::from("/tmp/k x.pem"));
+        assert_eq!(tls.ca_file.unwrap(), PathBuf::from("/tmp/ca.pem"));
+    }
+
+    #[test]
+    fn default_vhost_and_port() {
+        let o = ConnectionOptions::from_uri("amqp://localhost").unwrap();
+        assert_eq!((o.port, o.vhost.as_str()), (5672, "/"));
+        let o = ConnectionOptions::from_uri("amqp://h/%2f").unwrap();
+        assert_eq!(o.vhost.as_str(), "/");
+    }
+
+    #[test]
+    fn bad_uri_is_a_config_error_without_the_password() {
+        let err = ConnectionOptions::from_uri("amqp://u:hunter2@host:notaport/").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_uri("amqp://h:5672/"), "amqp://h:5672/");
+        assert_eq!(redact_uri("amqp://u@h"), "amqp://u@h");
+        assert_eq!(redact_uri("amqps://u:p:w@h?x=1"), "amqps://u:***@h?x=1");
+    }
+}
