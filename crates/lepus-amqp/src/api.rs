@@ -13,10 +13,11 @@ use crate::error::{Error, Result};
 use crate::message::{GetMessage, PublishConfirm};
 
 /// The type of an exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ExchangeKind {
     /// Routes by exact routing key.
+    #[default]
     Direct,
     /// Routes to every bound queue.
     Fanout,
@@ -482,7 +483,7 @@ impl Channel {
             )
             .await?
         {
-            Reply::Get(message) => Ok(message),
+            Reply::Get(message) => Ok(message.map(|m| *m)),
             Reply::Method(_) => Err(Error::protocol("basic.get answered by another method")),
         }
     }
@@ -516,12 +517,6 @@ fn _assert_send_sync() {
 
 /// Re-exported for building argument tables.
 pub type Arguments = FieldTable;
-
-impl Default for ExchangeKind {
-    fn default() -> Self {
-        ExchangeKind::Direct
-    }
-}
 
 /// Checks a string for a short-string field (names, routing keys): at most 255 bytes.
 pub fn short_string(value: &str) -> Result<ShortString> {

@@ -22,7 +22,7 @@ use crate::message::{Confirmation, Delivery, GetMessage, PublishConfirm, Returne
 /// What a caller waiting on a synchronous method gets back.
 pub(crate) enum Reply {
     Method(Box<AMQPClass>),
-    Get(Option<GetMessage>),
+    Get(Option<Box<GetMessage>>),
 }
 
 pub(crate) enum Expect {
@@ -471,10 +471,10 @@ impl ChannelShared {
                     }) => {
                         // If the caller gave up waiting, the unacked message returns to
                         // the queue when the channel closes; nothing is lost.
-                        let _ = tx.send(Ok(Reply::Get(Some(GetMessage {
+                        let _ = tx.send(Ok(Reply::Get(Some(Box::new(GetMessage {
                             delivery,
                             message_count,
-                        }))));
+                        })))));
                         Ok(())
                     }
                     _ => Err(Error::protocol("basic.get-ok without a basic.get")),
@@ -621,10 +621,13 @@ impl ChannelShared {
                     resolve(p);
                 }
             }
-        } else if let Ok(pos) = st.pending.binary_search_by_key(&tag, |p| p.seq) {
-            if let Some(p) = st.pending.remove(pos) {
-                resolve(p);
-            }
+        } else if let Some(p) = st
+            .pending
+            .binary_search_by_key(&tag, |p| p.seq)
+            .ok()
+            .and_then(|pos| st.pending.remove(pos))
+        {
+            resolve(p);
         }
     }
 

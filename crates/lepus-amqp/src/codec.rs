@@ -153,6 +153,7 @@ fn decode_payload(kind: u8, channel: u16, payload: Bytes) -> Result<Frame> {
     match kind {
         FRAME_METHOD => decode_method(channel, payload),
         FRAME_HEADER => {
+            crate::tables::check_content_header(&payload)?;
             let (rest, header) =
                 amq_protocol::frame::parsing::parse_content_header(&payload[..])
                     .map_err(|e| Error::protocol(format!("malformed content header: {e}")))?;
@@ -247,6 +248,12 @@ fn decode_method(channel: u16, payload: Bytes) -> Result<Frame> {
             })
         }
         _ => {
+            if !crate::tables::sent_by_broker(class, method) {
+                return Err(Error::protocol(format!(
+                    "method {class}.{method} on channel {channel} is not one a broker sends"
+                )));
+            }
+            crate::tables::check_method(&payload)?;
             let (rest, class) = amq_protocol::protocol::parse_class(&payload[..]).map_err(|e| {
                 Error::protocol(format!(
                     "unknown or malformed method {class}.{method} on channel {channel}: {e}"
@@ -451,7 +458,9 @@ mod tests {
             4096,
         )
         .unwrap();
-        let mut buf = BytesMut::from(&out[..]);
+        // A broker never sends basic.publish: decode from the content header on.
+        let method_len = u32::from_be_bytes(out[3..7].try_into().unwrap()) as usize + 8;
+        let mut buf = BytesMut::from(&out[method_len..]);
         let mut bodies = Vec::new();
         while let Some(frame) = decode_frame(&mut buf, 4096).unwrap() {
             if let Frame::Body(_, b) = frame {
@@ -477,5 +486,46 @@ mod tests {
             decode_frame(&mut buf, 4096).unwrap_err().kind(),
             ErrorKind::Protocol
         );
+    }
+}
+
+#[cfg(test)]
+mod nesting {
+    use super::*;
+
+    /// A hostile broker could nest field tables as deep as one frame allows.
+    pub(super) fn nested_headers_frame(depth: usize) -> Vec<u8> {
+        // content header: class 60, weight 0, size 0, flags: headers only (bit 13).
+        let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0x00];
+        // Lengths: build from the inside out.
+        let mut inner: Vec<u8> = Vec::new();
+        for _ in 0..depth {
+            let mut t = vec![0u8, b'F'];
+            t.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+            t.extend_from_slice(&inner);
+            inner = t;
+        }
+        payload.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&inner);
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_HEADER, 1, |o| o.extend_from_slice(&payload));
+        out
+    }
+
+    #[test]
+    fn deeply_nested_tables_do_not_overflow_the_stack() {
+        let frame = nested_headers_frame(20_000);
+        let mut check = BytesMut::from(&frame[..]);
+        assert_eq!(
+            decode_frame(&mut check, 1 << 20).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+        let mut buf = BytesMut::from(&frame[..]);
+        let result = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || decode_frame(&mut buf, 1 << 20).map(|_| ()))
+            .unwrap()
+            .join();
+        assert!(result.is_ok(), "decoding panicked or overflowed");
     }
 }

@@ -203,16 +203,16 @@ impl Error {
     /// recoverable; wrong credentials, refused access, bad configuration and invalid
     /// arguments are not: retrying them only hammers the broker.
     pub fn is_recoverable(&self) -> bool {
-        match self.kind() {
+        !matches!(
+            self.kind(),
             ErrorKind::AuthFailure
-            | ErrorKind::AccessRefused
-            | ErrorKind::Config
-            | ErrorKind::InvalidArgument
-            | ErrorKind::Tls
-            | ErrorKind::FrameTooLarge => false,
-            ErrorKind::Protocol => false,
-            _ => true,
-        }
+                | ErrorKind::AccessRefused
+                | ErrorKind::Config
+                | ErrorKind::InvalidArgument
+                | ErrorKind::Tls
+                | ErrorKind::FrameTooLarge
+                | ErrorKind::Protocol
+        )
     }
 }
 

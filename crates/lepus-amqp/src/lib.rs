@@ -49,6 +49,7 @@ mod error;
 mod message;
 mod options;
 mod outbox;
+mod tables;
 mod transport;
 
 pub use amq_protocol::protocol::BasicProperties;

@@ -103,12 +103,10 @@ impl Outbox {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::swap(&mut st.buf, spare);
         self.queued.store(0, Ordering::Release);
-        if spare.is_empty() {
-            if let Some(err) = &st.closed {
-                return Err(err.clone());
-            }
+        match &st.closed {
+            Some(err) if spare.is_empty() => Err(err.clone()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Writer side: the bytes taken are on the socket; wake waiting publishers.

@@ -1,5 +1,7 @@
 //! Publish, confirm, consume and ack through a real broker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lepus_amqp::*;
 
 fn url() -> String {
