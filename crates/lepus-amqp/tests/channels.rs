@@ -6,10 +6,6 @@ use std::time::Duration;
 
 use lepus_amqp::*;
 
-fn url() -> String {
-    std::env::var("LEPUS_TEST_AMQP_URL").unwrap()
-}
-
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -54,7 +50,8 @@ async fn publish(ch: &Channel, queue: &str, body: &[u8]) -> Confirmation {
 
 #[tokio::test]
 async fn precondition_failed_closes_only_that_channel() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let a = conn.open_channel().await.unwrap();
     let b = conn.open_channel().await.unwrap();
     b.confirm_select().await.unwrap();
@@ -95,7 +92,8 @@ async fn precondition_failed_closes_only_that_channel() {
 
 #[tokio::test]
 async fn names_over_255_bytes_are_refused_before_sending() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     let long = "q".repeat(256);
     let err = ch
@@ -133,7 +131,8 @@ async fn names_over_255_bytes_are_refused_before_sending() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_refused_and_the_channel_survives() {
-    let opts = ConnectionOptions::from_uri(&url())
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let opts = ConnectionOptions::from_uri(broker.url())
         .unwrap()
         .max_body_size(1024);
     let conn = Connection::connect(opts).await.unwrap();
@@ -156,7 +155,8 @@ async fn body_over_the_limit_is_refused_and_the_channel_survives() {
 
 #[tokio::test]
 async fn unroutable_mandatory_message_comes_back_with_its_confirm() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     ch.confirm_select().await.unwrap();
     let ex = unique("ex");
@@ -215,7 +215,8 @@ async fn unroutable_mandatory_message_comes_back_with_its_confirm() {
 
 #[tokio::test]
 async fn full_queue_with_reject_publish_nacks() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     ch.confirm_select().await.unwrap();
     let q = unique("full");
@@ -239,7 +240,8 @@ async fn full_queue_with_reject_publish_nacks() {
 
 #[tokio::test]
 async fn get_reports_empty_and_counts() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     ch.confirm_select().await.unwrap();
     let q = unique("get");
@@ -271,7 +273,8 @@ async fn get_reports_empty_and_counts() {
 
 #[tokio::test]
 async fn deleting_the_queue_cancels_the_consumer() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     let q = unique("cancel");
     ch.queue_declare(&q, transient(), FieldTable::default())
@@ -300,7 +303,8 @@ async fn deleting_the_queue_cancels_the_consumer() {
 
 #[tokio::test]
 async fn ack_after_the_channel_closed_is_a_stale_delivery_error() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let setup = conn.open_channel().await.unwrap();
     setup.confirm_select().await.unwrap();
     let q = unique("stale");
@@ -341,7 +345,8 @@ async fn ack_after_the_channel_closed_is_a_stale_delivery_error() {
 
 #[tokio::test]
 async fn exchange_to_exchange_bindings_route() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     ch.confirm_select().await.unwrap();
     let (src, dst) = (unique("src"), unique("dst"));
@@ -426,7 +431,8 @@ async fn exchange_to_exchange_bindings_route() {
 
 #[tokio::test]
 async fn closing_the_connection_fails_waiters_and_consumers() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     let q = unique("closing");
     ch.queue_declare(
@@ -458,7 +464,8 @@ async fn closing_the_connection_fails_waiters_and_consumers() {
 
 #[tokio::test]
 async fn wrong_password_is_an_auth_failure() {
-    let opts = ConnectionOptions::from_uri(&url())
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let opts = ConnectionOptions::from_uri(broker.url())
         .unwrap()
         .credentials("guest", "not-the-password");
     let err = Connection::connect(opts).await.unwrap_err();
@@ -469,7 +476,8 @@ async fn wrong_password_is_an_auth_failure() {
 
 #[tokio::test]
 async fn unknown_vhost_is_access_refused() {
-    let opts = ConnectionOptions::from_uri(&url())
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let opts = ConnectionOptions::from_uri(broker.url())
         .unwrap()
         .with_vhost("no-such-vhost");
     let err = Connection::connect(opts).await.unwrap_err();
@@ -478,6 +486,7 @@ async fn unknown_vhost_is_access_refused() {
 
 #[tokio::test]
 async fn refused_tcp_connect_is_recoverable_io() {
+    let broker = lepus_testkit::shared_broker().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
@@ -490,7 +499,8 @@ async fn refused_tcp_connect_is_recoverable_io() {
 
 #[tokio::test]
 async fn many_channels_publish_concurrently() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let q = unique("many");
     let setup = conn.open_channel().await.unwrap();
     setup

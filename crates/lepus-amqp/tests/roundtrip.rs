@@ -4,17 +4,14 @@
 
 use lepus_amqp::*;
 
-fn url() -> String {
-    std::env::var("LEPUS_TEST_AMQP_URL").unwrap()
-}
-
 fn q(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
 }
 
 #[tokio::test]
 async fn publish_confirm_consume_ack() {
-    let conn = Connection::open(&url()).await.unwrap();
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     ch.confirm_select().await.unwrap();
     let name = q("rt");

@@ -1,6 +1,26 @@
 //! lepus: RabbitMQ for services that must not crash, hang or lose messages.
 //!
-//! This crate is what applications depend on. Today it re-exports the engine,
-//! [`lepus_amqp`]; the supervised client, the reliable publisher and consumer build on it.
+//! - [`Client`]: supervised connections (publish and consume apart), multi-host failover,
+//!   exponential backoff with full jitter, fail-fast on errors retrying cannot fix, and a
+//!   [`Topology`] declared again after every reconnect.
+//! - A channel pool for short operations, with deadlines and leak warnings.
+//!
+//! The engine underneath is [`lepus_amqp`], re-exported as [`amqp`].
 
 pub use lepus_amqp as amqp;
+
+mod backoff;
+mod client;
+mod error;
+mod pool;
+mod supervisor;
+mod topology;
+
+pub use backoff::{Backoff, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy};
+pub use client::{Client, ClientBuilder, Role};
+pub use error::{Error, ErrorKind, Result};
+pub use pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE, PooledChannel};
+pub use supervisor::{ConnectionState, Live};
+pub use topology::{
+    Binding, Exchange, Overflow, Queue, QueueType, Topology, TopologyFailure, TopologyReport,
+};

@@ -1,0 +1,181 @@
+//! Faults only a node of our own can produce: a frozen broker (missed heartbeats), a
+//! memory alarm (connection.blocked), and TLS with and without client certificates.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lepus_amqp::*;
+use lepus_testkit::{Broker, shared_tls_broker, unique_name};
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_is_detected_by_missed_heartbeats() {
+    let broker = std::sync::Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let opts = ConnectionOptions::from_uri(&broker.url())
+        .unwrap()
+        .heartbeat(1);
+    let conn = Connection::connect(opts).await.unwrap();
+    assert_eq!(conn.negotiated().heartbeat, 1);
+    // Idle but healthy: heartbeats keep it open well past two intervals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(conn.is_open());
+    let b = broker.clone();
+    blocking(move || b.pause().unwrap()).await;
+    let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    let b = broker.clone();
+    blocking(move || b.resume().unwrap()).await;
+    let reason = reason.expect("the connection noticed the silence");
+    assert_eq!(reason.kind(), ErrorKind::MissedHeartbeat, "{reason:?}");
+    assert!(reason.is_recoverable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_alarm_blocks_and_unblocks_the_connection() {
+    let broker = std::sync::Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let conn = Connection::open(&broker.url()).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.confirm_select().await.unwrap();
+    let q = unique_name("blocked");
+    ch.queue_declare(&q, QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut blocked = conn.blocked();
+    let b = broker.clone();
+    blocking(move || {
+        b.rabbitmqctl(&["set_vm_memory_high_watermark", "0"])
+            .unwrap()
+    })
+    .await;
+    // The broker blocks a connection once it publishes during the alarm.
+    let confirm = ch
+        .basic_publish(
+            "",
+            &q,
+            PublishOptions::default(),
+            &BasicProperties::default(),
+            b"held",
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), blocked.wait_for(|b| b.is_some()))
+        .await
+        .expect("connection.blocked arrived")
+        .unwrap();
+    assert!(
+        blocked
+            .borrow()
+            .as_deref()
+            .unwrap_or_default()
+            .contains("memory")
+    );
+    let b = broker.clone();
+    blocking(move || {
+        b.rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"])
+            .unwrap()
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(15), blocked.wait_for(|b| b.is_none()))
+        .await
+        .expect("connection.unblocked arrived")
+        .unwrap();
+    assert!(
+        confirm
+            .wait(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .is_ack()
+    );
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_file_and_plain_login() {
+    let broker = blocking(|| shared_tls_broker().unwrap()).await;
+    let files = broker.tls_files().unwrap();
+    let opts = ConnectionOptions::from_uri(broker.amqps_url().unwrap())
+        .unwrap()
+        .tls(TlsOptions {
+            ca_file: Some(files.ca()),
+            ..TlsOptions::default()
+        });
+    let conn = Connection::connect(opts).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.confirm_select().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let body = vec![42u8; 300_000];
+    let c = ch
+        .basic_publish(
+            "",
+            &q.name,
+            PublishOptions::default(),
+            &BasicProperties::default(),
+            &body,
+        )
+        .await
+        .unwrap();
+    assert!(c.await.unwrap().is_ack());
+    let got = ch.basic_get(&q.name).await.unwrap().unwrap();
+    assert_eq!(got.delivery.body().len(), body.len());
+    got.delivery.ack().unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn mutual_tls_with_external_login() {
+    let broker = blocking(|| shared_tls_broker().unwrap()).await;
+    let files = broker.tls_files().unwrap();
+    let url = broker.amqps_url().unwrap().replace("guest:guest@", "");
+    let opts = ConnectionOptions::from_uri(&format!("{url}?auth_mechanism=external"))
+        .unwrap()
+        .tls(TlsOptions {
+            ca_file: Some(files.ca()),
+            cert_file: Some(files.client_cert()),
+            key_file: Some(files.client_key()),
+            server_name: Some("localhost".into()),
+        });
+    let conn = Connection::connect(opts).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.queue_declare(
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_untrusted_server_certificate_is_a_tls_error() {
+    let broker = blocking(|| shared_tls_broker().unwrap()).await;
+    // System roots do not include the test CA.
+    let opts = ConnectionOptions::from_uri(broker.amqps_url().unwrap()).unwrap();
+    let err = Connection::connect(opts).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err:?}");
+    assert!(!err.is_recoverable());
+}
+
+#[tokio::test]
+async fn external_login_without_a_certificate_is_a_config_error() {
+    let opts =
+        ConnectionOptions::from_uri("amqps://127.0.0.1:1/%2f?auth_mechanism=external").unwrap();
+    let err = Connection::connect(opts).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}

@@ -1,0 +1,157 @@
+//! The toolkit's error: an engine error with the toolkit's own cases added.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. New kinds may be added, so match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The engine reported it; see [`Error::amqp`] for the engine's kind.
+    Amqp,
+    /// The client was closed.
+    Closed,
+    /// The client gave up reconnecting (or met an error retrying cannot fix).
+    Failed,
+    /// No connection (or pooled channel) became available before the deadline.
+    Timeout,
+    /// Invalid configuration or arguments.
+    Config,
+    /// A declared entity could not be declared as described.
+    Topology,
+    /// A mandatory message could not be routed to any queue.
+    Unroutable,
+    /// The broker refused a message (basic.nack).
+    Nacked,
+    /// A bounded buffer is full.
+    BufferFull,
+}
+
+/// The toolkit's error. Cheap to clone.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    amqp: Option<lepus_amqp::Error>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                amqp: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_amqp(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        amqp: lepus_amqp::Error,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                amqp: Some(amqp),
+            }),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The engine error underneath, if any.
+    pub fn amqp(&self) -> Option<&lepus_amqp::Error> {
+        self.inner.amqp.as_ref()
+    }
+
+    /// The broker's reply code, when the broker closed something.
+    pub fn reply_code(&self) -> Option<u16> {
+        self.amqp().and_then(|e| e.reply_code())
+    }
+
+    /// The broker refused our credentials.
+    pub fn is_auth_failure(&self) -> bool {
+        self.amqp().is_some_and(|e| e.is_auth_failure())
+    }
+
+    /// The broker refused access (vhost or resource).
+    pub fn is_access_refused(&self) -> bool {
+        self.amqp().is_some_and(|e| e.is_access_refused())
+    }
+
+    /// A precondition failed (reply code 406).
+    pub fn is_precondition_failed(&self) -> bool {
+        self.amqp().is_some_and(|e| e.is_precondition_failed())
+    }
+
+    /// The entity does not exist (reply code 404).
+    pub fn is_not_found(&self) -> bool {
+        self.amqp().is_some_and(|e| e.is_not_found())
+    }
+
+    /// A deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout || self.amqp().is_some_and(|e| e.is_timeout())
+    }
+
+    /// The connection, channel or client is closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Closed | ErrorKind::Failed)
+            || self.amqp().is_some_and(|e| e.is_closed())
+    }
+
+    /// Whether trying again (on a new connection) may succeed.
+    pub fn is_recoverable(&self) -> bool {
+        match self.kind() {
+            ErrorKind::Amqp => self.amqp().is_none_or(|e| e.is_recoverable()),
+            ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<lepus_amqp::Error> for Error {
+    fn from(err: lepus_amqp::Error) -> Self {
+        Self::with_amqp(ErrorKind::Amqp, err.to_string(), err)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(amqp) = &self.inner.amqp {
+            d.field("amqp", amqp);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .amqp
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
