@@ -1,0 +1,225 @@
+//! One client run: fresh queues, the publish phase, the consume phase, the checks.
+//!
+//! Queues are managed on a separate lepus-amqp connection (idle while a client works),
+//! whatever the client under test. Around the two measured phases it checks what the
+//! broker holds: empty queues before, exactly `count` ready messages after publishing,
+//! none after the consumers have acked and closed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use lepus_amqp::{Connection, FieldTable, QueueDeclareOptions, QueueDeleteOptions};
+use tokio::task::JoinSet;
+
+use crate::clients::{Client, Phase, Workload};
+use crate::cpu::process_cpu;
+
+/// The four figures of one client run.
+#[derive(Debug, Clone, Copy)]
+pub struct Figures {
+    pub publish_msgs_per_s: f64,
+    pub consume_msgs_per_s: f64,
+    pub publish_cpu_us_per_msg: f64,
+    pub consume_cpu_us_per_msg: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Publish,
+    Consume,
+}
+
+/// Wall time and process CPU time of one phase.
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+}
+
+pub struct Runner {
+    url: Arc<str>,
+    workload: Workload,
+    queues: usize,
+    timeout: Duration,
+    admin: Connection,
+}
+
+impl Runner {
+    pub async fn new(
+        url: Arc<str>,
+        workload: Workload,
+        queues: usize,
+        timeout: Duration,
+    ) -> Result<Runner> {
+        let admin = Connection::open(&url)
+            .await
+            .context("cannot open the connection that manages the queues")?;
+        Ok(Runner {
+            url,
+            workload,
+            queues,
+            timeout,
+            admin,
+        })
+    }
+
+    pub async fn close(self) {
+        let _ = self.admin.close().await;
+    }
+
+    /// Runs `client` once (`round` is 1-based) and returns its figures.
+    pub async fn run(&self, client: Client, round: usize) -> Result<Figures> {
+        let names: Vec<String> = (0..self.queues)
+            .map(|i| {
+                format!(
+                    "lepus-bench-{}-r{round}-q{i}-{}",
+                    client.name(),
+                    std::process::id()
+                )
+            })
+            .collect();
+        let result = self.run_on(client, &names).await;
+        if result.is_err() {
+            // Best effort: leave no test data behind on the broker.
+            if let Ok(ch) = self.admin.open_channel().await {
+                for name in &names {
+                    let _ = ch.queue_delete(name, QueueDeleteOptions::default()).await;
+                }
+            }
+        }
+        result.with_context(|| format!("{} failed in round {round}", client.name()))
+    }
+
+    async fn run_on(&self, client: Client, names: &[String]) -> Result<Figures> {
+        let ch = self.admin.open_channel().await?;
+        for name in names {
+            ch.queue_delete(name, QueueDeleteOptions::default()).await?;
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let info = ch
+                .queue_declare(name, durable, FieldTable::default())
+                .await?;
+            if info.message_count != 0 {
+                bail!("queue {name} is not empty after being declared afresh");
+            }
+        }
+
+        let total = self.workload.count * names.len() as u64;
+        let publish = self.phase(client, Kind::Publish, names).await?;
+        for name in names {
+            let ready = ready_messages(&ch, name).await?;
+            if ready != self.workload.count {
+                bail!(
+                    "queue {name} holds {ready} messages after publishing, expected {}",
+                    self.workload.count
+                );
+            }
+        }
+
+        let consume = self.phase(client, Kind::Consume, names).await?;
+        for name in names {
+            // The consumers have closed; anything they received but did not ack is back in
+            // the queue by now, or very soon.
+            let mut ready = ready_messages(&ch, name).await?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ready != 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ready = ready_messages(&ch, name).await?;
+            }
+            if ready != 0 {
+                bail!("queue {name} still holds {ready} messages after consuming: acks were lost");
+            }
+            ch.queue_delete(name, QueueDeleteOptions::default()).await?;
+        }
+        ch.close().await?;
+
+        let per_s = |m: &Measured| total as f64 / m.wall.as_secs_f64();
+        let cpu_us = |m: &Measured| m.cpu.as_secs_f64() * 1e6 / total as f64;
+        Ok(Figures {
+            publish_msgs_per_s: per_s(&publish),
+            consume_msgs_per_s: per_s(&consume),
+            publish_cpu_us_per_msg: cpu_us(&publish),
+            consume_cpu_us_per_msg: cpu_us(&consume),
+        })
+    }
+
+    /// Starts one task per queue, measures from the moment all are set up to the moment
+    /// all have finished their work, and checks each task's count.
+    async fn phase(&self, client: Client, kind: Kind, names: &[String]) -> Result<Measured> {
+        let phase = Phase::new(names.len());
+        let mut tasks = JoinSet::new();
+        for name in names {
+            let (url, name, workload, phase) = (
+                Arc::clone(&self.url),
+                name.clone(),
+                self.workload,
+                Arc::clone(&phase),
+            );
+            tasks.spawn(async move {
+                let count = match kind {
+                    Kind::Publish => client.publish(url, name.clone(), workload, phase).await,
+                    Kind::Consume => client.consume(url, name.clone(), workload, phase).await,
+                }?;
+                Ok::<_, anyhow::Error>((name, count))
+            });
+        }
+        let what = match kind {
+            Kind::Publish => "publish",
+            Kind::Consume => "consume",
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+
+        meet(&mut tasks, phase.start(), deadline, what).await?;
+        let (cpu0, t0) = (process_cpu()?, Instant::now());
+        meet(&mut tasks, phase.done(), deadline, what).await?;
+        let (wall, cpu) = (t0.elapsed(), process_cpu()?.saturating_sub(cpu0));
+
+        while let Some(joined) = tokio::time::timeout_at(deadline, tasks.join_next())
+            .await
+            .with_context(|| format!("{what} phase: closing connections timed out"))?
+        {
+            let (name, count) = joined.context("a client task panicked")??;
+            if count != self.workload.count {
+                bail!(
+                    "{what} phase on {name} counted {count} messages, expected {}",
+                    self.workload.count
+                );
+            }
+        }
+        Ok(Measured { wall, cpu })
+    }
+}
+
+/// Waits at a meeting point, unless a task ends first (an error: tasks end only after
+/// both meeting points) or the deadline passes.
+async fn meet(
+    tasks: &mut JoinSet<Result<(String, u64)>>,
+    point: impl Future<Output = ()>,
+    deadline: tokio::time::Instant,
+    what: &str,
+) -> Result<()> {
+    tokio::select! {
+        biased;
+        () = point => Ok(()),
+        joined = tasks.join_next() => match joined {
+            Some(Ok(Err(err))) => Err(err.context(format!("{what} phase"))),
+            Some(Err(join)) => Err(anyhow::Error::new(join).context(format!("{what} phase: a client task panicked"))),
+            Some(Ok(Ok(_))) | None => bail!("{what} phase: a task ended before its work was done"),
+        },
+        () = tokio::time::sleep_until(deadline) => bail!("{what} phase timed out"),
+    }
+}
+
+/// Ready messages in `queue` (passive declare).
+async fn ready_messages(ch: &lepus_amqp::Channel, queue: &str) -> Result<u64> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let info = ch
+        .queue_declare(queue, passive, FieldTable::default())
+        .await?;
+    Ok(u64::from(info.message_count))
+}
