@@ -1,0 +1,295 @@
+//! One RabbitMQ node for one test.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::error::Error;
+use crate::node::{self, Node, Ports};
+use crate::tls::TlsFiles;
+
+/// How long [`BrokerBuilder::start`] waits for a node by default. A node starts in about
+/// five seconds on an idle two-core machine; the margin is for a machine busy compiling.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How many times a start is tried with fresh ports when another process took one of the
+/// ports between choosing it and the node binding it.
+const PORT_ATTEMPTS: usize = 4;
+
+/// A RabbitMQ node of its own: free ports on 127.0.0.1, a temporary directory, a unique
+/// node name and Erlang cookie. Dropping it kills the node and deletes the directory.
+///
+/// All methods block; call them from `tokio::task::spawn_blocking` inside async tests if
+/// the runtime must keep running meanwhile.
+///
+/// ```no_run
+/// # fn main() -> Result<(), lepus_testkit::Error> {
+/// let broker = lepus_testkit::Broker::start()?;
+/// println!("connect to {}", broker.url());
+/// broker.kill()?; // kill -9
+/// broker.restart()?; // same ports, same data
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Broker {
+    node: Node,
+    start_timeout: Duration,
+    // Deleted after `Drop::drop` has killed the node.
+    _dir: TempDir,
+}
+
+/// Options for [`Broker`], from [`Broker::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BrokerBuilder {
+    tls: bool,
+    management: bool,
+    config: Vec<String>,
+    start_timeout: Duration,
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        BrokerBuilder {
+            tls: false,
+            management: false,
+            config: Vec::new(),
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// Also open an amqps listener (TLS 1.2 and 1.3 only) with certificates made by
+    /// `scripts/broker certs`, EXTERNAL login enabled and a `lepus-client` user for the
+    /// client certificate. Default: off.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Enable the management plugin (HTTP API on 127.0.0.1). Default: off, which starts
+    /// faster.
+    pub fn management(mut self, on: bool) -> Self {
+        self.management = on;
+        self
+    }
+
+    /// Add a line to the node's `rabbitmq.conf`, such as `"heartbeat = 5"`.
+    pub fn config(mut self, line: impl Into<String>) -> Self {
+        self.config.push(line.into());
+        self
+    }
+
+    /// How long to wait for the node to be ready. Default: [`DEFAULT_START_TIMEOUT`].
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts the node and waits until it is ready.
+    pub fn start(self) -> Result<Broker, Error> {
+        let name = format!("lepus-{:08x}@localhost", rand::random::<u32>());
+        self.start_named(name, random_cookie())
+    }
+
+    /// Starts a node called `name` with Erlang cookie `cookie` in a new temporary
+    /// directory, retrying with new ports when one was taken meanwhile.
+    pub(crate) fn start_named(self, name: String, cookie: String) -> Result<Broker, Error> {
+        node::require_installed()?;
+        let dir = tempfile::Builder::new()
+            .prefix("lepus-node-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a temporary directory for a node", e))?;
+        let tls = if self.tls {
+            Some(TlsFiles::generate(&dir.path().join("tls"))?)
+        } else {
+            None
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let node = Node {
+                dir: dir.path().to_path_buf(),
+                name: name.clone(),
+                cookie: cookie.clone(),
+                ports: Ports::pick(self.tls, self.management)?,
+                tls: tls.clone(),
+                config: self.config.clone(),
+            };
+            node.wipe_state()?;
+            node.write_files()?;
+            match node.boot(self.start_timeout) {
+                Ok(()) => {
+                    return Ok(Broker {
+                        node,
+                        start_timeout: self.start_timeout,
+                        _dir: dir,
+                    });
+                }
+                Err(failure) if failure.port_conflict && attempt < PORT_ATTEMPTS => continue,
+                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+}
+
+pub(crate) fn random_cookie() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
+impl Broker {
+    /// Starts a node with default options: plain AMQP only, no management plugin.
+    pub fn start() -> Result<Broker, Error> {
+        Broker::builder().start()
+    }
+
+    /// Options for a node: TLS, management, extra configuration.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.node.ports.amqp)
+    }
+
+    /// The AMQP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.node.ports.amqp
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:PORT/%2f` if the node was built with TLS. The server
+    /// certificate is valid for `127.0.0.1` and `localhost`.
+    pub fn amqps_url(&self) -> Option<String> {
+        self.node
+            .ports
+            .amqps
+            .map(|port| format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
+    }
+
+    /// The amqps port on 127.0.0.1 if the node was built with TLS.
+    pub fn amqps_port(&self) -> Option<u16> {
+        self.node.ports.amqps
+    }
+
+    /// `http://127.0.0.1:PORT/` of the management API if the plugin is enabled.
+    pub fn management_url(&self) -> Option<String> {
+        self.node
+            .ports
+            .management
+            .map(|port| format!("http://127.0.0.1:{port}/"))
+    }
+
+    /// The CA and client certificate files if the node was built with TLS.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.node.tls.as_ref()
+    }
+
+    /// The Erlang node name, such as `lepus-1a2b3c4d@localhost`.
+    pub fn node_name(&self) -> &str {
+        &self.node.name
+    }
+
+    /// The node's directory (database, logs, configuration).
+    pub fn dir(&self) -> &Path {
+        &self.node.dir
+    }
+
+    /// The node's main log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.node
+            .dir
+            .join("log")
+            .join(format!("{}.log", self.node.name))
+    }
+
+    /// The operating-system pid of the node, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.node.pid().and_then(|pid| u32::try_from(pid).ok())
+    }
+
+    /// True while the node's process exists (also while paused).
+    pub fn is_running(&self) -> bool {
+        self.node.pid().is_some()
+    }
+
+    /// `kill -9`: the node dies without closing connections or flushing anything. Returns
+    /// once the process is gone. A stopped node is left as it is.
+    pub fn kill(&self) -> Result<(), Error> {
+        self.node.kill()
+    }
+
+    /// Graceful shutdown (SIGTERM; SIGKILL if it takes longer than 30 s). Returns once the
+    /// process is gone.
+    pub fn stop(&self) -> Result<(), Error> {
+        self.node.stop()
+    }
+
+    /// Starts the node again on the same directory, name and ports, after stopping it
+    /// gracefully if it still runs, and waits until it is ready. Durable queues and
+    /// persistent messages survive.
+    pub fn restart(&self) -> Result<(), Error> {
+        self.node.stop()?;
+        self.node
+            .boot(self.start_timeout)
+            .map_err(|failure| failure.error)
+    }
+
+    /// Freezes the node (SIGSTOP): its sockets stay open but nothing answers, which is
+    /// what a missed heartbeat looks like. Undo with [`Broker::resume`].
+    pub fn pause(&self) -> Result<(), Error> {
+        self.node.signal(Signal::SIGSTOP)
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self) -> Result<(), Error> {
+        self.node.signal(Signal::SIGCONT)
+    }
+
+    /// Closes every client connection on this node (`rabbitmqctl close_all_connections`);
+    /// clients see `connection.close` with reply code 320 (CONNECTION_FORCED).
+    pub fn close_all_connections(&self) -> Result<(), Error> {
+        self.node
+            .ctl(&[
+                "-q",
+                "close_all_connections",
+                "--global",
+                "closed by lepus-testkit",
+            ])
+            .map(drop)
+    }
+
+    /// Runs `rabbitmqctl -n <this node> <args>` and returns its standard output, e.g.
+    /// `broker.rabbitmqctl(&["set_vm_memory_high_watermark", "0.0001"])`. Fails with the
+    /// command's output if it exits with an error, or after 60 s.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> Result<String, Error> {
+        self.node.ctl(args)
+    }
+
+    /// Waits until the node runs its applications, at most `timeout`.
+    pub fn wait_until_ready(&self, timeout: Duration) -> Result<(), Error> {
+        if self.node.pid().is_none() {
+            return Err(Error::State(format!(
+                "node {} is not running",
+                self.node.name
+            )));
+        }
+        self.node.ctl_wait(timeout)
+    }
+}
+
+impl Drop for Broker {
+    /// Kills the node (its data is deleted right after, so a graceful stop would only
+    /// cost time) and waits until the process is gone.
+    fn drop(&mut self) {
+        self.node.kill_leftovers();
+    }
+}

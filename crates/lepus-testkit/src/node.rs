@@ -1,0 +1,508 @@
+//! One RabbitMQ node in a directory of its own: its files, its environment, its start.
+//!
+//! Everything the node writes (database, logs, pid file, crash dump, plugin expansion,
+//! Erlang cookie) lives in its directory; nothing lands in `/var/lib/rabbitmq`, so any
+//! number of nodes can run side by side. Listeners, including Erlang distribution, bind
+//! to 127.0.0.1 only.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::error::Error;
+use crate::process;
+use crate::tls::TlsFiles;
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+/// Longest a `rabbitmqctl` call may take before it is killed.
+pub(crate) const CTL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a graceful stop may take before SIGKILL.
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a process may take to disappear after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// An Erlang VM that has not shown up in `/proc` by then is taken to have failed.
+const VM_APPEAR_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The ports one node listens on, all on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    pub(crate) amqp: u16,
+    pub(crate) dist: u16,
+    pub(crate) amqps: Option<u16>,
+    pub(crate) management: Option<u16>,
+}
+
+impl Ports {
+    /// Asks the kernel for distinct free ports. Another process may still take one before
+    /// the node binds it; the caller retries with new ports when that happens.
+    pub(crate) fn pick(tls: bool, management: bool) -> Result<Ports, Error> {
+        let mut held = Vec::new();
+        let mut next = || -> Result<u16, Error> {
+            let listener = TcpListener::bind(("127.0.0.1", 0))
+                .map_err(|e| Error::io("binding 127.0.0.1:0 to find a free port", e))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| Error::io("reading a bound port", e))?
+                .port();
+            held.push(listener);
+            Ok(port)
+        };
+        Ok(Ports {
+            amqp: next()?,
+            dist: next()?,
+            amqps: if tls { Some(next()?) } else { None },
+            management: if management { Some(next()?) } else { None },
+        })
+    }
+}
+
+/// Everything needed to start, watch and stop one node.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) dir: PathBuf,
+    pub(crate) name: String,
+    pub(crate) cookie: String,
+    pub(crate) ports: Ports,
+    pub(crate) tls: Option<TlsFiles>,
+    pub(crate) config: Vec<String>,
+}
+
+/// A failed start, and whether another process holding one of the ports caused it.
+pub(crate) struct StartFailure {
+    pub(crate) error: Error,
+    pub(crate) port_conflict: bool,
+}
+
+impl From<Error> for StartFailure {
+    fn from(error: Error) -> Self {
+        StartFailure {
+            error,
+            port_conflict: false,
+        }
+    }
+}
+
+pub(crate) fn require_installed() -> Result<(), Error> {
+    for program in ["rabbitmq-server", "rabbitmqctl"] {
+        let path = Path::new(RABBITMQ_BIN).join(program);
+        if !path.is_file() {
+            return Err(Error::NotInstalled { path });
+        }
+    }
+    Ok(())
+}
+
+impl Node {
+    fn pid_file(&self) -> PathBuf {
+        self.dir.join("pid")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.dir.join("log").join(format!("{}.log", self.name))
+    }
+
+    fn startup_log(&self) -> PathBuf {
+        self.dir.join("startup.log")
+    }
+
+    fn crash_dump(&self) -> PathBuf {
+        self.dir.join("erl_crash.dump")
+    }
+
+    /// A command for one of RabbitMQ's programs with this node's environment.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(Path::new(RABBITMQ_BIN).join(program));
+        for (key, _) in std::env::vars_os() {
+            if key.as_bytes().starts_with(b"RABBITMQ_") {
+                cmd.env_remove(key);
+            }
+        }
+        let dir = &self.dir;
+        let loopback_dist = "-kernel inet_dist_use_interface {127,0,0,1}";
+        cmd.current_dir(dir)
+            .env("HOME", dir)
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.ports.amqp.to_string())
+            .env("RABBITMQ_DIST_PORT", self.ports.dist.to_string())
+            .env("RABBITMQ_BASE", dir)
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
+            .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", self.pid_file())
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", loopback_dist)
+            .env("RABBITMQ_CTL_ERL_ARGS", loopback_dist)
+            // Many rabbitmqctl calls may run at once across test processes; the default
+            // range for their own distribution ports has only eleven.
+            .env("RABBITMQ_CTL_DIST_PORT_MIN", "35672")
+            .env("RABBITMQ_CTL_DIST_PORT_MAX", "35971")
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("ERL_CRASH_DUMP", self.crash_dump());
+        cmd
+    }
+
+    /// Writes the cookie, rabbitmq.conf, enabled_plugins and, with TLS, the definitions.
+    pub(crate) fn write_files(&self) -> Result<(), Error> {
+        std::fs::create_dir_all(self.dir.join("log"))
+            .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
+        write_private(&self.dir.join(".erlang.cookie"), self.cookie.as_bytes())?;
+        let mut conf = String::from("# written by lepus-testkit\n");
+        let _ = writeln!(conf, "listeners.tcp.1 = 127.0.0.1:{}", self.ports.amqp);
+        let mut plugins = Vec::new();
+        if let Some(port) = self.ports.management {
+            let _ = writeln!(conf, "management.tcp.ip = 127.0.0.1");
+            let _ = writeln!(conf, "management.tcp.port = {port}");
+            plugins.push("rabbitmq_management");
+        }
+        if let (Some(tls), Some(port)) = (&self.tls, self.ports.amqps) {
+            conf.push_str(&tls.rabbitmq_conf(port));
+            let definitions = self.dir.join("definitions.json");
+            write_file(&definitions, crate::tls::DEFINITIONS.as_bytes())?;
+            let _ = writeln!(conf, "load_definitions = {}", definitions.display());
+            plugins.push("rabbitmq_auth_mechanism_ssl");
+        }
+        for line in &self.config {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        write_file(&self.dir.join("rabbitmq.conf"), conf.as_bytes())?;
+        let plugins = format!("[{}].\n", plugins.join(","));
+        write_file(&self.dir.join("enabled_plugins"), plugins.as_bytes())
+    }
+
+    /// Removes what a previous failed attempt left, so the next start is from scratch.
+    pub(crate) fn wipe_state(&self) -> Result<(), Error> {
+        for sub in ["mnesia", "log"] {
+            let path = self.dir.join(sub);
+            if path.exists() {
+                std::fs::remove_dir_all(&path)
+                    .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            }
+        }
+        self.clear_run_files();
+        Ok(())
+    }
+
+    fn clear_run_files(&self) {
+        for file in [self.pid_file(), self.crash_dump(), self.startup_log()] {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+
+    /// The node's pid, if its pid file names a live Erlang VM running in its directory.
+    pub(crate) fn pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.pid_file()).ok()?;
+        let pid = text.trim().parse::<i32>().ok()?;
+        (process::alive(pid) && process::runs_in(pid, &self.dir)).then_some(pid)
+    }
+
+    /// Launches the node and waits until its applications run.
+    pub(crate) fn boot(&self, timeout: Duration) -> Result<(), StartFailure> {
+        self.clear_run_files();
+        let log_offset = std::fs::metadata(self.log_file()).map_or(0, |m| m.len());
+        let out = process::run(
+            self.command("rabbitmq-server").arg("-detached"),
+            Duration::from_secs(30),
+            "rabbitmq-server -detached",
+        )?;
+        let _ = std::fs::write(self.startup_log(), out.combined());
+        if !out.status.success() {
+            return Err(self.failure(
+                log_offset,
+                format!("rabbitmq-server -detached exited with {}", out.status),
+            ));
+        }
+        match self.wait_booted(timeout) {
+            Ok(()) => Ok(()),
+            Err(observed) => {
+                let failure = self.failure(log_offset, observed);
+                self.kill_leftovers();
+                Err(failure)
+            }
+        }
+    }
+
+    /// Waits for the pid file, then lets `rabbitmqctl wait` watch the boot; returns what
+    /// was observed when the node does not make it.
+    fn wait_booted(&self, timeout: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        loop {
+            if self.pid().is_some() {
+                break;
+            }
+            let pid_file_written = std::fs::read_to_string(self.pid_file())
+                .is_ok_and(|text| text.trim().parse::<i32>().is_ok());
+            if pid_file_written {
+                return Err("the node's process exited during the boot".to_owned());
+            }
+            if started.elapsed() > VM_APPEAR_TIMEOUT && process::find_vm(&self.dir).is_none() {
+                // The VM may have written the pid file and exited between the two looks.
+                if self.pid().is_none() {
+                    return Err(
+                        "the Erlang VM exited before RabbitMQ wrote its pid file".to_owned()
+                    );
+                }
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no pid file after {timeout:?}"));
+            }
+            sleep(Duration::from_millis(50));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.ctl_wait(left).map_err(|e| e.to_string())
+    }
+
+    /// `rabbitmqctl wait`: returns once the node runs its applications, fails as soon as
+    /// the node's process is gone, and is bounded by `timeout`.
+    pub(crate) fn ctl_wait(&self, timeout: Duration) -> Result<(), Error> {
+        let secs = timeout.as_secs().max(1);
+        let pid_file = self.pid_file();
+        let mut cmd = self.command("rabbitmqctl");
+        cmd.arg("-n")
+            .arg(&self.name)
+            .args(["-q", "wait", "--timeout", &secs.to_string()])
+            .arg(&pid_file);
+        let out = process::run(
+            &mut cmd,
+            timeout + Duration::from_secs(10),
+            "rabbitmqctl wait",
+        )?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Command {
+                command: format!("rabbitmqctl wait {}", pid_file.display()),
+                status: out.status.to_string(),
+                output: out.combined(),
+            })
+        }
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>` and returns its standard output.
+    pub(crate) fn ctl(&self, args: &[&str]) -> Result<String, Error> {
+        let mut cmd = self.command("rabbitmqctl");
+        cmd.arg("-n").arg(&self.name).args(args);
+        let line = format!("rabbitmqctl {}", args.join(" "));
+        let out = process::run(&mut cmd, CTL_TIMEOUT, &line)?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(Error::Command {
+                command: line,
+                status: out.status.to_string(),
+                output: out.combined(),
+            })
+        }
+    }
+
+    /// SIGKILLs the node (and a VM that never wrote its pid file) and waits until gone.
+    pub(crate) fn kill_leftovers(&self) {
+        for pid in [self.pid(), process::find_vm(&self.dir)]
+            .into_iter()
+            .flatten()
+        {
+            let _ = process::send(pid, Signal::SIGKILL);
+            let _ = process::wait_gone(pid, KILL_TIMEOUT);
+        }
+    }
+
+    /// SIGKILL, then wait until the process is gone.
+    pub(crate) fn kill(&self) -> Result<(), Error> {
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        process::send(pid, Signal::SIGKILL)?;
+        if process::wait_gone(pid, KILL_TIMEOUT) {
+            Ok(())
+        } else {
+            Err(Error::State(format!(
+                "node {} (pid {pid}) is still alive {KILL_TIMEOUT:?} after SIGKILL",
+                self.name
+            )))
+        }
+    }
+
+    /// SIGTERM (RabbitMQ then shuts down in order), SIGKILL after [`STOP_TIMEOUT`].
+    pub(crate) fn stop(&self) -> Result<(), Error> {
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        // A paused node cannot act on SIGTERM.
+        process::send(pid, Signal::SIGCONT)?;
+        process::send(pid, Signal::SIGTERM)?;
+        if process::wait_gone(pid, STOP_TIMEOUT) {
+            return Ok(());
+        }
+        self.kill()
+    }
+
+    pub(crate) fn signal(&self, sig: Signal) -> Result<(), Error> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| Error::State(format!("node {} is not running", self.name)))?;
+        process::send(pid, sig)
+    }
+
+    /// Builds the error for a failed start from what the node wrote after `log_offset`.
+    fn failure(&self, log_offset: u64, observed: String) -> StartFailure {
+        let log = read_from(&self.log_file(), log_offset);
+        let startup = std::fs::read_to_string(self.startup_log()).unwrap_or_default();
+        let slogan = std::fs::read_to_string(self.crash_dump())
+            .ok()
+            .and_then(|dump| {
+                dump.lines()
+                    .find(|l| l.starts_with("Slogan:"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let (reason, port_conflict) = diagnose(&[&log, &startup, &slogan], &observed);
+        let mut tail = String::new();
+        for (path, text) in [
+            (self.log_file(), log.as_str()),
+            (self.startup_log(), startup.as_str()),
+        ] {
+            if !text.trim().is_empty() {
+                let _ = writeln!(tail, "---- last lines of {} ----", path.display());
+                tail.push_str(&last_lines(text, 20));
+            }
+        }
+        if !slogan.is_empty() {
+            let _ = writeln!(tail, "---- {} ----", self.crash_dump().display());
+            tail.push_str(&slogan.chars().take(600).collect::<String>());
+            tail.push('\n');
+        }
+        StartFailure {
+            error: Error::Start {
+                node: self.name.clone(),
+                reason,
+                log_tail: tail,
+            },
+            port_conflict,
+        }
+    }
+}
+
+/// The cause of a failed boot, and whether it was a port held by someone else.
+fn diagnose(texts: &[&str], observed: &str) -> (String, bool) {
+    for text in texts {
+        if let Some(port) = number_after(text, "dist_port_already_used,") {
+            return (
+                format!("its distribution port {port} is already in use"),
+                true,
+            );
+        }
+    }
+    for text in texts {
+        if let Some(at) = text.find("},eaddrinuse") {
+            let before = text.get(..at).unwrap_or_default();
+            let port = before.rsplit(',').next().unwrap_or_default();
+            return (format!("port {port} is already in use"), true);
+        }
+        if text.contains("eaddrinuse") {
+            return ("one of its ports is already in use".to_owned(), true);
+        }
+    }
+    for text in texts {
+        if let Some(line) = text.lines().find(|l| l.starts_with("Slogan:")) {
+            return (line.chars().take(300).collect(), false);
+        }
+    }
+    (observed.to_owned(), false)
+}
+
+fn number_after(text: &str, marker: &str) -> Option<u16> {
+    let at = text.find(marker)? + marker.len();
+    let digits: String = text
+        .get(at..)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn read_from(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset).unwrap_or(0);
+    String::from_utf8_lossy(bytes.get(start..).unwrap_or(&bytes)).into_owned()
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut out = lines
+        .iter()
+        .skip(skip)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.push('\n');
+    out
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagnoses_a_taken_amqp_port() {
+        let log = "reason: {listen_error,{acceptor,{127,0,0,1},5672},eaddrinuse}";
+        assert_eq!(
+            diagnose(&[log], "x"),
+            ("port 5672 is already in use".to_owned(), true)
+        );
+    }
+
+    #[test]
+    fn diagnoses_a_taken_dist_port() {
+        let slogan = "Slogan: Kernel pid terminated ({dist_port_already_used,25672,not_erlang,\"localhost\"})";
+        assert_eq!(
+            diagnose(&["", slogan], "x"),
+            (
+                "its distribution port 25672 is already in use".to_owned(),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn falls_back_to_what_was_observed() {
+        assert_eq!(
+            diagnose(&["all fine"], "timed out"),
+            ("timed out".to_owned(), false)
+        );
+    }
+
+    #[test]
+    fn keeps_the_last_lines() {
+        assert_eq!(last_lines("a\nb\nc", 2), "b\nc\n");
+    }
+}
