@@ -486,7 +486,6 @@ async fn unknown_vhost_is_access_refused() {
 
 #[tokio::test]
 async fn refused_tcp_connect_is_recoverable_io() {
-    let broker = lepus_testkit::shared_broker().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);

@@ -128,10 +128,10 @@ impl Supervised {
         let mut state = self.state.subscribe();
         let wait = async {
             loop {
-                if let Some(live) = rx.borrow_and_update().clone() {
-                    if live.connection.is_open() {
-                        return Ok(live);
-                    }
+                if let Some(live) = rx.borrow_and_update().clone()
+                    && live.connection.is_open()
+                {
+                    return Ok(live);
                 }
                 if let ConnectionState::Failed(e) = &*state.borrow_and_update() {
                     return Err(e.clone());
@@ -178,11 +178,10 @@ impl Supervised {
                     };
                     match report {
                         Ok(report) => {
-                            let _ = self.report.send(report);
+                            self.report.send_replace(report);
                         }
                         Err(err) => {
                             // The connection died while declaring: go round again.
-                            let err = Error::from(err);
                             tracing::warn!(role = self.role, error = %err, "connection lost while declaring topology");
                             self.state.send_replace(ConnectionState::Reconnecting {
                                 attempt,
