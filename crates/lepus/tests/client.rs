@@ -1,7 +1,12 @@
 //! The supervised client against real nodes: kill -9, forced closes, late brokers, wrong
 //! passwords, dead hosts, cluster failover, topology recovery and the channel pool.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
