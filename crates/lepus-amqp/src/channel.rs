@@ -258,7 +258,10 @@ impl ChannelShared {
             )
         })?;
         if !st.confirm_mode {
-            return Ok(PublishConfirm { rx: None });
+            return Ok(PublishConfirm {
+                rx: None,
+                done: false,
+            });
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -276,7 +279,10 @@ impl ChannelShared {
             mandatory,
             returned: None,
         });
-        Ok(PublishConfirm { rx: Some(rx) })
+        Ok(PublishConfirm {
+            rx: Some(rx),
+            done: false,
+        })
     }
 
     /// Marks the channel closed and fails everything waiting on it.

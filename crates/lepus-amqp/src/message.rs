@@ -171,6 +171,7 @@ impl Confirmation {
 #[must_use = "a confirm does nothing unless awaited"]
 pub struct PublishConfirm {
     pub(crate) rx: Option<tokio::sync::oneshot::Receiver<Result<Confirmation>>>,
+    pub(crate) done: bool,
 }
 
 impl PublishConfirm {
@@ -189,16 +190,26 @@ impl std::future::Future for PublishConfirm {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
+        if self.done {
+            return std::task::Poll::Ready(Err(Error::invalid(
+                "a publish confirm was polled again after it completed",
+            )));
+        }
         let Some(rx) = self.rx.as_mut() else {
+            self.done = true;
             return std::task::Poll::Ready(Ok(Confirmation::NotRequested));
         };
-        std::pin::Pin::new(rx).poll(cx).map(|r| {
+        let poll = std::pin::Pin::new(rx).poll(cx).map(|r| {
             r.unwrap_or_else(|_| {
                 Err(Error::new(
                     ErrorKind::ConnectionClosed,
                     "connection closed before the broker confirmed the message",
                 ))
             })
-        })
+        });
+        if poll.is_ready() {
+            self.done = true;
+        }
+        poll
     }
 }

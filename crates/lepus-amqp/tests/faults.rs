@@ -1,7 +1,12 @@
 //! Faults only a node of our own can produce: a frozen broker (missed heartbeats), a
 //! memory alarm (connection.blocked), and TLS with and without client certificates.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::Duration;
 

@@ -1,6 +1,11 @@
 //! Publish, confirm, consume and ack through a real broker.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use lepus_amqp::*;
 

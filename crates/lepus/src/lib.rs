@@ -4,6 +4,8 @@
 //!   exponential backoff with full jitter, fail-fast on errors retrying cannot fix, and a
 //!   [`Topology`] declared again after every reconnect.
 //! - A channel pool for short operations, with deadlines and leak warnings.
+//! - [`Publisher`]: confirms, a bounded window and outage buffer, republish after
+//!   reconnect, mandatory returns as errors, and every failure hands the message back.
 //!
 //! The engine underneath is [`lepus_amqp`], re-exported as [`amqp`].
 
@@ -12,14 +14,21 @@ pub use lepus_amqp as amqp;
 mod backoff;
 mod client;
 mod error;
+mod message;
 mod pool;
+mod publisher;
 mod supervisor;
 mod topology;
 
 pub use backoff::{Backoff, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy};
 pub use client::{Client, ClientBuilder, Role};
 pub use error::{Error, ErrorKind, Result};
+pub use message::Message;
 pub use pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE, PooledChannel};
+pub use publisher::{
+    Confirm, DEFAULT_BUFFER, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW, PublishError, PublishResult,
+    Publisher, PublisherOptions, PublisherStats,
+};
 pub use supervisor::{ConnectionState, Live};
 pub use topology::{
     Binding, Exchange, Overflow, Queue, QueueType, Topology, TopologyFailure, TopologyReport,
