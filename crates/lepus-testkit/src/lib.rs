@@ -23,6 +23,7 @@
 
 mod broker;
 mod cluster;
+mod diagnose;
 mod error;
 mod node;
 mod process;
