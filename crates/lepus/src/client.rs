@@ -276,6 +276,24 @@ impl Client {
         self.sup(role).report.borrow().clone()
     }
 
+    /// Declares the topology again on `role`'s current connection (after a server-side
+    /// cancel, say, when a queue was deleted under a consumer).
+    pub async fn redeclare(&self, role: Role) -> Result<TopologyReport> {
+        let sup = self.sup(role);
+        let live = sup.live(self.inner.pool.acquire_timeout).await?;
+        let exclusive =
+            role == Role::Consume || Arc::ptr_eq(&self.inner.publish, &self.inner.consume);
+        let report = crate::topology::declare(
+            &live.connection,
+            &self.inner.topology,
+            &self.inner.names,
+            exclusive,
+        )
+        .await?;
+        sup.report.send_replace(report.clone());
+        Ok(report)
+    }
+
     /// The declared topology.
     pub fn topology(&self) -> &Topology {
         &self.inner.topology

@@ -181,6 +181,7 @@ impl Supervised {
                             self.report.send_replace(report);
                         }
                         Err(err) => {
+                            let err = Error::from(err);
                             // The connection died while declaring: go round again.
                             tracing::warn!(role = self.role, error = %err, "connection lost while declaring topology");
                             self.state.send_replace(ConnectionState::Reconnecting {

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lepus_amqp::{
-    AMQPValue, Connection, ExchangeDeclareOptions, ExchangeKind, FieldTable, QueueDeclareOptions,
+    AMQPValue, Channel, Connection, ExchangeDeclareOptions, ExchangeKind, FieldTable,
+    QueueDeclareOptions,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -443,9 +444,31 @@ pub(crate) async fn declare(
     topology: &Topology,
     names: &Names,
     exclusive: bool,
-) -> Result<TopologyReport> {
+) -> lepus_amqp::Result<TopologyReport> {
+    let channel = conn.open_channel().await?;
+    let report = declare_with(channel.clone(), conn, topology, names, exclusive).await?;
+    let _ = channel.close().await;
+    Ok(report)
+}
+
+/// Declares `topology` (no server-named queues) starting on `channel`; returns what failed.
+pub(crate) async fn declare_on(
+    channel: &Channel,
+    conn: &Connection,
+    topology: &Topology,
+) -> lepus_amqp::Result<Vec<TopologyFailure>> {
+    let report = declare_with(channel.clone(), conn, topology, &Names::default(), true).await?;
+    Ok(report.failures)
+}
+
+async fn declare_with(
+    mut channel: Channel,
+    conn: &Connection,
+    topology: &Topology,
+    names: &Names,
+    exclusive: bool,
+) -> lepus_amqp::Result<TopologyReport> {
     let mut report = TopologyReport::default();
-    let mut channel = conn.open_channel().await?;
     let record = |report: &mut TopologyReport,
                   entity: String,
                   result: lepus_amqp::Result<()>|
@@ -543,6 +566,5 @@ pub(crate) async fn declare(
             channel = conn.open_channel().await?;
         }
     }
-    let _ = channel.close().await;
     Ok(report)
 }

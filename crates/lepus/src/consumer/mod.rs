@@ -1,0 +1,686 @@
+//! The reliable consumer: manual acks, bounded concurrency, retries through delay tiers,
+//! a dead-letter queue with failure headers, idempotency, recovery, graceful shutdown.
+//!
+//! Handlers run as futures polled by the consumer's own task (no task per message), at
+//! most `concurrency` at once. A panic or a timeout in a handler is a transient failure
+//! of that message, never of the consumer. Every message ends acked (handled, skipped as
+//! a duplicate, or moved to a wait queue or the dead-letter queue by a confirmed
+//! publish), or returned to the queue when the channel closes: nothing is dropped.
+
+mod acker;
+mod handler;
+pub(crate) mod retry;
+
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lepus_amqp::{ConsumeOptions, ErrorKind as AmqpErrorKind};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::{Handler, HandlerError, Incoming, IntoOutcome, Outcome};
+pub use retry::{
+    ATTEMPTS_HEADER, CONSUMER_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER, LAST_FAILURE_HEADER,
+    ORIGINAL_EXCHANGE_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER,
+    RETRIES_HEADER, RetryPolicy,
+};
+
+use crate::client::{Client, Role};
+use crate::error::{Error, ErrorKind, Result};
+use crate::idempotency::IdempotencyStore;
+use crate::message::Message;
+use crate::publisher::{Publisher, PublisherOptions};
+use acker::Acker;
+use retry::{Failure, failure_headers, header_u32};
+
+/// Unacknowledged deliveries the broker may send ahead.
+pub const DEFAULT_PREFETCH: u16 = 100;
+/// Handlers running at once.
+pub const DEFAULT_CONCURRENCY: usize = 1;
+/// How long one handler invocation may run.
+pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long shutdown waits for running handlers.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Consecutive acks sent as one `basic.ack` with `multiple` (when order allows).
+pub const DEFAULT_ACK_BATCH: usize = 50;
+/// RabbitMQ's default `consumer_timeout` (30 minutes): a delivery unacked longer closes
+/// the channel.
+pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Counters of a consumer.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Deliveries received.
+    pub delivered: AtomicU64,
+    /// Messages acked after their handler succeeded.
+    pub acked: AtomicU64,
+    /// Messages sent to a wait queue, per tier.
+    pub retried: Vec<AtomicU64>,
+    /// Messages moved to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
+    /// Handler invocations that failed (errors, panics and timeouts).
+    pub failures: AtomicU64,
+    /// Handler invocations that panicked.
+    pub panics: AtomicU64,
+    /// Handler invocations that ran past the handler timeout.
+    pub timeouts: AtomicU64,
+    /// Redeliveries skipped because the idempotency store had seen them.
+    pub deduplicated: AtomicU64,
+    /// Handlers running now.
+    pub in_flight: AtomicUsize,
+    /// Times the consumer subscribed (1 + resubscriptions after failures).
+    pub subscriptions: AtomicU64,
+    /// Whether the consumer is subscribed right now.
+    pub active: AtomicBool,
+    /// Acks or nacks the broker could not take (their channel had closed; the broker
+    /// requeued those messages).
+    pub stale_settles: AtomicU64,
+}
+
+impl ConsumerStats {
+    fn new(tiers: usize) -> Self {
+        Self {
+            retried: (0..tiers).map(|_| AtomicU64::new(0)).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Messages retried through any tier.
+    pub fn retried_total(&self) -> u64 {
+        self.retried.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Builds a [`Consumer`].
+#[derive(Clone)]
+#[must_use]
+pub struct ConsumerBuilder {
+    client: Client,
+    queue: String,
+    name: String,
+    prefetch: u16,
+    concurrency: usize,
+    handler_timeout: Duration,
+    shutdown_timeout: Duration,
+    ack_batch: usize,
+    retry: RetryPolicy,
+    declare_retry_queues: bool,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    broker_consumer_timeout: Duration,
+}
+
+impl ConsumerBuilder {
+    /// The name written into dead-lettered messages' headers and used in consumer tags.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Unacknowledged deliveries the broker may send ahead (default 100).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// Handlers running at once (default 1, which also keeps acks in order and batched).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// How long one handler invocation may run before it counts as a failure.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// How long shutdown waits for running handlers.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Consecutive acks combined into one `basic.ack` with `multiple`.
+    pub fn ack_batch(mut self, batch: usize) -> Self {
+        self.ack_batch = batch.max(1);
+        self
+    }
+
+    /// How failures are retried and where messages are dead-lettered.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Whether the consumer declares its wait queues and dead-letter queue itself on
+    /// every subscribe (default true; turn off if they are declared elsewhere).
+    pub fn declare_retry_queues(mut self, declare: bool) -> Self {
+        self.declare_retry_queues = declare;
+        self
+    }
+
+    /// Skips messages whose `message_id` the store has seen, and records handled ones.
+    pub fn idempotency(mut self, store: impl IdempotencyStore) -> Self {
+        self.idempotency = Some(Arc::new(store));
+        self
+    }
+
+    /// Skips seen messages using a store shared with others.
+    pub fn idempotency_shared(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
+        self.idempotency = Some(store);
+        self
+    }
+
+    /// The broker's `consumer_timeout`, if not RabbitMQ's default of 30 minutes: handlers
+    /// running close to it are logged.
+    pub fn broker_consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.broker_consumer_timeout = timeout;
+        self
+    }
+
+    /// Validates the configuration.
+    pub fn build(self) -> Result<Consumer> {
+        if self.queue.is_empty() || self.queue.len() > 255 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "a consumer needs a queue name of 1 to 255 bytes",
+            ));
+        }
+        if self.handler_timeout >= self.broker_consumer_timeout {
+            tracing::warn!(
+                queue = %self.queue,
+                handler_timeout = ?self.handler_timeout,
+                broker_consumer_timeout = ?self.broker_consumer_timeout,
+                "handler timeout is not below the broker's consumer timeout: the broker may close the channel first"
+            );
+        }
+        let stats = Arc::new(ConsumerStats::new(self.retry.delays.len()));
+        Ok(Consumer {
+            config: Arc::new(self),
+            stats,
+        })
+    }
+}
+
+/// Consumes one queue with a [`Handler`].
+///
+/// ```no_run
+/// # async fn demo(client: lepus::Client) -> lepus::Result<()> {
+/// use lepus::{Consumer, HandlerError, Incoming, RetryPolicy};
+/// use tokio_util::sync::CancellationToken;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Order { id: u64 }
+///
+/// let consumer = Consumer::builder(&client, "orders")
+///     .name("inventory")
+///     .prefetch(50)
+///     .concurrency(8)
+///     .retry(RetryPolicy::default())
+///     .build()?;
+/// let shutdown = CancellationToken::new();
+/// consumer
+///     .run(
+///         |msg: Incoming| async move {
+///             let order: Order = msg.json()?;
+///             if order.id == 0 {
+///                 return Err(HandlerError::permanent("order id 0"));
+///             }
+///             Ok(())
+///         },
+///         shutdown,
+///     )
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Consumer {
+    config: Arc<ConsumerBuilder>,
+    stats: Arc<ConsumerStats>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.config.queue)
+            .field("name", &self.config.name)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(Error),
+    Cancelled(Error),
+}
+
+/// What a running handler (or a republish) finished with.
+enum Done {
+    Handled {
+        incoming: Incoming,
+        outcome: Outcome,
+        failures: u32,
+    },
+    Moved {
+        incoming: Incoming,
+        result: std::result::Result<(), Error>,
+        dead_lettered: bool,
+        tier: usize,
+    },
+}
+
+type Running = Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+impl Consumer {
+    /// Starts building a consumer of `queue` (a name, or a server-named queue's alias) on
+    /// `client`'s consuming connection.
+    pub fn builder(client: &Client, queue: impl Into<String>) -> ConsumerBuilder {
+        let queue = queue.into();
+        ConsumerBuilder {
+            client: client.clone(),
+            name: format!("{queue}-consumer"),
+            queue,
+            prefetch: DEFAULT_PREFETCH,
+            concurrency: DEFAULT_CONCURRENCY,
+            handler_timeout: DEFAULT_HANDLER_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            ack_batch: DEFAULT_ACK_BATCH,
+            retry: RetryPolicy::default(),
+            declare_retry_queues: true,
+            idempotency: None,
+            broker_consumer_timeout: BROKER_CONSUMER_TIMEOUT,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.config.queue
+    }
+
+    /// Runs the consumer until `shutdown` is cancelled (or the client closes): subscribes,
+    /// handles, resubscribes after connection losses and server-side cancels. On
+    /// shutdown it stops taking deliveries, lets running handlers finish (up to the
+    /// shutdown timeout), acks them, and returns the rest to the queue.
+    pub async fn run<H: Handler>(&self, handler: H, shutdown: CancellationToken) -> Result<()> {
+        let cfg = &self.config;
+        let handler = Arc::new(handler);
+        let shutdown = shutdown.child_token();
+        let client_gone = cfg.client.shutdown_token();
+        let publisher = Publisher::new(
+            &cfg.client,
+            PublisherOptions::default()
+                .mandatory(true)
+                .window(256)
+                .buffer(cfg.prefetch as usize * 2 + 16),
+        );
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if shutdown.is_cancelled() || client_gone.is_cancelled() {
+                break;
+            }
+            let live = tokio::select! {
+                live = cfg.client.connection(Role::Consume, Duration::from_secs(5)) => live,
+                _ = shutdown.cancelled() => break,
+                _ = client_gone.cancelled() => break,
+            };
+            let live = match live {
+                Ok(live) => live,
+                Err(err) if err.kind() == ErrorKind::Timeout => continue,
+                Err(err) => {
+                    // The client failed or closed for good.
+                    self.stats.active.store(false, Ordering::Relaxed);
+                    let _ = publisher.close(Duration::from_secs(5)).await;
+                    return if err.is_closed() { Ok(()) } else { Err(err) };
+                }
+            };
+            let end = self
+                .session(&live.connection, &handler, &publisher, &shutdown)
+                .await;
+            self.stats.active.store(false, Ordering::Relaxed);
+            match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Lost(err) => {
+                    tracing::warn!(queue = %cfg.queue, error = %err, "consumer lost its channel; resubscribing");
+                }
+                SessionEnd::Cancelled(err) => {
+                    tracing::warn!(queue = %cfg.queue, error = %err, "broker cancelled the consumer; redeclaring and resubscribing");
+                    if let Err(e) = cfg.client.redeclare(Role::Consume).await {
+                        tracing::warn!(error = %e, "redeclaring the topology failed");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        publisher.close(cfg.shutdown_timeout).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("retry publisher did not drain: {e}"),
+            )
+        })
+    }
+
+    /// Runs the consumer on its own task.
+    pub fn spawn<H: Handler>(
+        &self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        let me = self.clone();
+        tokio::spawn(async move { me.run(handler, shutdown).await })
+    }
+
+    async fn session<H: Handler>(
+        &self,
+        conn: &lepus_amqp::Connection,
+        handler: &Arc<H>,
+        publisher: &Publisher,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let cfg = &self.config;
+        let queue = cfg.client.queue_name(&cfg.queue);
+        let setup = async {
+            let ch = conn.open_channel().await?;
+            if cfg.declare_retry_queues {
+                for failure in
+                    crate::topology::declare_on(&ch, conn, &cfg.retry.topology(&queue)).await?
+                {
+                    tracing::warn!(%failure, "retry topology");
+                }
+            }
+            let ch = if ch.is_open() {
+                ch
+            } else {
+                conn.open_channel().await?
+            };
+            ch.basic_qos(cfg.prefetch, false).await?;
+            let tag = format!("{}-{}", cfg.name, uuid::Uuid::now_v7().simple());
+            let consumer = ch
+                .basic_consume(
+                    &queue,
+                    ConsumeOptions {
+                        consumer_tag: Some(tag.chars().take(200).collect()),
+                        ..ConsumeOptions::default()
+                    },
+                )
+                .await?;
+            Ok::<_, lepus_amqp::Error>((ch, consumer))
+        };
+        let (channel, mut consumer) = match setup.await {
+            Ok(ok) => ok,
+            Err(err) => return SessionEnd::Lost(err.into()),
+        };
+        self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        self.stats.active.store(true, Ordering::Relaxed);
+        tracing::info!(queue = %queue, tag = consumer.tag(), "consumer subscribed");
+
+        let mut acker = Acker::new(channel.clone(), cfg.ack_batch, Arc::clone(&self.stats));
+        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
+        let mut handlers_running = 0usize;
+        let mut draining: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            if let Some(since) = draining {
+                if running.is_empty() {
+                    break SessionEnd::Shutdown;
+                }
+                if since.elapsed() >= cfg.shutdown_timeout {
+                    tracing::warn!(queue = %queue, left = running.len(), "shutdown deadline passed; unfinished messages go back to the queue");
+                    break SessionEnd::Shutdown;
+                }
+            }
+            let can_take = draining.is_none() && handlers_running < cfg.concurrency;
+            let drain_deadline = draining.map(|since| since + cfg.shutdown_timeout);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if draining.is_none() => {
+                    draining = Some(Instant::now());
+                    if let Err(e) = consumer.cancel().await {
+                        tracing::debug!(error = %e, "cancelling the consumer failed");
+                    }
+                }
+                Some(done) = running.next(), if !running.is_empty() => {
+                    if matches!(done, Done::Handled { .. }) {
+                        handlers_running -= 1;
+                        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    if let Some(next) = self.settle(done, &mut acker, publisher, &queue) {
+                        running.push(next);
+                    }
+                }
+                delivery = consumer.next(), if can_take => match delivery {
+                    Some(Ok(delivery)) => {
+                        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        let incoming = Incoming::new(delivery);
+                        acker.track(incoming.delivery.delivery_tag());
+                        if self.seen_before(&incoming) {
+                            self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                            acker.ack(incoming.delivery.delivery_tag());
+                        } else {
+                            handlers_running += 1;
+                            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                            running.push(Box::pin(invoke(Arc::clone(handler), incoming, cfg.retry.immediate, cfg.handler_timeout, Arc::clone(&self.stats))));
+                        }
+                    }
+                    Some(Err(err)) if err.kind() == AmqpErrorKind::ConsumerCancelled => break SessionEnd::Cancelled(err.into()),
+                    Some(Err(err)) => break SessionEnd::Lost(err.into()),
+                    None => break SessionEnd::Lost(Error::new(ErrorKind::Closed, "consumer ended")),
+                },
+                _ = tick.tick() => {
+                    if let Some(age) = acker.oldest_age() && age > cfg.broker_consumer_timeout.mul_f64(0.8) {
+                        tracing::warn!(queue = %queue, age = ?age, broker_consumer_timeout = ?cfg.broker_consumer_timeout, "a message has been unacknowledged for close to the broker's consumer timeout");
+                    }
+                }
+                _ = sleep_until_opt(drain_deadline) => {}
+            }
+        };
+        acker.flush();
+        match &end {
+            SessionEnd::Shutdown => {
+                // Buffered deliveries that never started go back to the queue with the
+                // channel; handlers still running past the deadline likewise.
+                let _ = channel.close().await;
+                tracing::info!(queue = %queue, "consumer stopped");
+            }
+            SessionEnd::Lost(_) | SessionEnd::Cancelled(_) => {
+                // Running handlers finish on their own, but their messages will come
+                // again: acks on a closed channel are refused, never misapplied.
+                let _ = channel.close().await;
+            }
+        }
+        end
+    }
+
+    fn seen_before(&self, incoming: &Incoming) -> bool {
+        let (Some(store), Some(id)) = (&self.config.idempotency, incoming.message_id()) else {
+            return false;
+        };
+        store.contains(id).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "idempotency store lookup failed; handling the message");
+            false
+        })
+    }
+
+    /// Applies a finished handler or republish; may start a republish.
+    fn settle(
+        &self,
+        done: Done,
+        acker: &mut Acker,
+        publisher: &Publisher,
+        queue: &str,
+    ) -> Option<Running> {
+        let cfg = &self.config;
+        match done {
+            Done::Handled {
+                incoming,
+                outcome: Outcome::Ack,
+                ..
+            } => {
+                if let (Some(store), Some(id)) = (&cfg.idempotency, incoming.message_id())
+                    && let Err(e) = store.insert(id)
+                {
+                    tracing::warn!(error = %e, "idempotency store insert failed");
+                }
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                acker.ack(incoming.delivery.delivery_tag());
+                None
+            }
+            Done::Handled {
+                incoming,
+                outcome,
+                failures,
+            } => {
+                let headers = incoming.headers();
+                let failed_attempts = header_u32(headers, ATTEMPTS_HEADER).saturating_add(failures);
+                let retries = header_u32(headers, RETRIES_HEADER) as usize;
+                let (reason, error, tier) = match &outcome {
+                    Outcome::Retry(error) if retries < cfg.retry.delays.len() => {
+                        (None, error.clone(), retries)
+                    }
+                    Outcome::Retry(error) => (Some("retries-exhausted"), error.clone(), retries),
+                    Outcome::DeadLetter(error) => (Some("rejected"), error.clone(), retries),
+                    Outcome::Ack => (None, String::new(), retries),
+                };
+                let target = match reason {
+                    None => cfg.retry.wait_queue(queue, tier),
+                    Some(_) => cfg.retry.dlq(queue),
+                };
+                let failure = Failure {
+                    failed_attempts,
+                    retries: u32::try_from(tier + usize::from(reason.is_none()))
+                        .unwrap_or(u32::MAX),
+                    error: &error,
+                    queue,
+                    exchange: incoming.exchange(),
+                    routing_key: incoming.routing_key(),
+                    consumer: &cfg.name,
+                    dead_letter_reason: reason,
+                };
+                let mut copy = Message::new("", target, incoming.body().clone());
+                *copy.properties_mut() = incoming
+                    .properties()
+                    .clone()
+                    .with_headers(failure_headers(headers, &failure));
+                let publisher = publisher.clone();
+                let dead_lettered = reason.is_some();
+                Some(Box::pin(async move {
+                    let result = publisher.publish(copy).await.map_err(|e| e.error);
+                    Done::Moved {
+                        incoming,
+                        result,
+                        dead_lettered,
+                        tier,
+                    }
+                }))
+            }
+            Done::Moved {
+                incoming,
+                result,
+                dead_lettered,
+                tier,
+            } => {
+                let tag = incoming.delivery.delivery_tag();
+                match result {
+                    Ok(()) => {
+                        if dead_lettered {
+                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(message_id = ?incoming.message_id(), "message dead-lettered");
+                        } else if let Some(counter) = self.stats.retried.get(tier) {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        acker.ack(tag);
+                    }
+                    Err(e) => {
+                        // The copy did not make it: keep the original, the broker
+                        // delivers it again.
+                        tracing::warn!(error = %e, "moving a failed message failed; requeueing it");
+                        acker.nack_requeue(tag);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs a handler, retrying in process, turning panics and timeouts into failures.
+async fn invoke<H: Handler>(
+    handler: Arc<H>,
+    incoming: Incoming,
+    immediate: u32,
+    timeout: Duration,
+    stats: Arc<ConsumerStats>,
+) -> Done {
+    let mut failures = 0u32;
+    loop {
+        let run = AssertUnwindSafe(handler.handle(incoming.clone())).catch_unwind();
+        let outcome = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => {
+                stats.panics.fetch_add(1, Ordering::Relaxed);
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic payload".into());
+                tracing::error!(message_id = ?incoming.message_id(), panic = %text, "handler panicked");
+                Outcome::Retry(format!("handler panicked: {text}"))
+            }
+            Err(_) => {
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(message_id = ?incoming.message_id(), ?timeout, "handler timed out");
+                Outcome::Retry(format!("handler timed out after {timeout:?}"))
+            }
+        };
+        match outcome {
+            Outcome::Ack => {
+                return Done::Handled {
+                    incoming,
+                    outcome,
+                    failures,
+                };
+            }
+            Outcome::DeadLetter(_) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                return Done::Handled {
+                    incoming,
+                    outcome,
+                    failures: failures + 1,
+                };
+            }
+            Outcome::Retry(_) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                failures += 1;
+                if failures > immediate {
+                    return Done::Handled {
+                        incoming,
+                        outcome,
+                        failures,
+                    };
+                }
+            }
+        }
+    }
+}

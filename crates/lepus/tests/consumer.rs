@@ -1,0 +1,437 @@
+//! The reliable consumer against real nodes: poison messages through retry tiers to the
+//! dead-letter queue (classic and quorum), panics, graceful shutdown, and a broker kill
+//! during 20,000 messages with duplicates suppressed.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lepus::amqp::{AMQPValue, FieldTable, QueueDeclareOptions};
+use lepus::{
+    ATTEMPTS_HEADER, CONSUMER_HEADER, Client, Consumer, FIRST_FAILURE_HEADER, HandlerError,
+    Incoming, LAST_ERROR_HEADER, MemoryStore, Message, ORIGINAL_EXCHANGE_HEADER,
+    ORIGINAL_ROUTING_KEY_HEADER, Outcome, Publisher, PublisherOptions, Queue, REASON_HEADER,
+    ReconnectPolicy, RetryPolicy, Topology,
+};
+use lepus_testkit::{Broker, shared_broker, unique_name};
+use tokio_util::sync::CancellationToken;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+fn client(url: &str, topology: Topology) -> Client {
+    Client::builder()
+        .endpoint(url)
+        .unwrap()
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(500)),
+        )
+        .topology(topology)
+        .build()
+        .unwrap()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn message_count(client: &Client, queue: &str) -> u32 {
+    let ch = client.channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue, passive, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count
+}
+
+fn text(h: &FieldTable, key: &str) -> String {
+    match h.inner().get(key) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+async fn poison_goes_to_the_dead_letter_queue(quorum: bool) {
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let (ex, q) = (unique_name("shop"), unique_name("work"));
+    let work = if quorum {
+        Queue::new(&q).quorum()
+    } else {
+        Queue::new(&q)
+    };
+    let retry = RetryPolicy::default()
+        .immediate(1)
+        .delays([Duration::from_millis(200), Duration::from_millis(400)]);
+    assert_eq!(retry.max_attempts(), 6);
+    let topology = Topology::new()
+        .exchange(lepus::Exchange::topic(&ex))
+        .queue(work)
+        .bind(&q, &ex, "order.*")
+        .merge(retry.topology(&q));
+    let client = client(broker.url(), topology);
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let publisher = Publisher::new(&client, PublisherOptions::default());
+    for i in 0..20 {
+        let body = if i == 7 {
+            "poison".to_string()
+        } else {
+            format!("good-{i}")
+        };
+        publisher
+            .publish(Message::new(&ex, "order.created", body))
+            .await
+            .unwrap();
+    }
+    let poison_calls = Arc::new(AtomicUsize::new(0));
+    let good = Arc::new(Mutex::new(HashSet::new()));
+    let consumer = Consumer::builder(&client, &q)
+        .name("inventory")
+        .retry(retry.clone())
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let task = {
+        let (poison_calls, good) = (poison_calls.clone(), good.clone());
+        consumer.spawn(
+            move |msg: Incoming| {
+                let (poison_calls, good) = (poison_calls.clone(), good.clone());
+                async move {
+                    if msg.text() == Some("poison") {
+                        poison_calls.fetch_add(1, Ordering::SeqCst);
+                        return Err(HandlerError::transient("stock service unavailable"));
+                    }
+                    good.lock().unwrap().insert(msg.text().unwrap().to_owned());
+                    Ok(())
+                }
+            },
+            stop.clone(),
+        )
+    };
+    let stats = consumer.stats();
+    wait_until("good messages handled", Duration::from_secs(20), || {
+        good.lock().unwrap().len() == 19
+    })
+    .await;
+    wait_until("poison dead-lettered", Duration::from_secs(20), || {
+        stats.dead_lettered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(
+        poison_calls.load(Ordering::SeqCst),
+        6,
+        "exactly the configured attempts"
+    );
+    assert_eq!(stats.retried[0].load(Ordering::SeqCst), 1);
+    assert_eq!(stats.retried[1].load(Ordering::SeqCst), 1);
+    let dlq = retry.dlq(&q);
+    let ch = client.channel().await.unwrap();
+    let dead = ch
+        .basic_get(&dlq)
+        .await
+        .unwrap()
+        .expect("a message in the dead-letter queue");
+    assert_eq!(&dead.delivery.body()[..], b"poison");
+    let h = dead.delivery.properties().headers().clone().unwrap();
+    assert_eq!(lepus_header(&h, ATTEMPTS_HEADER), 6);
+    assert_eq!(text(&h, ORIGINAL_EXCHANGE_HEADER), ex);
+    assert_eq!(text(&h, ORIGINAL_ROUTING_KEY_HEADER), "order.created");
+    assert_eq!(text(&h, LAST_ERROR_HEADER), "stock service unavailable");
+    assert_eq!(text(&h, CONSUMER_HEADER), "inventory");
+    assert_eq!(text(&h, REASON_HEADER), "retries-exhausted");
+    assert!(h.inner().contains_key(FIRST_FAILURE_HEADER));
+    dead.delivery.ack().unwrap();
+    drop(ch);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(message_count(&client, &q).await, 0);
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
+
+fn lepus_header(h: &FieldTable, key: &str) -> i64 {
+    match h.inner().get(key) {
+        Some(AMQPValue::LongLongInt(v)) => *v,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_after_exactly_the_configured_attempts() {
+    poison_goes_to_the_dead_letter_queue(false).await;
+}
+
+#[tokio::test]
+async fn the_same_on_a_quorum_queue() {
+    poison_goes_to_the_dead_letter_queue(true).await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_skips_the_retries() {
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let q = unique_name("permanent");
+    let retry = RetryPolicy::default();
+    let client = client(broker.url(), Topology::new().queue(Queue::new(&q)));
+    let publisher = Publisher::new(&client, PublisherOptions::default());
+    publisher
+        .publish(Message::new("", &q, "{not json"))
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(&client, &q)
+        .retry(retry.clone())
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let c = calls.clone();
+    let task = consumer.spawn(
+        move |msg: Incoming| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _: HashMap<String, String> = msg.json()?;
+                Ok::<_, HandlerError>(())
+            }
+        },
+        stop.clone(),
+    );
+    let stats = consumer.stats();
+    wait_until("dead-lettered", Duration::from_secs(10), || {
+        stats.dead_lettered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let ch = client.channel().await.unwrap();
+    let dead = ch.basic_get(&retry.dlq(&q)).await.unwrap().unwrap();
+    let h = dead.delivery.properties().headers().clone().unwrap();
+    assert_eq!(text(&h, REASON_HEADER), "rejected");
+    assert!(text(&h, LAST_ERROR_HEADER).contains("JSON"));
+    dead.delivery.ack().unwrap();
+    drop(ch);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panicking_handler_does_not_take_the_consumer_down() {
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let q = unique_name("panics");
+    let client = client(broker.url(), Topology::new().queue(Queue::new(&q)));
+    let publisher = Publisher::new(&client, PublisherOptions::default());
+    for body in ["a", "boom", "c"] {
+        publisher.publish(Message::new("", &q, body)).await.unwrap();
+    }
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let booms = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(&client, &q)
+        .retry(
+            RetryPolicy::none()
+                .immediate(1)
+                .delays([Duration::from_millis(100)]),
+        )
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let (h, b) = (handled.clone(), booms.clone());
+    let task = consumer.spawn(
+        move |msg: Incoming| {
+            let (h, b) = (h.clone(), b.clone());
+            async move {
+                let body = msg.text().unwrap().to_owned();
+                // Panics on its first two attempts (the in-process retry included), then
+                // succeeds when it comes back from the wait queue.
+                if body == "boom" && b.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("handler bug on {body}");
+                }
+                h.lock().unwrap().push((body, msg.attempt()));
+                Outcome::Ack
+            }
+        },
+        stop.clone(),
+    );
+    wait_until("all handled", Duration::from_secs(10), || {
+        handled.lock().unwrap().len() == 3
+    })
+    .await;
+    let stats = consumer.stats();
+    assert_eq!(stats.panics.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.retried_total(), 1);
+    let boom = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(b, _)| b == "boom")
+        .cloned()
+        .unwrap();
+    assert_eq!(boom.1, 3, "third attempt");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_lets_slow_handlers_finish_and_acks_them() {
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let q = unique_name("shutdown");
+    let client = client(broker.url(), Topology::new().queue(Queue::new(&q)));
+    let publisher = Publisher::new(&client, PublisherOptions::default());
+    for i in 0..15 {
+        publisher
+            .publish(Message::new("", &q, format!("{i}")))
+            .await
+            .unwrap();
+    }
+    let finished = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(&client, &q)
+        .prefetch(15)
+        .concurrency(10)
+        .shutdown_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let f = finished.clone();
+    let task = consumer.spawn(
+        move |_msg: Incoming| {
+            let f = f.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+                Outcome::Ack
+            }
+        },
+        stop.clone(),
+    );
+    let stats = consumer.stats();
+    wait_until("10 handlers running", Duration::from_secs(10), || {
+        stats.in_flight.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        10,
+        "all 10 running handlers finished"
+    );
+    assert_eq!(stats.acked.load(Ordering::SeqCst), 10);
+    // The 5 that never started went back to the queue; nothing is left unacked.
+    let ch = client.channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let info = ch
+        .queue_declare(&client.queue_name(&q), passive, FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(info.message_count, 5);
+    assert_eq!(info.consumer_count, 0);
+    drop(ch);
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_kill_during_20000_messages_loses_none_and_duplicates_are_suppressed() {
+    const TOTAL: usize = 20_000;
+    let broker = Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let q = unique_name("kill");
+    let client = client(&broker.url(), Topology::new().queue(Queue::new(&q)));
+    let publisher = Publisher::new(&client, PublisherOptions::default());
+    let batch: Vec<_> = (0..TOTAL)
+        .map(|i| Message::new("", &q, "x").message_id_str(&format!("m-{i}")))
+        .collect();
+    assert!(
+        publisher
+            .publish_batch(batch)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let invocations = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(&client, &q)
+        .prefetch(200)
+        .concurrency(4)
+        .idempotency(MemoryStore::default())
+        .retry(RetryPolicy::none().immediate(3))
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let (s, n) = (seen.clone(), invocations.clone());
+    let task = consumer.spawn(
+        move |msg: Incoming| {
+            let (s, n) = (s.clone(), n.clone());
+            async move {
+                n.fetch_add(1, Ordering::SeqCst);
+                // A little work, so the kill lands mid-stream.
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                s.lock()
+                    .unwrap()
+                    .insert(msg.message_id().unwrap().to_owned());
+                Outcome::Ack
+            }
+        },
+        stop.clone(),
+    );
+    wait_until("a quarter handled", Duration::from_secs(60), || {
+        seen.lock().unwrap().len() >= TOTAL / 4
+    })
+    .await;
+    let b = broker.clone();
+    blocking(move || {
+        b.kill().unwrap();
+        b.restart().unwrap();
+    })
+    .await;
+    wait_until("all handled", Duration::from_secs(120), || {
+        seen.lock().unwrap().len() == TOTAL
+    })
+    .await;
+    let stats = consumer.stats();
+    wait_until("queue drained", Duration::from_secs(30), || {
+        stats.in_flight.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let deduplicated = stats.deduplicated.load(Ordering::SeqCst);
+    println!(
+        "handled {} distinct, {} invocations, {deduplicated} redeliveries suppressed, {} subscriptions, {} stale acks",
+        seen.lock().unwrap().len(),
+        invocations.load(Ordering::SeqCst),
+        stats.subscriptions.load(Ordering::SeqCst),
+        stats.stale_settles.load(Ordering::SeqCst),
+    );
+    assert_eq!(seen.lock().unwrap().len(), TOTAL, "none lost");
+    assert!(
+        stats.subscriptions.load(Ordering::SeqCst) >= 2,
+        "resubscribed after the kill"
+    );
+    assert_eq!(message_count(&client, &q).await, 0);
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
