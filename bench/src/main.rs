@@ -9,6 +9,7 @@ mod cpu;
 mod report;
 mod run;
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +63,20 @@ struct Args {
     pause_secs: f64,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_main() -> Result<()> {
     let args = Args::parse();
     let mut clients = Vec::new();
     for name in &args.clients {

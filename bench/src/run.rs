@@ -13,7 +13,7 @@ use lepus_amqp::{Connection, FieldTable, QueueDeclareOptions, QueueDeleteOptions
 use tokio::task::JoinSet;
 
 use crate::clients::{Client, Phase, Workload};
-use crate::cpu::process_cpu;
+use crate::cpu::{monotonic_secs, process_cpu};
 
 /// The four figures of one client run.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +42,8 @@ pub struct Runner {
     queues: usize,
     timeout: Duration,
     admin: Connection,
+    /// Print each phase's CLOCK_MONOTONIC interval (for `perf report --time`).
+    marks: bool,
 }
 
 impl Runner {
@@ -60,6 +62,7 @@ impl Runner {
             queues,
             timeout,
             admin,
+            marks: std::env::var_os("LEPUS_BENCH_MARKS").is_some(),
         })
     }
 
@@ -173,8 +176,16 @@ impl Runner {
 
         meet(&mut tasks, phase.start(), deadline, what).await?;
         let (cpu0, t0) = (process_cpu()?, Instant::now());
+        let mark_start = monotonic_secs();
         meet(&mut tasks, phase.done(), deadline, what).await?;
         let (wall, cpu) = (t0.elapsed(), process_cpu()?.saturating_sub(cpu0));
+        if self.marks {
+            eprintln!(
+                "mark {} {what} {mark_start:.6},{:.6}",
+                client.name(),
+                monotonic_secs()
+            );
+        }
 
         while let Some(joined) = tokio::time::timeout_at(deadline, tasks.join_next())
             .await
