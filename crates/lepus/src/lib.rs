@@ -20,6 +20,7 @@ mod consumer;
 mod error;
 mod idempotency;
 mod message;
+pub mod observability;
 mod pool;
 mod publisher;
 mod supervisor;

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, Role};
 use crate::error::{Error, ErrorKind};
 use crate::message::Message;
+use crate::observability::metrics::{self as m, PublishMetrics};
+use crate::observability::trace;
 use crate::supervisor::Live;
 
 /// Unconfirmed messages on the wire at once.
@@ -136,6 +138,10 @@ struct Job {
     reply: Reply,
     deadline: Instant,
     nacks: u32,
+    /// When it was last written to a channel, for the confirm latency.
+    sent_at: Option<Instant>,
+    /// The publish span: from `send` to the confirm (held, never read).
+    _span: tracing::Span,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -162,12 +168,42 @@ pub struct PublisherStats {
 
 struct Shared {
     stats: PublisherStats,
+    buffer_gauge: metrics::Gauge,
+    in_flight_gauge: metrics::Gauge,
     outstanding: AtomicUsize,
     idle: Notify,
     closing: AtomicBool,
 }
 
 impl Shared {
+    fn buffered(&self, delta: isize) {
+        if delta >= 0 {
+            self.stats
+                .buffered
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+            self.buffer_gauge.increment(delta as f64);
+        } else {
+            self.stats
+                .buffered
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            self.buffer_gauge.decrement(delta.unsigned_abs() as f64);
+        }
+    }
+
+    fn in_flight(&self, delta: isize) {
+        if delta >= 0 {
+            self.stats
+                .in_flight
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+            self.in_flight_gauge.increment(delta as f64);
+        } else {
+            self.stats
+                .in_flight
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            self.in_flight_gauge.decrement(delta.unsigned_abs() as f64);
+        }
+    }
+
     fn finish(&self, job: Job, result: PublishResult) {
         if result.is_ok() {
             self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
@@ -186,6 +222,7 @@ impl Shared {
     }
 
     fn fail(&self, mut job: Job, error: Error) {
+        m::publish_failed(&job.msg.exchange, error.kind());
         let message = std::mem::replace(&mut job.msg, Message::new("", "", ""));
         self.finish(
             job,
@@ -260,6 +297,8 @@ impl Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             stats: PublisherStats::default(),
+            buffer_gauge: m::buffer_depth(),
+            in_flight_gauge: m::in_flight(),
             outstanding: AtomicUsize::new(0),
             idle: Notify::new(),
             closing: AtomicBool::new(false),
@@ -272,6 +311,7 @@ impl Publisher {
             channel: None,
             blocked: None,
             live: client.watch_connection(Role::Publish),
+            metrics: std::collections::HashMap::new(),
             shared: Arc::clone(&shared),
             options: options.clone(),
             stop: stop.clone(),
@@ -335,18 +375,38 @@ impl Publisher {
         deadline: Instant,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), PublishError> {
+        let mut message = message;
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation = "publish",
+            messaging.destination.name = %message.exchange,
+            messaging.rabbitmq.destination.routing_key = %message.routing_key,
+            messaging.message.id = message.message_id().unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            let mut headers = message.properties.headers().clone().unwrap_or_default();
+            if trace::inject(&span, &mut headers) {
+                message.properties = std::mem::take(&mut message.properties).with_headers(headers);
+            }
+        }
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+        self.shared.buffered(1);
         let job = Job {
             msg: message,
             reply,
             deadline,
             nacks: 0,
+            sent_at: None,
+            _span: span,
             _permit: permit,
         };
         self.tx.send(job).map_err(|mpsc::error::SendError(job)| {
             self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-            self.shared.stats.buffered.fetch_sub(1, Ordering::Relaxed);
+            self.shared.buffered(-1);
             PublishError {
                 error: Error::new(ErrorKind::Closed, "the publisher is closed"),
                 message: Box::new(job.msg),
@@ -450,6 +510,7 @@ impl Publisher {
 
 struct Task {
     rx: mpsc::UnboundedReceiver<Job>,
+    metrics: std::collections::HashMap<String, PublishMetrics>,
     waiting: VecDeque<Job>,
     inflight: VecDeque<(Job, PublishConfirm)>,
     channel: Option<(u64, Channel)>,
@@ -483,7 +544,7 @@ impl Task {
                 Event::Job(None) | Event::Stop => break,
                 Event::Confirmed(outcome) => {
                     if let Some((job, _)) = self.inflight.pop_front() {
-                        self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        self.shared.in_flight(-1);
                         if let Some(lost) = self.settle(job, outcome) {
                             self.requeue_inflight(Some(lost));
                         }
@@ -548,7 +609,7 @@ impl Task {
             let Some((job, _)) = self.inflight.pop_front() else {
                 break;
             };
-            self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.shared.in_flight(-1);
             if let Some(lost) = self.settle(job, outcome) {
                 self.requeue_inflight(Some(lost));
                 break;
@@ -557,14 +618,28 @@ impl Task {
     }
 
     /// Applies one confirm outcome; hands the job back if the channel was lost.
+    /// Runs `f` with the metric handles of `exchange`, registering them on first use.
+    fn with_metrics(&mut self, exchange: &str, f: impl FnOnce(&PublishMetrics)) {
+        match self.metrics.get(exchange) {
+            Some(handles) => f(handles),
+            None => {
+                let handles = PublishMetrics::new(exchange);
+                f(&handles);
+                self.metrics.insert(exchange.to_owned(), handles);
+            }
+        }
+    }
+
     fn settle(&mut self, job: Job, outcome: lepus_amqp::Result<Confirmation>) -> Option<Job> {
         match outcome {
             Ok(Confirmation::Nack) => {
                 self.shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
+                self.with_metrics(&job.msg.exchange, |m| m.nacked.increment(1));
                 self.retry_nack(job);
             }
             Ok(Confirmation::Returned(ret)) => {
                 self.shared.stats.returned.fetch_add(1, Ordering::Relaxed);
+                self.with_metrics(&job.msg.exchange, |m| m.returned.increment(1));
                 let error = Error::new(
                     ErrorKind::Unroutable,
                     format!(
@@ -574,7 +649,16 @@ impl Task {
                 );
                 self.shared.fail(job, error);
             }
-            Ok(_) => self.shared.succeed(job),
+            Ok(_) => {
+                let latency = job.sent_at.map(|at| at.elapsed().as_secs_f64());
+                self.with_metrics(&job.msg.exchange, |m| {
+                    m.confirmed.increment(1);
+                    if let Some(latency) = latency {
+                        m.latency.record(latency);
+                    }
+                });
+                self.shared.succeed(job);
+            }
             // The channel or connection died before the confirm: this one and everything
             // after it goes out again.
             Err(_) => return Some(job),
@@ -589,7 +673,7 @@ impl Task {
                 .stats
                 .republished
                 .fetch_add(1, Ordering::Relaxed);
-            self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+            self.shared.buffered(1);
             self.waiting.push_back(job);
         } else {
             self.shared.fail(
@@ -610,7 +694,7 @@ impl Task {
         let mut cx = Context::from_waker(Waker::noop());
         let mut back: Vec<Job> = first.into_iter().collect();
         while let Some((job, mut confirm)) = self.inflight.pop_front() {
-            self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.shared.in_flight(-1);
             // A confirm that made it in before the loss still counts.
             match Pin::new(&mut confirm).poll(&mut cx) {
                 Poll::Ready(Ok(Confirmation::Ack)) => self.shared.succeed(job),
@@ -627,7 +711,7 @@ impl Task {
             .stats
             .republished
             .fetch_add(1, Ordering::Relaxed);
-        self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+        self.shared.buffered(1);
         self.waiting.push_front(job);
     }
 
@@ -666,7 +750,7 @@ impl Task {
             let Some(job) = self.waiting.pop_front() else {
                 return;
             };
-            self.shared.stats.buffered.fetch_sub(1, Ordering::Relaxed);
+            self.shared.buffered(-1);
             if job.deadline <= Instant::now() {
                 let error = Error::new(
                     ErrorKind::Timeout,
@@ -684,14 +768,17 @@ impl Task {
                 .await
             {
                 Ok(confirm) => {
+                    let mut job = job;
+                    job.sent_at = Some(Instant::now());
                     self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
-                    self.shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                    self.with_metrics(&job.msg.exchange, |m| m.published.increment(1));
+                    self.shared.in_flight(1);
                     self.inflight.push_back((job, confirm));
                 }
                 Err(err) if err.is_recoverable() => {
                     // Not written: it goes out on the next channel, first.
                     tracing::debug!(error = %err, "publish failed; will retry on a new channel");
-                    self.shared.stats.buffered.fetch_add(1, Ordering::Relaxed);
+                    self.shared.buffered(1);
                     self.waiting.push_front(job);
                     self.requeue_inflight(None);
                     return;
@@ -707,7 +794,7 @@ impl Task {
         let now = Instant::now();
         while self.waiting.front().is_some_and(|j| j.deadline <= now) {
             if let Some(job) = self.waiting.pop_front() {
-                self.shared.stats.buffered.fetch_sub(1, Ordering::Relaxed);
+                self.shared.buffered(-1);
                 let reason = if self.channel.is_none() {
                     "no connection to the broker before the publish timeout"
                 } else if self.is_blocked() {
@@ -725,7 +812,7 @@ impl Task {
             .is_some_and(|(j, _)| j.deadline <= now)
         {
             if let Some((job, _)) = self.inflight.pop_front() {
-                self.shared.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                self.shared.in_flight(-1);
                 self.shared.fail(
                     job,
                     Error::new(ErrorKind::Timeout, "no confirm before the publish timeout"),

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::ReconnectPolicy;
 use crate::error::{Error, ErrorKind, Result};
+use crate::observability::metrics::ConnectionMetrics;
 use crate::topology::{self, Names, Topology, TopologyReport};
 
 /// Where a supervised connection is in its life.
@@ -97,6 +98,7 @@ pub(crate) struct Stats {
 
 pub(crate) struct Supervised {
     pub(crate) role: &'static str,
+    metrics: ConnectionMetrics,
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) current: watch::Sender<Option<Live>>,
     pub(crate) report: watch::Sender<TopologyReport>,
@@ -115,6 +117,7 @@ impl Supervised {
     pub(crate) fn new(role: &'static str) -> Arc<Self> {
         Arc::new(Self {
             role,
+            metrics: ConnectionMetrics::new(role),
             state: watch::channel(ConnectionState::Connecting).0,
             current: watch::channel(None).0,
             report: watch::channel(TopologyReport::default()).0,
@@ -163,9 +166,11 @@ impl Supervised {
         let mut attempt: u32 = 0;
         let mut delays = plan.policy.delays();
         let mut since = Instant::now();
+        let mut lost_at: Option<Instant> = None;
         loop {
             attempt += 1;
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            self.metrics.attempts.increment(1);
             let outcome = tokio::select! {
                 r = connect_any(&plan.endpoints) => r,
                 _ = cancel.cancelled() => break,
@@ -199,15 +204,20 @@ impl Supervised {
                         connection: conn.clone(),
                     }));
                     self.state.send_replace(ConnectionState::Connected { host });
+                    self.metrics.connected.set(1.0);
+                    if let Some(at) = lost_at.take() {
+                        self.metrics.recovery.record(at.elapsed().as_secs_f64());
+                    }
                     attempt = 0;
                     delays = plan.policy.delays();
-                    let lost = tokio::select! {
-                        err = conn.closed() => err,
-                        _ = cancel.cancelled() => {
-                            let _ = conn.close().await;
-                            break;
-                        }
+                    let Some(lost) = self.watch(&conn, &cancel).await else {
+                        let _ = conn.close().await;
+                        break;
                     };
+                    self.metrics.connected.set(0.0);
+                    self.metrics.blocked.set(0.0);
+                    self.metrics.reconnects.increment(1);
+                    lost_at = Some(Instant::now());
                     tracing::warn!(role = self.role, error = %lost, "connection lost; reconnecting");
                     self.current.send_replace(None);
                     self.state.send_replace(ConnectionState::Reconnecting {
@@ -255,8 +265,32 @@ impl Supervised {
                 }
             }
         }
+        self.metrics.connected.set(0.0);
         self.current.send_replace(None);
         self.state.send_replace(ConnectionState::Closed);
+    }
+
+    /// Waits while connected, keeping the blocked gauge current. `None` on cancel.
+    async fn watch(
+        &self,
+        conn: &Connection,
+        cancel: &CancellationToken,
+    ) -> Option<lepus_amqp::Error> {
+        let mut blocked = conn.blocked();
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                err = conn.closed() => return Some(err),
+                _ = cancel.cancelled() => return None,
+                changed = blocked.changed(), if watching => match changed {
+                    Ok(()) => {
+                        let on = blocked.borrow_and_update().is_some();
+                        self.metrics.blocked.set(if on { 1.0 } else { 0.0 });
+                    }
+                    Err(_) => watching = false,
+                },
+            }
+        }
     }
 }
 

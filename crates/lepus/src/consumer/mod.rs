@@ -22,6 +22,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use lepus_amqp::{ConsumeOptions, ErrorKind as AmqpErrorKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use handler::{Handler, HandlerError, Incoming, IntoOutcome, Outcome};
 pub use retry::{
@@ -34,6 +35,8 @@ use crate::client::{Client, Role};
 use crate::error::{Error, ErrorKind, Result};
 use crate::idempotency::IdempotencyStore;
 use crate::message::Message;
+use crate::observability::metrics::ConsumeMetrics;
+use crate::observability::trace;
 use crate::publisher::{Publisher, PublisherOptions};
 use acker::Acker;
 use retry::{Failure, failure_headers, header_u32};
@@ -266,6 +269,7 @@ enum Done {
         incoming: Incoming,
         outcome: Outcome,
         failures: u32,
+        span: tracing::Span,
     },
     Moved {
         incoming: Incoming,
@@ -324,6 +328,7 @@ impl Consumer {
                 .window(256)
                 .buffer(cfg.prefetch as usize * 2 + 16),
         );
+        let metrics = ConsumeMetrics::new(&cfg.queue, cfg.retry.delays.len());
         let mut pause = Duration::from_millis(100);
         loop {
             if shutdown.is_cancelled() || client_gone.is_cancelled() {
@@ -345,7 +350,7 @@ impl Consumer {
                 }
             };
             let end = self
-                .session(&live.connection, &handler, &publisher, &shutdown)
+                .session(&live.connection, &handler, &publisher, &shutdown, &metrics)
                 .await;
             self.stats.active.store(false, Ordering::Relaxed);
             match end {
@@ -390,6 +395,7 @@ impl Consumer {
         handler: &Arc<H>,
         publisher: &Publisher,
         shutdown: &CancellationToken,
+        metrics: &ConsumeMetrics,
     ) -> SessionEnd {
         let cfg = &self.config;
         let queue = cfg.client.queue_name(&cfg.queue);
@@ -458,23 +464,37 @@ impl Consumer {
                     if matches!(done, Done::Handled { .. }) {
                         handlers_running -= 1;
                         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        metrics.in_flight.decrement(1.0);
                     }
-                    if let Some(next) = self.settle(done, &mut acker, publisher, &queue) {
+                    if let Some(next) = self.settle(done, &mut acker, publisher, &queue, metrics) {
                         running.push(next);
                     }
                 }
                 delivery = consumer.next(), if can_take => match delivery {
                     Some(Ok(delivery)) => {
                         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        metrics.delivered.increment(1);
                         let incoming = Incoming::new(delivery);
                         acker.track(incoming.delivery.delivery_tag());
                         if self.seen_before(&incoming) {
                             self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                            metrics.deduplicated.increment(1);
                             acker.ack(incoming.delivery.delivery_tag());
                         } else {
                             handlers_running += 1;
                             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                            running.push(Box::pin(invoke(Arc::clone(handler), incoming, cfg.retry.immediate, cfg.handler_timeout, Arc::clone(&self.stats))));
+                            metrics.in_flight.increment(1.0);
+                            let span = handle_span(&queue, &incoming);
+                            let call = Invocation {
+                                handler: Arc::clone(handler),
+                                incoming,
+                                immediate: cfg.retry.immediate,
+                                timeout: cfg.handler_timeout,
+                                stats: Arc::clone(&self.stats),
+                                metrics: metrics.clone(),
+                                span: span.clone(),
+                            };
+                            running.push(Box::pin(call.run().instrument(span)));
                         }
                     }
                     Some(Err(err)) if err.kind() == AmqpErrorKind::ConsumerCancelled => break SessionEnd::Cancelled(err.into()),
@@ -523,6 +543,7 @@ impl Consumer {
         acker: &mut Acker,
         publisher: &Publisher,
         queue: &str,
+        metrics: &ConsumeMetrics,
     ) -> Option<Running> {
         let cfg = &self.config;
         match done {
@@ -537,6 +558,7 @@ impl Consumer {
                     tracing::warn!(error = %e, "idempotency store insert failed");
                 }
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                metrics.acked.increment(1);
                 acker.ack(incoming.delivery.delivery_tag());
                 None
             }
@@ -544,6 +566,7 @@ impl Consumer {
                 incoming,
                 outcome,
                 failures,
+                span,
             } => {
                 let headers = incoming.headers();
                 let failed_attempts = header_u32(headers, ATTEMPTS_HEADER).saturating_add(failures);
@@ -578,15 +601,19 @@ impl Consumer {
                     .with_headers(failure_headers(headers, &failure));
                 let publisher = publisher.clone();
                 let dead_lettered = reason.is_some();
-                Some(Box::pin(async move {
-                    let result = publisher.publish(copy).await.map_err(|e| e.error);
-                    Done::Moved {
-                        incoming,
-                        result,
-                        dead_lettered,
-                        tier,
+                // Published inside the message's span, so the copy continues its trace.
+                Some(Box::pin(
+                    async move {
+                        let result = publisher.publish(copy).await.map_err(|e| e.error);
+                        Done::Moved {
+                            incoming,
+                            result,
+                            dead_lettered,
+                            tier,
+                        }
                     }
-                }))
+                    .instrument(span),
+                ))
             }
             Done::Moved {
                 incoming,
@@ -599,9 +626,13 @@ impl Consumer {
                     Ok(()) => {
                         if dead_lettered {
                             self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            metrics.dead_lettered.increment(1);
                             tracing::warn!(message_id = ?incoming.message_id(), "message dead-lettered");
                         } else if let Some(counter) = self.stats.retried.get(tier) {
                             counter.fetch_add(1, Ordering::Relaxed);
+                            if let Some(c) = metrics.retried.get(tier) {
+                                c.increment(1);
+                            }
                         }
                         acker.ack(tag);
                     }
@@ -625,61 +656,98 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Runs a handler, retrying in process, turning panics and timeouts into failures.
-async fn invoke<H: Handler>(
+/// The `handle` span of one message, child of the trace in its headers.
+fn handle_span(queue: &str, incoming: &Incoming) -> tracing::Span {
+    let span = tracing::info_span!(
+        "handle",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation = "process",
+        messaging.source.name = %queue,
+        messaging.message.id = incoming.message_id().unwrap_or_default(),
+        messaging.rabbitmq.destination.routing_key = %incoming.routing_key(),
+        attempt = incoming.attempt(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    trace::extract_into(&span, incoming.headers());
+    span
+}
+
+/// One message's handling: the handler, retried in process, with panics and timeouts
+/// turned into failures.
+struct Invocation<H> {
     handler: Arc<H>,
     incoming: Incoming,
     immediate: u32,
     timeout: Duration,
     stats: Arc<ConsumerStats>,
-) -> Done {
-    let mut failures = 0u32;
-    loop {
-        let run = AssertUnwindSafe(handler.handle(incoming.clone())).catch_unwind();
-        let outcome = match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => {
-                stats.panics.fetch_add(1, Ordering::Relaxed);
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic payload".into());
-                tracing::error!(message_id = ?incoming.message_id(), panic = %text, "handler panicked");
-                Outcome::Retry(format!("handler panicked: {text}"))
-            }
-            Err(_) => {
-                stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(message_id = ?incoming.message_id(), ?timeout, "handler timed out");
-                Outcome::Retry(format!("handler timed out after {timeout:?}"))
-            }
-        };
-        match outcome {
-            Outcome::Ack => {
+    metrics: ConsumeMetrics,
+    span: tracing::Span,
+}
+
+impl<H: Handler> Invocation<H> {
+    async fn run(self) -> Done {
+        let Invocation {
+            handler,
+            incoming,
+            immediate,
+            timeout,
+            stats,
+            metrics,
+            span,
+        } = self;
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let run = AssertUnwindSafe(handler.handle(incoming.clone())).catch_unwind();
+            let result = tokio::time::timeout(timeout, run).await;
+            metrics.duration.record(started.elapsed().as_secs_f64());
+            let outcome = match result {
+                Ok(Ok(outcome)) => {
+                    if outcome != Outcome::Ack {
+                        metrics.errors.increment(1);
+                    }
+                    outcome
+                }
+                Ok(Err(panic)) => {
+                    stats.panics.fetch_add(1, Ordering::Relaxed);
+                    metrics.panics.increment(1);
+                    let text = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic payload".into());
+                    tracing::error!(message_id = ?incoming.message_id(), panic = %text, "handler panicked");
+                    Outcome::Retry(format!("handler panicked: {text}"))
+                }
+                Err(_) => {
+                    stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    metrics.timeouts.increment(1);
+                    tracing::warn!(message_id = ?incoming.message_id(), ?timeout, "handler timed out");
+                    Outcome::Retry(format!("handler timed out after {timeout:?}"))
+                }
+            };
+            let finished = match &outcome {
+                Outcome::Ack => true,
+                Outcome::DeadLetter(_) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    failures += 1;
+                    true
+                }
+                Outcome::Retry(_) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    failures += 1;
+                    failures > immediate
+                }
+            };
+            if finished {
                 return Done::Handled {
                     incoming,
                     outcome,
                     failures,
+                    span,
                 };
-            }
-            Outcome::DeadLetter(_) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                return Done::Handled {
-                    incoming,
-                    outcome,
-                    failures: failures + 1,
-                };
-            }
-            Outcome::Retry(_) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                failures += 1;
-                if failures > immediate {
-                    return Done::Handled {
-                        incoming,
-                        outcome,
-                        failures,
-                    };
-                }
             }
         }
     }
