@@ -1,5 +1,214 @@
-//! shop: the reference order system (orders -> inventory -> notifications).
+//! `shop`: the reference order system (orders -> inventory -> notifications).
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("shop is not built yet: see the project's issues")
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use shop::inventory::{InventoryOptions, InventoryService};
+use shop::notify::{NotifyOptions, NotifyService};
+use shop::order::OrderService;
+use shop::service::Common;
+use shop::system::{System, SystemConfig};
+use shop::topology::Names;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "shop",
+    version,
+    about = "The lepus reference order system and its demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The order service alone (HTTP API: POST /orders, GET /orders/{id}).
+    Order {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Where the order API listens.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+    },
+    /// The inventory service alone (admin API: /admin/stock, /admin/breaker).
+    Inventory {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Where the admin and health API listens.
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: SocketAddr,
+    },
+    /// The notification service alone.
+    Notify {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Where the health API listens.
+        #[arg(long, default_value = "127.0.0.1:8083")]
+        listen: SocketAddr,
+    },
+    /// All three services in one process, each with its own client and store.
+    All {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(flatten)]
+        ports: PortArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct CommonArgs {
+    /// AMQP URL of the broker; repeat for the nodes of a cluster.
+    #[arg(
+        long = "amqp-url",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_urls: Vec<String>,
+    /// Directory of the services' SQLite files.
+    #[arg(long, default_value = "shop-data")]
+    data_dir: PathBuf,
+    /// Prefix of the exchange and queue names.
+    #[arg(long, default_value = "shop")]
+    namespace: String,
+    /// Declare the work queues as quorum queues (for a cluster).
+    #[arg(long)]
+    quorum: bool,
+    /// Write JSON logs to this file instead of stdout.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    fn common(&self) -> Common {
+        Common {
+            amqp_urls: self.amqp_urls.clone(),
+            names: Names::new(self.namespace.clone()),
+            quorum: self.quorum,
+            data_dir: self.data_dir.clone(),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct PortArgs {
+    /// Where the order API listens.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    order_listen: SocketAddr,
+    /// Where the inventory admin API listens.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    inventory_listen: SocketAddr,
+    /// Where the notification health API listens.
+    #[arg(long, default_value = "127.0.0.1:8083")]
+    notify_listen: SocketAddr,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shop: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shop: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        token.cancel();
+    });
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let cancel = CancellationToken::new();
+    cancel_on_signal(cancel.clone());
+    match cli.command {
+        Command::Order { common, listen } => {
+            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            let service =
+                OrderService::start(&common.common(), listen, cancel.child_token()).await?;
+            cancel.cancelled().await;
+            service.stop().await;
+        }
+        Command::Inventory { common, listen } => {
+            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            let service = InventoryService::start(
+                &common.common(),
+                InventoryOptions::default(),
+                listen,
+                cancel.child_token(),
+            )
+            .await?;
+            cancel.cancelled().await;
+            service.stop().await;
+        }
+        Command::Notify { common, listen } => {
+            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            let service = NotifyService::start(
+                &common.common(),
+                NotifyOptions::default(),
+                listen,
+                cancel.child_token(),
+            )
+            .await?;
+            cancel.cancelled().await;
+            service.stop().await;
+        }
+        Command::All { common, ports } => {
+            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            let system = System::start(
+                SystemConfig {
+                    common: common.common(),
+                    order_listen: ports.order_listen,
+                    inventory_listen: ports.inventory_listen,
+                    notify_listen: ports.notify_listen,
+                    inventory: InventoryOptions::default(),
+                    notify: NotifyOptions::default(),
+                },
+                &cancel,
+            )
+            .await
+            .context("starting the services")?;
+            cancel.cancelled().await;
+            system.stop().await;
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }

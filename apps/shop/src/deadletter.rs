@@ -1,0 +1,99 @@
+//! Recording dead-lettered messages in the service's own store.
+//!
+//! lepus moves a message that failed for good to `<queue>.dlq` with headers saying why.
+//! Each consuming service drains its dead-letter queue into a `dead_letters` table with
+//! the reason and last error, so the store knows the fate of every order it was handed
+//! (the demo's loss check reads it) and an operator can inspect or replay it from there.
+
+use std::time::Duration;
+
+use lepus::amqp::AMQPValue;
+use lepus::{
+    Client, Consumer, HandlerError, Incoming, LAST_ERROR_HEADER, ORIGINAL_QUEUE_HEADER,
+    REASON_HEADER, RetryPolicy,
+};
+use rusqlite::params;
+
+use crate::db::{Db, now_ms};
+
+/// The `dead_letters` table.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dead_letters (
+    message_id  TEXT PRIMARY KEY,
+    order_id    TEXT,
+    queue       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    recorded_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_order ON dead_letters (order_id);
+";
+
+/// The most of a body kept.
+const MAX_BODY: usize = 4096;
+
+/// A consumer of `dlq` for `service`. A record that cannot be written is tried again
+/// (and the message stays in the dead-letter queue meanwhile); nothing is dropped.
+pub fn consumer(client: &Client, dlq: &str, service: &str) -> lepus::Result<Consumer> {
+    Consumer::builder(client, dlq)
+        .name(format!("{service}-dead-letters"))
+        .prefetch(50)
+        .handler_timeout(Duration::from_secs(30))
+        // No tiers and no dead-letter queue of its own: a failure is retried in process,
+        // then the message goes back to this queue.
+        .retry(RetryPolicy::none().immediate(3))
+        .declare_retry_queues(false)
+        .build()
+}
+
+fn text_header(msg: &Incoming, key: &str) -> String {
+    match msg.header(key) {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+/// Writes `msg` to the `dead_letters` table (once per message id).
+pub async fn record(db: &Db, service: &'static str, msg: Incoming) -> Result<(), HandlerError> {
+    let message_id = msg
+        .message_id()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("no-id-{}", uuid::Uuid::now_v7()));
+    let order_id = serde_json::from_slice::<serde_json::Value>(msg.body())
+        .ok()
+        .and_then(|v| {
+            v.get("order_id")
+                .and_then(|o| o.as_str())
+                .map(str::to_string)
+        });
+    let mut reason = text_header(&msg, REASON_HEADER);
+    if reason.is_empty() {
+        reason = "unknown".into();
+    }
+    let error = text_header(&msg, LAST_ERROR_HEADER);
+    let queue = text_header(&msg, ORIGINAL_QUEUE_HEADER);
+    let body: String = String::from_utf8_lossy(msg.body())
+        .chars()
+        .take(MAX_BODY)
+        .collect();
+    let log_order = order_id.clone().unwrap_or_default();
+    let (log_reason, log_error) = (reason.clone(), error.clone());
+    let inserted = db
+        .call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO dead_letters
+                 (message_id, order_id, queue, reason, error, body, recorded_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![message_id, order_id, queue, reason, error, body, now_ms()],
+            )
+        })
+        .await
+        .map_err(|e| HandlerError::transient(format!("{e:#}")))?;
+    if inserted > 0 {
+        metrics::counter!("shop_dead_letters_total", "service" => service).increment(1);
+        tracing::warn!(service, order_id = %log_order, reason = %log_reason, error = %log_error, "message dead-lettered and recorded");
+    }
+    Ok(())
+}

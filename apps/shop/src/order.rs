@@ -1,0 +1,303 @@
+//! The order service: an HTTP API to place and read orders. An order and its
+//! `order.created` event commit in one SQLite transaction (the outbox), so an order the
+//! API accepted (201) is announced eventually even if the broker is down right now.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lepus::{Client, Role};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, now_ms};
+use crate::events::{ORDER_CREATED, OrderCreated, OrderLine, check_lines};
+use crate::http::{ReadyCheck, bind, ops_router, spawn_server};
+use crate::outbox::{self, Relay};
+use crate::service::{Common, connection_state, join_all, spawn_connection_gauges};
+use crate::trace::TraceContext;
+
+/// The order service's tables.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS orders (
+    id              TEXT PRIMARY KEY,
+    idempotency_key TEXT UNIQUE,
+    customer        TEXT NOT NULL,
+    email           TEXT NOT NULL,
+    lines           TEXT NOT NULL,
+    traceparent     TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    created_ms      INTEGER NOT NULL
+);
+";
+
+/// The body of `POST /orders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewOrder {
+    /// Who orders.
+    pub customer: String,
+    /// Where to tell them.
+    pub email: String,
+    /// What.
+    pub lines: Vec<OrderLine>,
+}
+
+/// The answer to `POST /orders` and `GET /orders/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderView {
+    /// The order's id.
+    pub order_id: String,
+    /// Who ordered.
+    pub customer: String,
+    /// Where to tell them.
+    pub email: String,
+    /// What.
+    pub lines: Vec<OrderLine>,
+    /// The order's trace id (find it in every service's logs).
+    pub trace_id: String,
+    /// `pending` until the broker confirmed `order.created`, then `published`.
+    pub event: String,
+    /// When it was accepted (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+struct AppState {
+    db: Db,
+    wake: Arc<Notify>,
+}
+
+/// A running order service.
+pub struct OrderService {
+    /// Its lepus client (one connection: it only publishes).
+    pub client: Client,
+    /// Its database.
+    pub db: Db,
+    /// Where its HTTP API listens.
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl OrderService {
+    /// Opens the store, connects, starts the relay and the API on `listen`.
+    pub async fn start(
+        common: &Common,
+        listen: SocketAddr,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<OrderService> {
+        let schema = format!("{SCHEMA}{}", outbox::SCHEMA);
+        let db = Db::open(&common.order_db(), &schema)?;
+        let client = common.client(
+            "order",
+            crate::topology::order_topology(&common.names),
+            true,
+        )?;
+        let relay = Relay::new(db.clone(), &client, common.names.exchange(), "order");
+        let wake = relay.waker();
+        let mut tasks = vec![tokio::spawn(relay.run(cancel.clone()))];
+        tasks.push(spawn_connection_gauges(
+            client.clone(),
+            "order",
+            &[(Role::Publish, "shared")],
+            cancel.clone(),
+        ));
+        let ready: ReadyCheck = {
+            let client = client.clone();
+            // Orders are accepted while the broker is away (that is the outbox's job), so
+            // readiness does not depend on the connection; it is shown for operators.
+            Arc::new(move || {
+                (
+                    true,
+                    serde_json::json!({ "broker": connection_state(&client, Role::Publish) }),
+                )
+            })
+        };
+        let app = Router::new()
+            .route("/orders", post(place_order))
+            .route("/orders/{id}", get(get_order))
+            .with_state(Arc::new(AppState {
+                db: db.clone(),
+                wake,
+            }))
+            .merge(ops_router("order", ready));
+        let (listener, addr) = bind(listen).await?;
+        tasks.push(spawn_server(listener, app, cancel.clone(), "order"));
+        tracing::info!(service = "order", %addr, "order service listening");
+        Ok(OrderService {
+            client,
+            db,
+            addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Stops the API and the relay (unsent rows stay for the next start) and closes the
+    /// client.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        join_all(self.tasks, Duration::from_secs(10)).await;
+        let _ = self.client.close(Duration::from_secs(5)).await;
+    }
+}
+
+type ApiError = (StatusCode, Json<serde_json::Value>);
+
+fn api_error(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+    (
+        status,
+        Json(serde_json::json!({ "error": message.to_string() })),
+    )
+}
+
+fn validate(order: &NewOrder) -> Result<(), String> {
+    if order.customer.trim().is_empty() || order.customer.len() > 200 {
+        return Err("customer must have 1 to 200 bytes".into());
+    }
+    if order.email.trim().is_empty() || order.email.len() > 320 {
+        return Err("email must have 1 to 320 bytes".into());
+    }
+    check_lines(&order.lines)
+}
+
+enum Placed {
+    New(OrderView),
+    Existing(OrderView),
+}
+
+async fn place_order(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewOrder>, JsonRejection>,
+) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+    let Json(order) = body.map_err(|e| api_error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    validate(&order).map_err(|e| api_error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(200).collect::<String>());
+    let placed = app
+        .db
+        .call(move |c| insert_order(c, &order, key.as_deref()))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "storing an order failed");
+            api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the order could not be stored",
+            )
+        })?;
+    match placed {
+        Placed::New(view) => {
+            app.wake.notify_one();
+            metrics::counter!("shop_orders_accepted_total").increment(1);
+            tracing::info!(service = "order", trace_id = %view.trace_id, order_id = %view.order_id, "order accepted");
+            Ok((StatusCode::CREATED, Json(view)))
+        }
+        Placed::Existing(view) => Ok((StatusCode::OK, Json(view))),
+    }
+}
+
+fn insert_order(
+    c: &mut rusqlite::Connection,
+    order: &NewOrder,
+    key: Option<&str>,
+) -> rusqlite::Result<Placed> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if let Some(key) = key {
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT id FROM orders WHERE idempotency_key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = existing {
+            drop(tx);
+            return read_order(c, &id)?
+                .map(Placed::Existing)
+                .ok_or(rusqlite::Error::QueryReturnedNoRows);
+        }
+    }
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let trace = TraceContext::new_root();
+    let created_ms = now_ms();
+    let event = OrderCreated {
+        order_id: order_id.clone(),
+        customer: order.customer.clone(),
+        email: order.email.clone(),
+        lines: order.lines.clone(),
+        created_ms,
+    };
+    let payload = serde_json::to_string(&event)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let lines = serde_json::to_string(&order.lines)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let event_id = outbox::insert(&tx, ORDER_CREATED, &payload, &trace.header())?;
+    tx.execute(
+        "INSERT INTO orders (id, idempotency_key, customer, email, lines, traceparent, event_id, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![order_id, key, order.customer, order.email, lines, trace.header(), event_id, created_ms],
+    )?;
+    tx.commit()?;
+    Ok(Placed::New(OrderView {
+        order_id,
+        customer: order.customer.clone(),
+        email: order.email.clone(),
+        lines: order.lines.clone(),
+        trace_id: trace.trace_id(),
+        event: "pending".into(),
+        created_ms,
+    }))
+}
+
+fn read_order(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<OrderView>> {
+    c.query_row(
+        "SELECT o.id, o.customer, o.email, o.lines, o.traceparent, o.created_ms, x.sent_ms
+         FROM orders o LEFT JOIN outbox x ON x.event_id = o.event_id WHERE o.id = ?1",
+        [id],
+        |r| {
+            let lines: String = r.get(3)?;
+            let traceparent: String = r.get(4)?;
+            let sent: Option<i64> = r.get(6)?;
+            Ok(OrderView {
+                order_id: r.get(0)?,
+                customer: r.get(1)?,
+                email: r.get(2)?,
+                lines: serde_json::from_str(&lines).unwrap_or_default(),
+                trace_id: TraceContext::parse(&traceparent)
+                    .map(|t| t.trace_id())
+                    .unwrap_or_default(),
+                event: if sent.is_some() {
+                    "published"
+                } else {
+                    "pending"
+                }
+                .into(),
+                created_ms: r.get(5)?,
+            })
+        },
+    )
+    .optional()
+}
+
+async fn get_order(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let found = app
+        .db
+        .call(move |c| read_order(c, &id))
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    found
+        .map(Json)
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, "no such order"))
+}

@@ -1,0 +1,106 @@
+//! What the three services share: where the broker is, where the stores are, and how a
+//! service gets its own lepus client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lepus::{Client, ConnectionState, ReconnectPolicy, Role, Topology};
+
+use crate::topology::Names;
+
+/// Settings common to every service.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// AMQP URLs of the broker (several for a cluster).
+    pub amqp_urls: Vec<String>,
+    /// Exchange and queue names.
+    pub names: Names,
+    /// Declare the work queues as quorum queues (use on a cluster).
+    pub quorum: bool,
+    /// Where the services' SQLite files live (`order.db`, `inventory.db`, `notify.db`).
+    pub data_dir: PathBuf,
+}
+
+impl Common {
+    /// The order service's database file.
+    pub fn order_db(&self) -> PathBuf {
+        self.data_dir.join("order.db")
+    }
+
+    /// The inventory service's database file.
+    pub fn inventory_db(&self) -> PathBuf {
+        self.data_dir.join("inventory.db")
+    }
+
+    /// The notification service's database file.
+    pub fn notify_db(&self) -> PathBuf {
+        self.data_dir.join("notify.db")
+    }
+
+    /// A lepus client of its own for service `name`: reconnects forever with a short
+    /// backoff (a broker restart should cost seconds, not minutes) and declares
+    /// `topology` on every connect.
+    pub fn client(&self, name: &str, topology: Topology, shared: bool) -> anyhow::Result<Client> {
+        let mut builder = Client::builder()
+            .name(format!("shop-{name}"))
+            .reconnect(
+                ReconnectPolicy::default()
+                    .initial_delay(Duration::from_millis(100))
+                    .max_delay(Duration::from_secs(2)),
+            )
+            .topology(topology)
+            .shared_connection(shared);
+        for url in &self.amqp_urls {
+            builder = builder
+                .endpoint(url)
+                .with_context(|| format!("bad AMQP URL for {name}"))?;
+        }
+        builder
+            .build()
+            .with_context(|| format!("building the lepus client of {name}"))
+    }
+}
+
+/// One connection's state as the dashboard and health pages show it.
+pub fn connection_state(client: &Client, role: Role) -> String {
+    match client.state(role) {
+        ConnectionState::Reconnecting { attempt, .. } => {
+            format!("Reconnecting (attempt {attempt})")
+        }
+        other => other.name().to_string(),
+    }
+}
+
+/// Publishes `shop_connection_up{service,role}` (1 while connected) until `cancel`.
+pub fn spawn_connection_gauges(
+    client: Client,
+    service: &'static str,
+    roles: &'static [(Role, &'static str)],
+    cancel: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    for (role, label) in roles {
+                        let up = if client.state(*role).is_connected() { 1.0 } else { 0.0 };
+                        metrics::gauge!("shop_connection_up", "service" => service, "role" => *label).set(up);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Waits for `tasks` to end, at most `timeout` in all; the rest are aborted.
+pub async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for mut task in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}

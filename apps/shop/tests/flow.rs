@@ -1,0 +1,182 @@
+//! The three services in process against a real broker, no faults: every order placed
+//! through the API ends notified (or dead-lettered, for an undeliverable address), once.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use shop::inventory::InventoryOptions;
+use shop::notify::NotifyOptions;
+use shop::service::Common;
+use shop::system::{System, SystemConfig};
+use shop::topology::Names;
+use tokio_util::sync::CancellationToken;
+
+fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn count(path: &std::path::Path, sql: &str) -> i64 {
+    let c = shop::db::Db::open_read_only(path).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_flow_through_all_three_services() {
+    let broker = tokio::task::spawn_blocking(|| lepus_testkit::shared_broker().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let common = Common {
+        amqp_urls: vec![broker.url().to_string()],
+        names: Names::new(lepus_testkit::unique_name("shop")),
+        quorum: false,
+        data_dir: dir.path().to_path_buf(),
+    };
+    let cancel = CancellationToken::new();
+    let system = System::start(
+        SystemConfig {
+            common: common.clone(),
+            order_listen: any_port(),
+            inventory_listen: any_port(),
+            notify_listen: any_port(),
+            inventory: InventoryOptions::default(),
+            notify: NotifyOptions {
+                gateway_failure_rate: 0.1,
+            },
+        },
+        &cancel,
+    )
+    .await
+    .unwrap();
+    system.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    let order_addr = system.order.addr;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let email = if i == 7 {
+            "nobody-at-example.org".to_string()
+        } else {
+            format!("c{i}@example.org")
+        };
+        let body = serde_json::json!({
+            "customer": format!("customer {i}"),
+            "email": email,
+            "lines": [{"sku": "lamp", "qty": 1}, {"sku": "vase", "qty": 2}],
+        });
+        let key = format!("key-{i}");
+        let resp = shop::httpc::request(
+            order_addr,
+            "POST",
+            "/orders",
+            Some(&body),
+            &[("idempotency-key", key.as_str())],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        ids.push(
+            resp.json().unwrap()["order_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The same idempotency key again: the same order, not a new one.
+    let again = shop::httpc::request(
+        order_addr,
+        "POST",
+        "/orders",
+        Some(&serde_json::json!({"customer": "x", "email": "x@example.org", "lines": [{"sku": "mug", "qty": 1}]})),
+        &[("idempotency-key", "key-3")],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json().unwrap()["order_id"], ids[3].as_str());
+    // Invalid orders are refused.
+    let bad = shop::httpc::request(
+        order_addr,
+        "POST",
+        "/orders",
+        Some(&serde_json::json!({"customer": "x", "email": "x@example.org", "lines": []})),
+        &[],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status, 422);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let notified = count(&common.notify_db(), "SELECT COUNT(*) FROM notifications");
+        let dead = count(&common.notify_db(), "SELECT COUNT(*) FROM dead_letters");
+        if notified + dead >= 40 {
+            assert_eq!((notified, dead), (39, 1));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {notified} notified and {dead} dead-lettered of 40"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reason: String = shop::db::Db::open_read_only(&common.notify_db())
+        .unwrap()
+        .query_row(
+            "SELECT reason || ': ' || error FROM dead_letters",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        reason.starts_with("rejected: undeliverable address"),
+        "{reason}"
+    );
+    // 60 vases in stock, 2 per order: the first 30 orders get theirs, the rest are refused.
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT COUNT(*) FROM decisions WHERE status = 'reserved'"
+        ),
+        30
+    );
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT available FROM stock WHERE sku = 'vase'"
+        ),
+        0
+    );
+    let view = shop::httpc::request(
+        order_addr,
+        "GET",
+        &format!("/orders/{}", ids[0]),
+        None,
+        &[],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.status, 200);
+    assert_eq!(view.json().unwrap()["event"], "published");
+    let ready = shop::httpc::request(
+        system.inventory.addr,
+        "GET",
+        "/health/ready",
+        None,
+        &[],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    system.stop().await;
+}
