@@ -21,6 +21,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use lepus::observability::{self, Health};
 use lepus::{Client, Consumer, ConsumerStats, HandlerError, Incoming, MemoryStore, Role};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Deserialize;
@@ -32,10 +33,10 @@ use crate::db::{COUNTERS_SCHEMA, Db, bump, now_ms};
 use crate::events::{
     INVENTORY_REJECTED, INVENTORY_RESERVED, InventoryDecision, OrderCreated, check_lines,
 };
-use crate::http::{ReadyCheck, bind, ops_router, spawn_server};
 use crate::outbox::{self, Relay};
-use crate::service::{Common, connection_state, join_all, spawn_connection_gauges};
+use crate::service::{Common, join_all, spawn_connection_gauges};
 use crate::stock::{CATALOG, StockMode, Warehouse};
+use crate::telemetry::metrics_handle;
 use crate::trace::TraceContext;
 
 /// The inventory service's tables.
@@ -97,6 +98,8 @@ pub struct InventoryService {
     pub db: Db,
     /// Where its admin/health API listens.
     pub addr: SocketAddr,
+    /// Its messaging health (connections, consumers, relay buffer).
+    pub health: Health,
     /// The stock-check breaker.
     pub breaker: Arc<CircuitBreaker>,
     /// The simulated stock dependency.
@@ -154,6 +157,8 @@ impl InventoryService {
             snapshot: Mutex::new(snapshot),
             wake: relay.waker(),
         });
+        let health = Health::new(&client);
+        health.watch_publisher(relay.publisher());
         let mut tasks = vec![tokio::spawn(relay.run(cancel.clone()))];
 
         let consumer = Consumer::builder(&client, &queue)
@@ -165,6 +170,7 @@ impl InventoryService {
             .idempotency(MemoryStore::default())
             .build()?;
         let consumer_stats = consumer.stats();
+        health.watch_consumer(&consumer);
         {
             let ctx = Arc::clone(&ctx);
             let token = cancel.clone();
@@ -180,6 +186,7 @@ impl InventoryService {
         }
         let dlq = crate::topology::retry_policy().dlq(&queue);
         let dead_letters = crate::deadletter::consumer(&client, &dlq, "inventory")?;
+        health.watch_consumer(&dead_letters);
         {
             let db = db.clone();
             let token = cancel.clone();
@@ -206,22 +213,21 @@ impl InventoryService {
             cancel.clone(),
         ));
 
-        let ready: ReadyCheck = {
-            let (client, stats) = (client.clone(), Arc::clone(&consumer_stats));
-            Arc::new(move || consumer_ready(&client, &stats))
-        };
         let admin = Router::new()
             .route("/admin/stock", get(get_stock_mode).post(set_stock_mode))
             .route("/admin/breaker", get(get_breaker))
             .with_state(Arc::clone(&ctx))
-            .merge(ops_router("inventory", ready));
-        let (listener, addr) = bind(listen).await?;
-        tasks.push(spawn_server(listener, admin, cancel.clone(), "inventory"));
+            .merge(observability::router(
+                Some(metrics_handle()),
+                health.clone(),
+            ));
+        let addr = observability::serve(listen, admin, cancel.clone()).await?;
         tracing::info!(service = "inventory", %addr, "inventory service listening");
         Ok(InventoryService {
             client,
             db,
             addr,
+            health,
             breaker,
             warehouse,
             consumer_stats,
@@ -232,7 +238,7 @@ impl InventoryService {
 
     /// Whether the client is connected and the consumer subscribed.
     pub fn ready(&self) -> bool {
-        consumer_ready(&self.client, &self.consumer_stats).0
+        self.health.report().ready
     }
 
     /// Stops consuming (running handlers finish), relaying and serving; closes the client.
@@ -241,22 +247,6 @@ impl InventoryService {
         join_all(self.tasks, Duration::from_secs(15)).await;
         let _ = self.client.close(Duration::from_secs(5)).await;
     }
-}
-
-/// Readiness of a consuming service: both connections up and the consumer subscribed.
-pub fn consumer_ready(client: &Client, stats: &ConsumerStats) -> (bool, serde_json::Value) {
-    let active = stats.active.load(std::sync::atomic::Ordering::Relaxed);
-    let ready = active
-        && client.state(Role::Consume).is_connected()
-        && client.state(Role::Publish).is_connected();
-    (
-        ready,
-        serde_json::json!({
-            "publish": connection_state(client, Role::Publish),
-            "consume": connection_state(client, Role::Consume),
-            "consumer_active": active,
-        }),
-    )
 }
 
 /// How a decision came about.

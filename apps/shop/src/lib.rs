@@ -18,7 +18,6 @@ pub mod db;
 pub mod deadletter;
 pub mod demo;
 pub mod events;
-pub mod http;
 pub mod httpc;
 pub mod inventory;
 pub mod notify;

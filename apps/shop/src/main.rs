@@ -157,7 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     cancel_on_signal(cancel.clone());
     match cli.command {
         Command::Order { common, listen } => {
-            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _telemetry =
+                shop::telemetry::init_logging("shop-order", common.log_file.as_deref())?;
             let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
             let service =
                 OrderService::start(&common.common(), listen, cancel.child_token()).await?;
@@ -165,7 +166,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             service.stop().await;
         }
         Command::Inventory { common, listen } => {
-            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _telemetry =
+                shop::telemetry::init_logging("shop-inventory", common.log_file.as_deref())?;
             let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
             let service = InventoryService::start(
                 &common.common(),
@@ -178,7 +180,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             service.stop().await;
         }
         Command::Notify { common, listen } => {
-            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _telemetry =
+                shop::telemetry::init_logging("shop-notify", common.log_file.as_deref())?;
             let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
             let service = NotifyService::start(
                 &common.common(),
@@ -191,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             service.stop().await;
         }
         Command::All { common, ports } => {
-            shop::telemetry::init_logging(common.log_file.as_deref())?;
+            let _telemetry = shop::telemetry::init_logging("shop", common.log_file.as_deref())?;
             let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
             let system = System::start(
                 SystemConfig {

@@ -9,15 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lepus::observability::{self, Health};
 use lepus::{Client, Consumer, ConsumerStats, HandlerError, Incoming, MemoryStore, Role};
 use rusqlite::params;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{COUNTERS_SCHEMA, Db, bump, now_ms};
 use crate::events::InventoryDecision;
-use crate::http::{ReadyCheck, bind, ops_router, spawn_server};
-use crate::inventory::consumer_ready;
 use crate::service::{Common, join_all, spawn_connection_gauges};
+use crate::telemetry::metrics_handle;
 use crate::trace::TraceContext;
 
 /// The notification service's tables.
@@ -56,6 +56,8 @@ pub struct NotifyService {
     pub db: Db,
     /// Where its health API listens.
     pub addr: SocketAddr,
+    /// Its messaging health.
+    pub health: Health,
     /// The inventory-events consumer's counters.
     pub consumer_stats: Arc<ConsumerStats>,
     cancel: CancellationToken,
@@ -87,6 +89,8 @@ impl NotifyService {
             .idempotency(MemoryStore::default())
             .build()?;
         let consumer_stats = consumer.stats();
+        let health = Health::new(&client);
+        health.watch_consumer(&consumer);
         let mut tasks = Vec::new();
         {
             let db = db.clone();
@@ -104,6 +108,7 @@ impl NotifyService {
         }
         let dlq = crate::topology::retry_policy().dlq(&queue);
         let dead_letters = crate::deadletter::consumer(&client, &dlq, "notify")?;
+        health.watch_consumer(&dead_letters);
         {
             let db = db.clone();
             let token = cancel.clone();
@@ -123,22 +128,14 @@ impl NotifyService {
             &[(Role::Publish, "publish"), (Role::Consume, "consume")],
             cancel.clone(),
         ));
-        let ready: ReadyCheck = {
-            let (client, stats) = (client.clone(), Arc::clone(&consumer_stats));
-            Arc::new(move || consumer_ready(&client, &stats))
-        };
-        let (listener, addr) = bind(listen).await?;
-        tasks.push(spawn_server(
-            listener,
-            ops_router("notify", ready),
-            cancel.clone(),
-            "notify",
-        ));
+        let app = observability::router(Some(metrics_handle()), health.clone());
+        let addr = observability::serve(listen, app, cancel.clone()).await?;
         tracing::info!(service = "notify", %addr, "notification service listening");
         Ok(NotifyService {
             client,
             db,
             addr,
+            health,
             consumer_stats,
             cancel,
             tasks,
@@ -147,7 +144,7 @@ impl NotifyService {
 
     /// Whether the client is connected and the consumer subscribed.
     pub fn ready(&self) -> bool {
-        consumer_ready(&self.client, &self.consumer_stats).0
+        self.health.report().ready
     }
 
     /// Stops consuming (running handlers finish) and serving; closes the client.

@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use lepus::observability::{self, Health};
 use lepus::{Client, Role};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -19,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, now_ms};
 use crate::events::{ORDER_CREATED, OrderCreated, OrderLine, check_lines};
-use crate::http::{ReadyCheck, bind, ops_router, spawn_server};
 use crate::outbox::{self, Relay};
-use crate::service::{Common, connection_state, join_all, spawn_connection_gauges};
+use crate::service::{Common, join_all, spawn_connection_gauges};
+use crate::telemetry::metrics_handle;
 use crate::trace::TraceContext;
 
 /// The order service's tables.
@@ -81,6 +82,8 @@ pub struct OrderService {
     pub db: Db,
     /// Where its HTTP API listens.
     pub addr: SocketAddr,
+    /// Its messaging health.
+    pub health: Health,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -101,6 +104,7 @@ impl OrderService {
         )?;
         let relay = Relay::new(db.clone(), &client, common.names.exchange(), "order");
         let wake = relay.waker();
+        let relay_publisher = relay.publisher().clone();
         let mut tasks = vec![tokio::spawn(relay.run(cancel.clone()))];
         tasks.push(spawn_connection_gauges(
             client.clone(),
@@ -108,17 +112,10 @@ impl OrderService {
             &[(Role::Publish, "shared")],
             cancel.clone(),
         ));
-        let ready: ReadyCheck = {
-            let client = client.clone();
-            // Orders are accepted while the broker is away (that is the outbox's job), so
-            // readiness does not depend on the connection; it is shown for operators.
-            Arc::new(move || {
-                (
-                    true,
-                    serde_json::json!({ "broker": connection_state(&client, Role::Publish) }),
-                )
-            })
-        };
+        // Readiness is the broker connection, as for every service; the API keeps
+        // accepting orders while it is down (the outbox holds their events).
+        let health = Health::new(&client);
+        health.watch_publisher(&relay_publisher);
         let app = Router::new()
             .route("/orders", post(place_order))
             .route("/orders/{id}", get(get_order))
@@ -126,17 +123,25 @@ impl OrderService {
                 db: db.clone(),
                 wake,
             }))
-            .merge(ops_router("order", ready));
-        let (listener, addr) = bind(listen).await?;
-        tasks.push(spawn_server(listener, app, cancel.clone(), "order"));
+            .merge(observability::router(
+                Some(metrics_handle()),
+                health.clone(),
+            ));
+        let addr = observability::serve(listen, app, cancel.clone()).await?;
         tracing::info!(service = "order", %addr, "order service listening");
         Ok(OrderService {
             client,
             db,
             addr,
+            health,
             cancel,
             tasks,
         })
+    }
+
+    /// Whether its connection is up.
+    pub fn ready(&self) -> bool {
+        self.health.report().ready
     }
 
     /// Stops the API and the relay (unsent rows stay for the next start) and closes the

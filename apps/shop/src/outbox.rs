@@ -14,9 +14,10 @@ use lepus::{Client, Message, Publisher, PublisherOptions};
 use rusqlite::{Transaction, params};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::db::{Db, now_ms};
-use crate::trace::TRACEPARENT;
+use crate::trace::{TRACEPARENT, relay_span};
 
 /// The outbox table (each service has one in its own database).
 pub const SCHEMA: &str = "
@@ -92,6 +93,11 @@ impl Relay {
             service,
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Its publisher (for health reports).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
     }
 
     /// What to notify after committing new rows.
@@ -181,7 +187,8 @@ impl Relay {
                 .mandatory(true);
             metrics::counter!("shop_outbox_published_total", "service" => self.service)
                 .increment(1);
-            match self.publisher.send(message).await {
+            let span = relay_span(&row.traceparent);
+            match self.publisher.send(message).instrument(span).await {
                 Ok(confirm) => confirms.push((row.seq, confirm)),
                 Err(e) => {
                     failed += 1;

@@ -69,9 +69,7 @@ impl System {
 
     /// Whether every client is connected and every consumer subscribed.
     pub fn ready(&self) -> bool {
-        self.inventory.ready()
-            && self.notify.ready()
-            && self.order.client.state(lepus::Role::Publish).is_connected()
+        self.inventory.ready() && self.notify.ready() && self.order.ready()
     }
 
     /// Waits until [`System::ready`], at most `timeout`.

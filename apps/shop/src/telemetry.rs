@@ -1,72 +1,95 @@
-//! JSON logs through `tracing`, metrics through the `metrics` facade with one Prometheus
-//! recorder per process (so lepus's own metrics, once it emits them, show up on the same
-//! `/metrics` pages as the services').
+//! Logs, traces and metrics, set up the project's way: lepus's one-call telemetry (JSON
+//! lines with trace ids, OpenTelemetry spans, W3C `traceparent` through message headers)
+//! and one Prometheus recorder per process, so lepus's `lepus_*` metrics and the shop's
+//! `shop_*` metrics appear on the same `/metrics` page.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use lepus::observability::{self, LogFormat, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// The filter when `RUST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "info";
+/// Keeps tracing running; flushes spans when dropped.
+pub enum TelemetryGuard {
+    /// Set up by lepus (logs on stderr).
+    Lepus(observability::TelemetryGuard),
+    /// Set up here (logs in a file).
+    File(opentelemetry_sdk::trace::SdkTracerProvider),
+    /// A subscriber was already installed; nothing to keep.
+    None,
+}
 
-/// Installs the JSON log subscriber: to `file` if given (appending), else to stdout.
-/// Does nothing if a subscriber is already installed (tests, or a second call).
-pub fn init_logging(file: Option<&Path>) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_env_filter(filter);
-    let result = match file {
-        Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening the log file {}", path.display()))?;
-            builder.with_writer(Mutex::new(file)).try_init()
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let TelemetryGuard::File(provider) = self {
+            let _ = provider.shutdown();
         }
-        None => builder.with_writer(std::io::stdout).try_init(),
-    };
-    if result.is_err() {
-        // Already installed: keep the first.
-        let _ = std::io::stderr().flush();
     }
-    Ok(())
+}
+
+/// Installs logging and tracing for `service`: JSON lines on stderr through lepus's
+/// helper, or, with `file`, the same layers writing to that file (the demo keeps its
+/// terminal for progress and the report). A second call (tests) keeps the first setup.
+pub fn init_logging(service: &str, file: Option<&Path>) -> anyhow::Result<TelemetryGuard> {
+    let Some(path) = file else {
+        return Ok(
+            match observability::init_telemetry(service, LogFormat::Json) {
+                Ok(guard) => TelemetryGuard::Lepus(guard),
+                Err(_) => TelemetryGuard::None,
+            },
+        );
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the log file {}", path.display()))?;
+    let provider = observability::tracer_provider(service)?;
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("shop"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_writer(Mutex::new(file)),
+        )
+        .try_init();
+    if installed.is_err() {
+        return Ok(TelemetryGuard::None);
+    }
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    Ok(TelemetryGuard::File(provider))
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process's Prometheus handle, installing the global recorder on first use. If some
-/// other recorder was installed first, the handle renders an empty page.
+/// The process's Prometheus handle, installing lepus's recorder on first use. If some
+/// other recorder was installed first, the handle renders only what it records itself.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ])
-                .map(PrometheusBuilder::build_recorder)
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed; /metrics shows only its own"
-                );
+        .get_or_init(|| match observability::install_prometheus() {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::warn!(error = %e, "a metrics recorder was already installed");
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .build_recorder()
+                    .handle()
             }
-            handle
         })
         .clone()
 }

@@ -4,8 +4,12 @@
 //! lepus will propagate trace context itself; until it does, the services put the header
 //! on what they publish and read it from what they consume.
 
+use std::collections::HashMap;
+
 use lepus::Incoming;
 use lepus::amqp::AMQPValue;
+use opentelemetry::propagation::TextMapPropagator as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The header (and HTTP header) name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -68,6 +72,24 @@ impl TraceContext {
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+}
+
+/// A span whose OpenTelemetry parent is `traceparent`: what lepus publishes inside it
+/// carries the same trace id (lepus writes the publish span's own `traceparent` into the
+/// message when tracing is on; when it is off, the header the caller set goes as is).
+pub fn relay_span(traceparent: &str) -> tracing::Span {
+    let span = tracing::info_span!("outbox.relay", trace_id = tracing::field::Empty);
+    if span.is_disabled() {
+        return span;
+    }
+    let carrier: HashMap<String, String> =
+        HashMap::from([(TRACEPARENT.to_string(), traceparent.to_string())]);
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(parent);
+    if let Some(trace) = TraceContext::parse(traceparent) {
+        span.record("trace_id", trace.trace_id());
+    }
+    span
 }
 
 #[cfg(test)]

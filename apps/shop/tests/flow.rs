@@ -58,6 +58,7 @@ async fn orders_flow_through_all_three_services() {
 
     let order_addr = system.order.addr;
     let mut ids = Vec::new();
+    let mut traces: Vec<String> = Vec::new();
     for i in 0..40 {
         let email = if i == 7 {
             "nobody-at-example.org".to_string()
@@ -155,6 +156,26 @@ async fn orders_flow_through_all_three_services() {
         ),
         0
     );
+    // One trace per order, across the three services.
+    let traceparent = |path: &std::path::Path, table: &str, id: &str| -> String {
+        shop::db::Db::open_read_only(path)
+            .unwrap()
+            .query_row(
+                &format!("SELECT traceparent FROM {table} WHERE order_id = ?1"),
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    for (id, trace) in ids
+        .iter()
+        .zip(&traces)
+        .filter(|(_, t)| !t.is_empty())
+        .take(5)
+    {
+        assert!(traceparent(&common.inventory_db(), "decisions", id).contains(trace.as_str()));
+        assert!(traceparent(&common.notify_db(), "notifications", id).contains(trace.as_str()));
+    }
     let view = shop::httpc::request(
         order_addr,
         "GET",
