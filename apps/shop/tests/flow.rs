@@ -82,12 +82,9 @@ async fn orders_flow_through_all_three_services() {
         .await
         .unwrap();
         assert_eq!(resp.status, 201, "{}", resp.text());
-        ids.push(
-            resp.json().unwrap()["order_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        let view = resp.json().unwrap();
+        ids.push(view["order_id"].as_str().unwrap().to_string());
+        traces.push(view["trace_id"].as_str().unwrap().to_string());
     }
     // The same idempotency key again: the same order, not a new one.
     let again = shop::httpc::request(
