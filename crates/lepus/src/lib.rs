@@ -13,6 +13,9 @@
 //! The engine underneath is [`lepus_amqp`], re-exported as [`amqp`].
 
 pub use lepus_amqp as amqp;
+/// Cancels consumers and services; re-exported so applications need not depend on
+/// `tokio-util` themselves.
+pub use tokio_util::sync::CancellationToken;
 
 mod backoff;
 mod client;

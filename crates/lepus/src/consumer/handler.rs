@@ -161,8 +161,9 @@ impl Incoming {
         self.delivery.redelivered()
     }
 
-    /// This attempt's number, from 1: failed attempts recorded in its headers, plus one.
-    /// Immediate in-process retries do not change it; see [`crate::RetryPolicy`].
+    /// This attempt's number, from 1: every failed invocation so far (in process and
+    /// through the delay tiers, as recorded in its headers) plus one. See
+    /// [`crate::RetryPolicy::max_attempts`].
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

@@ -215,7 +215,7 @@ impl ConsumerBuilder {
 /// ```no_run
 /// # async fn demo(client: lepus::Client) -> lepus::Result<()> {
 /// use lepus::{Consumer, HandlerError, Incoming, RetryPolicy};
-/// use tokio_util::sync::CancellationToken;
+/// use lepus::CancellationToken;
 ///
 /// #[derive(serde::Deserialize)]
 /// struct Order { id: u64 }
@@ -700,7 +700,9 @@ impl<H: Handler> Invocation<H> {
         let mut failures = 0u32;
         loop {
             let started = Instant::now();
-            let run = AssertUnwindSafe(handler.handle(incoming.clone())).catch_unwind();
+            let mut this_attempt = incoming.clone();
+            this_attempt.attempt = incoming.attempt.saturating_add(failures);
+            let run = AssertUnwindSafe(handler.handle(this_attempt)).catch_unwind();
             let result = tokio::time::timeout(timeout, run).await;
             metrics.duration.record(started.elapsed().as_secs_f64());
             let outcome = match result {
