@@ -1,0 +1,228 @@
+//! What the benchmark shows: live progress once a second on stderr, and a summary at the
+//! end (plain text, or one JSON object on stdout with `--json`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// An empty histogram for latencies up to an hour, in microseconds, with three
+/// significant digits (clone it for each recorder).
+pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000, 3)?)
+}
+
+/// A percentile of a histogram, `None` when it recorded nothing.
+pub fn percentile(h: &Histogram<u64>, q: f64) -> Option<u64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q))
+}
+
+/// Counters shared by producers, consumers and the progress line.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages handed to the publishers.
+    pub sent: AtomicU64,
+    /// Confirmed by the broker.
+    pub confirmed: AtomicU64,
+    /// Failed back to the producer (nack, unroutable, timeout).
+    pub failed: AtomicU64,
+    /// Deliveries of this run's messages (redeliveries included).
+    pub consumed: AtomicU64,
+    /// Microseconds since the start when the last delivery arrived.
+    pub last_delivery_us: AtomicU64,
+}
+
+/// Counter values at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    sent: u64,
+    confirmed: u64,
+    consumed: u64,
+}
+
+impl Counters {
+    /// The current values.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            sent: self.sent.load(Ordering::Relaxed),
+            confirmed: self.confirmed.load(Ordering::Relaxed),
+            consumed: self.consumed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One progress line: totals and the rates since `before`.
+pub fn progress_line(
+    elapsed: Duration,
+    now: Snapshot,
+    before: Snapshot,
+    dt: Duration,
+    note: &str,
+) -> String {
+    let rate = |a: u64, b: u64| {
+        let secs = dt.as_secs_f64().max(1e-3);
+        (a.saturating_sub(b) as f64 / secs).round()
+    };
+    format!(
+        "[{:>4}s] sent {} ({}/s)  confirmed {} ({}/s)  consumed {} ({}/s){note}",
+        elapsed.as_secs(),
+        now.sent,
+        rate(now.sent, before.sent),
+        now.confirmed,
+        rate(now.confirmed, before.confirmed),
+        now.consumed,
+        rate(now.consumed, before.consumed),
+    )
+}
+
+/// The benchmark's result. The first keys are the stable interface (`--json`); the rest
+/// help to read a run under faults.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Publishes attempted.
+    pub sent: u64,
+    /// Confirmed by the broker.
+    pub confirmed: u64,
+    /// Deliveries of this run's messages, redeliveries included.
+    pub consumed: u64,
+    /// Confirmed and never consumed (`--verify` only).
+    pub lost: Option<u64>,
+    /// Deliveries beyond the first of a message (`--verify` only).
+    pub duplicates: Option<u64>,
+    /// Confirmed messages per second of the publishing phase.
+    pub publish_msgs_per_s: f64,
+    /// Deliveries per second, first delivery to last.
+    pub consume_msgs_per_s: f64,
+    /// Send to confirm, median.
+    pub confirm_latency_p50_us: Option<u64>,
+    /// Send to confirm, 99th percentile.
+    pub confirm_latency_p99_us: Option<u64>,
+    /// Send to delivery, median.
+    pub e2e_latency_p50_us: Option<u64>,
+    /// Send to delivery, 99th percentile.
+    pub e2e_latency_p99_us: Option<u64>,
+    /// Publishes that failed (nacked, unroutable, timed out).
+    pub failed: u64,
+    /// Sent but neither confirmed nor failed when the run ended.
+    pub unresolved: u64,
+    /// Acknowledgements refused because their channel had died (the broker redelivers).
+    pub ack_errors: u64,
+    /// Messages the publishers sent again after a connection loss or a nack.
+    pub republished: u64,
+    /// Times the consumers subscribed again after losing their channel.
+    pub resubscribes: u64,
+    /// Reconnects of the client's publishing and consuming connections.
+    pub reconnects: u64,
+    /// Deliveries of messages from elsewhere (not this run's), ignored.
+    pub foreign: u64,
+    /// Wall time of the run, seconds.
+    pub duration_s: f64,
+    /// The queue used.
+    pub queue: String,
+    /// Why the run stopped early, if it did.
+    pub error: Option<String>,
+}
+
+fn us(v: Option<u64>) -> String {
+    match v {
+        Some(v) if v >= 10_000 => format!("{:.1} ms", v as f64 / 1000.0),
+        Some(v) => format!("{v} us"),
+        None => "-".into(),
+    }
+}
+
+impl Summary {
+    /// The summary as lines of text.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| out.push_str(&format!("{k:<20} {v}\n"));
+        line("queue", self.queue.clone());
+        line("sent", self.sent.to_string());
+        line("confirmed", self.confirmed.to_string());
+        line("failed", self.failed.to_string());
+        if self.unresolved > 0 {
+            line("unresolved", self.unresolved.to_string());
+        }
+        line("consumed", self.consumed.to_string());
+        if let (Some(lost), Some(dups)) = (self.lost, self.duplicates) {
+            line("lost", lost.to_string());
+            line("duplicates", dups.to_string());
+        }
+        line("publish", format!("{:.0} msg/s", self.publish_msgs_per_s));
+        line("consume", format!("{:.0} msg/s", self.consume_msgs_per_s));
+        line(
+            "confirm latency",
+            format!(
+                "p50 {}  p99 {}",
+                us(self.confirm_latency_p50_us),
+                us(self.confirm_latency_p99_us)
+            ),
+        );
+        line(
+            "end-to-end latency",
+            format!(
+                "p50 {}  p99 {}",
+                us(self.e2e_latency_p50_us),
+                us(self.e2e_latency_p99_us)
+            ),
+        );
+        if self.republished + self.resubscribes + self.reconnects + self.ack_errors > 0 {
+            line(
+                "recovery",
+                format!(
+                    "{} reconnects, {} republished, {} resubscribes, {} ack errors",
+                    self.reconnects, self.republished, self.resubscribes, self.ack_errors
+                ),
+            );
+        }
+        if self.foreign > 0 {
+            line("foreign (ignored)", self.foreign.to_string());
+        }
+        line("duration", format!("{:.1} s", self.duration_s));
+        if let Some(err) = &self.error {
+            line("stopped early", err.clone());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn percentiles_of_an_empty_histogram_are_absent() {
+        let mut h = latency_histogram().unwrap();
+        assert_eq!(percentile(&h, 0.5), None);
+        for v in 1..=100u64 {
+            h.saturating_record(v * 10);
+        }
+        let p50 = percentile(&h, 0.5).unwrap_or(0);
+        assert!((495..=505).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn progress_shows_rates() {
+        let before = Snapshot {
+            sent: 0,
+            confirmed: 0,
+            consumed: 0,
+        };
+        let now = Snapshot {
+            sent: 2000,
+            confirmed: 1000,
+            consumed: 500,
+        };
+        let line = progress_line(
+            Duration::from_secs(3),
+            now,
+            before,
+            Duration::from_secs(2),
+            "",
+        );
+        assert!(line.contains("sent 2000 (1000/s)"), "{line}");
+        assert!(line.contains("consumed 500 (250/s)"), "{line}");
+    }
+}
