@@ -224,7 +224,25 @@ impl Broker {
     /// `kill -9`: the node dies without closing connections or flushing anything. Returns
     /// once the process is gone. A stopped node is left as it is.
     pub fn kill(&self) -> Result<(), Error> {
-        self.node.kill()
+        self.node.kill()?;
+        self.wait_port_closed(Duration::from_secs(10))
+    }
+
+    /// Waits until the AMQP port refuses connections: the kernel closes a killed
+    /// process's sockets only once its last thread is gone.
+    fn wait_port_closed(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port()));
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::State(format!(
+                    "port {} still accepts connections {timeout:?} after the node was killed",
+                    self.port()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Graceful shutdown (SIGTERM; SIGKILL if it takes longer than 30 s). Returns once the

@@ -108,11 +108,21 @@ pub(crate) fn alive(pid: i32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("State:"))
-        .and_then(|rest| rest.trim_start().chars().next())
-        .is_some_and(|state| state != 'Z' && state != 'X')
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim_start)
+    };
+    let leader_running = field("State:")
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|state| state != 'Z' && state != 'X');
+    // A killed multi-threaded process shows its leader as a zombie while the other
+    // threads are still exiting, and its sockets stay open until the last one is gone.
+    let threads = field("Threads:")
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    leader_running || threads > 1
 }
 
 /// True if process `pid` is an Erlang VM started with `-home <dir>`, i.e. our node.
