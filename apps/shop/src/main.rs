@@ -2,9 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use shop::demo::DemoOptions;
+use shop::demo::faults::{BrokerControl, ScriptBroker};
+use shop::demo::report::render;
 use shop::inventory::{InventoryOptions, InventoryService};
 use shop::notify::{NotifyOptions, NotifyService};
 use shop::order::OrderService;
@@ -57,6 +62,48 @@ enum Command {
         #[command(flatten)]
         ports: PortArgs,
     },
+    /// The demo: all three services under a load of orders and a schedule of faults,
+    /// then a report computed from their stores (exit status 1 if any order was lost).
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    ports: PortArgs,
+    /// Orders per second.
+    #[arg(long, default_value_t = 25.0)]
+    rate: f64,
+    /// Orders in all (the default takes about a minute).
+    #[arg(long, default_value_t = 1500)]
+    count: u64,
+    /// Inject faults: connection kill, stock outage, malformed event, broker SIGKILL.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    faults: String,
+    /// Seconds the stock service stays slow (default: 12 % of the load, at least 4).
+    #[arg(long)]
+    outage_secs: Option<f64>,
+    /// Seconds to wait for the system to drain after the load.
+    #[arg(long, default_value_t = 180)]
+    drain_timeout_secs: u64,
+    /// Where the dashboard listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    dashboard: SocketAddr,
+    /// Seconds to keep the services and dashboard up after the report.
+    #[arg(long, default_value_t = 0)]
+    linger_secs: u64,
+    /// The share of notifications the simulated mail gateway fails (retried).
+    #[arg(long, default_value_t = 0.02)]
+    gateway_failure_rate: f64,
+    /// scripts/broker, for the forced connection close.
+    #[arg(long, default_value = "scripts/broker")]
+    broker_script: PathBuf,
+    /// The broker node's directory (as made by scripts/broker, e.g. target/rabbitmq/n1):
+    /// enables the broker kill and connection close. Without it those are skipped.
+    #[arg(long)]
+    broker_node_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -212,6 +259,61 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             cancel.cancelled().await;
             system.stop().await;
         }
+        Command::Demo(args) => return demo(args, cancel).await,
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<std::process::ExitCode> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) || args.count == 0 {
+        anyhow::bail!("--rate must be positive and --count at least 1");
+    }
+    let log_file = args
+        .common
+        .log_file
+        .clone()
+        .unwrap_or_else(|| args.common.data_dir.join("shop.log"));
+    let _telemetry = shop::telemetry::init_logging("shop-demo", Some(&log_file))?;
+    let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+    println!("logs (JSON): {}", log_file.display());
+    let broker: Option<Arc<dyn BrokerControl>> = args
+        .broker_node_dir
+        .as_ref()
+        .map(|dir| Arc::new(ScriptBroker::new(&args.broker_script, dir)) as Arc<dyn BrokerControl>);
+    let options = DemoOptions {
+        system: SystemConfig {
+            common: args.common.common(),
+            order_listen: args.ports.order_listen,
+            inventory_listen: args.ports.inventory_listen,
+            notify_listen: args.ports.notify_listen,
+            inventory: InventoryOptions::default(),
+            notify: NotifyOptions {
+                gateway_failure_rate: args.gateway_failure_rate,
+            },
+        },
+        rate: args.rate,
+        count: args.count,
+        faults: args.faults == "on",
+        outage: args
+            .outage_secs
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64),
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        dashboard: Some(args.dashboard),
+        linger: Duration::from_secs(args.linger_secs),
+    };
+    let outcome = shop::demo::run(options, broker, cancel).await?;
+    println!();
+    println!("shop demo report (from the services' stores)");
+    print!("{}", render(&outcome.report, &outcome.state));
+    let mut code = std::process::ExitCode::SUCCESS;
+    if let Some(e) = &outcome.fault_error {
+        println!("  a fault could not be injected: {e}");
+        code = std::process::ExitCode::from(2);
+    }
+    if outcome.report.lost > 0 {
+        code = std::process::ExitCode::from(1);
+    }
+    println!("{}", serde_json::to_string(&outcome.report)?);
+    Ok(code)
 }

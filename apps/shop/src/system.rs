@@ -72,6 +72,30 @@ impl System {
         self.inventory.ready() && self.notify.ready() && self.order.ready()
     }
 
+    /// Successful connects so far of every connection of every service (order's one,
+    /// inventory's two, notify's two): each grows by one when its connection comes back.
+    pub fn connects(&self) -> Vec<u64> {
+        use lepus::Role::{Consume, Publish};
+        vec![
+            self.order.client.connects(Publish),
+            self.inventory.client.connects(Publish),
+            self.inventory.client.connects(Consume),
+            self.notify.client.connects(Publish),
+            self.notify.client.connects(Consume),
+        ]
+    }
+
+    /// Whether every connection has connected again since `before` (from
+    /// [`System::connects`]) and the system is ready.
+    pub fn recovered_since(&self, before: &[u64]) -> bool {
+        self.ready()
+            && self
+                .connects()
+                .iter()
+                .zip(before)
+                .all(|(now, was)| now > was)
+    }
+
     /// Waits until [`System::ready`], at most `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;

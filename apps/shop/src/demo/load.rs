@@ -1,0 +1,135 @@
+//! The load: orders placed through the order API at a steady rate, each with an
+//! idempotency key so that a retried request never creates a second order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::httpc;
+use crate::stock::CATALOG;
+
+/// One order in this many has an address the mail gateway refuses (it ends
+/// dead-lettered, with its reason, in the notification service's store).
+pub const UNDELIVERABLE_EVERY: u64 = 97;
+/// Requests in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+/// How long one order may keep being retried against the API.
+const ORDER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What the load generator did.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    /// Orders sent (first attempts).
+    pub sent: AtomicU64,
+    /// Orders the API accepted.
+    pub accepted: AtomicU64,
+    /// Orders the API refused as invalid (should stay 0).
+    pub refused: AtomicU64,
+    /// Orders given up after [`ORDER_DEADLINE`] of failures (should stay 0).
+    pub abandoned: AtomicU64,
+    /// Requests that failed and were retried.
+    pub retried_requests: AtomicU64,
+    /// All orders sent and answered.
+    pub done: AtomicBool,
+}
+
+/// The body of order `i`.
+pub fn order_body(i: u64) -> serde_json::Value {
+    let mut rng = rand::rng();
+    let lines: Vec<serde_json::Value> = (0..rng.random_range(1..=3))
+        .map(|_| {
+            let (sku, _) = CATALOG
+                .get(rng.random_range(0..CATALOG.len()))
+                .copied()
+                .unwrap_or(("lamp", 0));
+            serde_json::json!({ "sku": sku, "qty": rng.random_range(1..=3) })
+        })
+        .collect();
+    let email = if i % UNDELIVERABLE_EVERY == UNDELIVERABLE_EVERY - 1 {
+        format!("customer-{i}.example.org")
+    } else {
+        format!("customer-{i}@example.org")
+    };
+    serde_json::json!({ "customer": format!("customer {i}"), "email": email, "lines": lines })
+}
+
+/// Places `count` orders at `rate` per second against the order API at `addr`.
+pub async fn run(
+    addr: SocketAddr,
+    rate: f64,
+    count: u64,
+    stats: Arc<LoadStats>,
+    cancel: CancellationToken,
+) {
+    let period = Duration::from_secs_f64(1.0 / rate.clamp(0.01, 10_000.0));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut tasks = JoinSet::new();
+    for i in 0..count {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let stats = Arc::clone(&stats);
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            place(addr, i, &stats, &cancel).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    stats.done.store(true, Ordering::Release);
+}
+
+async fn place(addr: SocketAddr, i: u64, stats: &LoadStats, cancel: &CancellationToken) {
+    let body = order_body(i);
+    let key = uuid::Uuid::now_v7().to_string();
+    stats.sent.fetch_add(1, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + ORDER_DEADLINE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let result = httpc::request(
+            addr,
+            "POST",
+            "/orders",
+            Some(&body),
+            &[("idempotency-key", key.as_str())],
+            Duration::from_secs(10),
+        )
+        .await;
+        match result {
+            Ok(r) if r.status == 200 || r.status == 201 => {
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(r) if (400..500).contains(&r.status) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(status = r.status, body = %r.text(), "the order API refused a generated order");
+                return;
+            }
+            Ok(r) => tracing::warn!(status = r.status, "order API error; retrying"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "order API unreachable; retrying"),
+        }
+        stats.retried_requests.fetch_add(1, Ordering::Relaxed);
+        if tokio::time::Instant::now() + pause >= deadline || cancel.is_cancelled() {
+            stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}

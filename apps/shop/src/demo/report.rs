@@ -1,0 +1,284 @@
+//! The final report, computed from the services' own stores: what was accepted, what
+//! became of each order, and which orders reached no final state (lost).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Db, counter};
+use crate::service::Common;
+
+/// The report; its JSON form is the demo's last line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Orders the order API accepted (order store).
+    pub accepted: u64,
+    /// Outbox publishes attempted, both outboxes (a row retried counts again).
+    pub published: u64,
+    /// Outbox rows the broker confirmed, both outboxes.
+    pub confirmed: u64,
+    /// Orders reserved (inventory store).
+    pub reserved: u64,
+    /// Orders rejected for lack of stock (inventory store).
+    pub rejected: u64,
+    /// Customers notified, of a reservation or a rejection (notification store).
+    pub notified: u64,
+    /// Redeliveries and republishes skipped: lepus's idempotency stores plus the
+    /// services' unique keys.
+    pub duplicates_suppressed: u64,
+    /// Messages dead-lettered and recorded with their reason (both stores).
+    pub dead_lettered: u64,
+    /// Accepted orders with no final state (notified, or dead-lettered with a reason).
+    pub lost: u64,
+    /// Broker kills (SIGKILL) followed by a restart.
+    pub broker_restarts: u64,
+    /// Forced closes of every connection.
+    pub connection_kills: u64,
+    /// Times the stock-check breaker tripped open (inventory store).
+    pub breaker_trips: u64,
+    /// Median time from order accepted to customer notified.
+    pub latency_p50_ms: u64,
+    /// 99th percentile of the same.
+    pub latency_p99_ms: u64,
+}
+
+/// What the stores say right now.
+#[derive(Debug, Clone, Default)]
+pub struct StoreState {
+    /// Orders accepted.
+    pub accepted: u64,
+    /// Outbox publish attempts.
+    pub published: u64,
+    /// Outbox rows confirmed.
+    pub confirmed: u64,
+    /// Outbox rows not yet confirmed.
+    pub outbox_pending: u64,
+    /// Orders reserved.
+    pub reserved: u64,
+    /// Orders rejected.
+    pub rejected: u64,
+    /// Decisions taken from the cached snapshot.
+    pub decided_from_cache: u64,
+    /// Notifications sent.
+    pub notified: u64,
+    /// Duplicates the stores' unique keys caught.
+    pub store_duplicates: u64,
+    /// Dead-letter records.
+    pub dead_lettered: u64,
+    /// Accepted orders with no final state yet.
+    pub unresolved: Vec<String>,
+    /// Compensation checks waiting for the stock service.
+    pub compensation_pending: u64,
+    /// Compensation checks that confirmed the decision.
+    pub compensation_verified: u64,
+    /// Compensation checks that found the reservation not covered.
+    pub compensation_mismatch: u64,
+    /// Breaker trips recorded.
+    pub breaker_trips: u64,
+    /// Order-to-notification latencies, ms, sorted.
+    pub latencies_ms: Vec<u64>,
+}
+
+fn count(c: &Connection, sql: &str) -> rusqlite::Result<u64> {
+    c.query_row(sql, [], |r| r.get::<_, i64>(0))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+fn ids(c: &Connection, sql: &str) -> rusqlite::Result<HashSet<String>> {
+    let mut stmt = c.prepare(sql)?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
+fn open(path: &Path) -> anyhow::Result<Connection> {
+    Db::open_read_only(path)
+}
+
+/// Reads the three stores (read-only; the services may be running).
+pub fn read_stores(common: &Common) -> anyhow::Result<StoreState> {
+    let order = open(&common.order_db())?;
+    let inventory = open(&common.inventory_db())?;
+    let notify = open(&common.notify_db())?;
+    let mut s = StoreState {
+        accepted: count(&order, "SELECT COUNT(*) FROM orders")?,
+        ..StoreState::default()
+    };
+    for c in [&order, &inventory] {
+        s.published += count(c, "SELECT COALESCE(SUM(attempts), 0) FROM outbox")?;
+        s.confirmed += count(c, "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NOT NULL")?;
+        s.outbox_pending += count(c, "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL")?;
+    }
+    s.reserved = count(
+        &inventory,
+        "SELECT COUNT(*) FROM decisions WHERE status = 'reserved'",
+    )?;
+    s.rejected = count(
+        &inventory,
+        "SELECT COUNT(*) FROM decisions WHERE status = 'rejected'",
+    )?;
+    s.decided_from_cache = count(
+        &inventory,
+        "SELECT COUNT(*) FROM decisions WHERE source = 'cache'",
+    )?;
+    s.notified = count(&notify, "SELECT COUNT(*) FROM notifications")?;
+    s.store_duplicates =
+        u64::try_from(counter(&inventory, "duplicates")? + counter(&notify, "duplicates")?)
+            .unwrap_or(0);
+    s.dead_lettered = count(&inventory, "SELECT COUNT(*) FROM dead_letters")?
+        + count(&notify, "SELECT COUNT(*) FROM dead_letters")?;
+    s.compensation_pending = count(
+        &inventory,
+        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'pending'",
+    )?;
+    s.compensation_verified = count(
+        &inventory,
+        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'verified'",
+    )?;
+    s.compensation_mismatch = count(
+        &inventory,
+        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'mismatch'",
+    )?;
+    s.breaker_trips = count(
+        &inventory,
+        "SELECT COUNT(*) FROM breaker_events WHERE kind = 'trip'",
+    )?;
+
+    // Final states: a notification, or a dead-letter record with its reason.
+    let accepted = ids(&order, "SELECT id FROM orders")?;
+    let mut done = ids(&notify, "SELECT order_id FROM notifications")?;
+    for c in [&inventory, &notify] {
+        done.extend(ids(
+            c,
+            "SELECT order_id FROM dead_letters WHERE order_id IS NOT NULL AND reason <> ''",
+        )?);
+    }
+    let mut unresolved: Vec<String> = accepted.difference(&done).cloned().collect();
+    unresolved.sort();
+    s.unresolved = unresolved;
+
+    let mut stmt = notify.prepare("SELECT sent_ms - order_created_ms FROM notifications")?;
+    let mut latencies: Vec<u64> = stmt
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .map(|ms| u64::try_from(ms).unwrap_or(0))
+        .collect();
+    latencies.sort_unstable();
+    s.latencies_ms = latencies;
+    Ok(s)
+}
+
+/// The `p`-th percentile (nearest rank) of sorted `values`, 0 if empty.
+pub fn percentile(values: &[u64], p: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
+    values
+        .get(rank.clamp(1, values.len()) - 1)
+        .copied()
+        .unwrap_or(0)
+}
+
+impl StoreState {
+    /// The report, with the fault counts and lepus's own duplicate count added.
+    pub fn report(
+        &self,
+        broker_restarts: u64,
+        connection_kills: u64,
+        lepus_duplicates: u64,
+    ) -> Report {
+        Report {
+            accepted: self.accepted,
+            published: self.published,
+            confirmed: self.confirmed,
+            reserved: self.reserved,
+            rejected: self.rejected,
+            notified: self.notified,
+            duplicates_suppressed: self.store_duplicates + lepus_duplicates,
+            dead_lettered: self.dead_lettered,
+            lost: self.unresolved.len() as u64,
+            broker_restarts,
+            connection_kills,
+            breaker_trips: self.breaker_trips,
+            latency_p50_ms: percentile(&self.latencies_ms, 50.0),
+            latency_p99_ms: percentile(&self.latencies_ms, 99.0),
+        }
+    }
+}
+
+/// The report as text for a person.
+pub fn render(report: &Report, state: &StoreState) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        out.push_str(&format!("  {label:<34} {value}\n"));
+    };
+    line("orders accepted", report.accepted.to_string());
+    line("events published (attempts)", report.published.to_string());
+    line(
+        "events confirmed by the broker",
+        report.confirmed.to_string(),
+    );
+    line("reserved", report.reserved.to_string());
+    line("rejected (out of stock)", report.rejected.to_string());
+    line(
+        "decided from the cached snapshot",
+        format!(
+            "{} (re-verified {}, mismatches {}, pending {})",
+            state.decided_from_cache,
+            state.compensation_verified,
+            state.compensation_mismatch,
+            state.compensation_pending
+        ),
+    );
+    line("customers notified", report.notified.to_string());
+    line(
+        "duplicates suppressed",
+        report.duplicates_suppressed.to_string(),
+    );
+    line(
+        "dead-lettered (with reason)",
+        report.dead_lettered.to_string(),
+    );
+    line("LOST", report.lost.to_string());
+    line(
+        "broker restarts (SIGKILL)",
+        report.broker_restarts.to_string(),
+    );
+    line("connection kills", report.connection_kills.to_string());
+    line("breaker trips", report.breaker_trips.to_string());
+    line(
+        "order -> notification latency",
+        format!(
+            "p50 {} ms, p99 {} ms",
+            report.latency_p50_ms, report.latency_p99_ms
+        ),
+    );
+    if !state.unresolved.is_empty() {
+        let some: Vec<&str> = state
+            .unresolved
+            .iter()
+            .take(10)
+            .map(String::as_str)
+            .collect();
+        line("lost orders (first 10)", some.join(", "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        assert_eq!(percentile(&[], 50.0), 0);
+        assert_eq!(percentile(&[7], 99.0), 7);
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 99.0), 99);
+        assert_eq!(percentile(&v, 100.0), 100);
+    }
+}

@@ -1,0 +1,111 @@
+//! The demo, shorter: a few hundred orders through a forced close of every connection, a
+//! stock-service outage that trips the breaker, a malformed event, and a broker killed
+//! with SIGKILL and restarted; then nothing may be lost, by the services' own stores.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lepus_testkit::Broker;
+use shop::demo::DemoOptions;
+use shop::demo::faults::BrokerControl;
+use shop::inventory::InventoryOptions;
+use shop::notify::NotifyOptions;
+use shop::service::Common;
+use shop::system::SystemConfig;
+use shop::topology::Names;
+use tokio_util::sync::CancellationToken;
+
+/// The testkit's node as the demo's broker.
+struct TestBroker(Broker);
+
+impl BrokerControl for TestBroker {
+    fn kill(&self) -> anyhow::Result<()> {
+        Ok(self.0.kill()?)
+    }
+
+    fn restart(&self) -> anyhow::Result<()> {
+        Ok(self.0.restart()?)
+    }
+
+    fn close_all_connections(&self) -> anyhow::Result<()> {
+        Ok(self.0.close_all_connections()?)
+    }
+}
+
+fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_through_broker_kill_connection_kill_and_stock_outage() {
+    let broker = tokio::task::spawn_blocking(|| Broker::start().unwrap())
+        .await
+        .unwrap();
+    let url = broker.url();
+    let control = Arc::new(TestBroker(broker));
+    let dir = tempfile::tempdir().unwrap();
+    let count = 300;
+    let options = DemoOptions {
+        system: SystemConfig {
+            common: Common {
+                amqp_urls: vec![url],
+                names: Names::default(),
+                quorum: false,
+                data_dir: dir.path().to_path_buf(),
+            },
+            order_listen: any_port(),
+            inventory_listen: any_port(),
+            notify_listen: any_port(),
+            inventory: InventoryOptions::default(),
+            notify: NotifyOptions::default(),
+        },
+        rate: 30.0,
+        count,
+        faults: true,
+        outage: None,
+        drain_timeout: Duration::from_secs(90),
+        dashboard: None,
+        linger: Duration::ZERO,
+    };
+    let started = std::time::Instant::now();
+    let outcome = shop::demo::run(
+        options,
+        Some(Arc::clone(&control) as Arc<dyn BrokerControl>),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    println!("demo took {:.1} s", started.elapsed().as_secs_f64());
+    let r = &outcome.report;
+    println!("{}", serde_json::to_string(r).unwrap());
+    assert_eq!(outcome.fault_error, None);
+    assert_eq!(
+        r.lost, 0,
+        "unresolved orders: {:?}",
+        outcome.state.unresolved
+    );
+    assert_eq!(r.accepted, count);
+    assert_eq!(r.broker_restarts, 1);
+    assert_eq!(r.connection_kills, 1);
+    assert!(r.breaker_trips >= 1, "the breaker never tripped");
+    // Every order decided once, every decision announced once and confirmed.
+    assert_eq!(r.reserved + r.rejected, count);
+    assert_eq!(r.confirmed, 2 * count);
+    assert!(r.published >= r.confirmed);
+    // Every order ends notified or dead-lettered (undeliverable addresses), plus the
+    // malformed event the demo injects.
+    let undeliverable = count / shop::demo::load::UNDELIVERABLE_EVERY;
+    assert_eq!(r.notified, count - undeliverable);
+    assert_eq!(r.dead_lettered, undeliverable + 1);
+    // Cached decisions were all re-verified once the stock service came back.
+    assert_eq!(outcome.state.compensation_pending, 0);
+    assert!(outcome.state.decided_from_cache > 0);
+    drop(control);
+}
