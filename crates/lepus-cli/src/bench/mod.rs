@@ -10,13 +10,12 @@
 //! reason instead of hanging.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use lepus::amqp::{FieldTable, QueueDeclareOptions, QueueDeleteOptions};
 use lepus::{Client, Queue, QueueType, Role, Topology};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -25,19 +24,13 @@ use tokio_util::sync::CancellationToken;
 use crate::connect::{ConnectArgs, parse_secs};
 
 mod consumer;
+mod drain;
 mod producer;
 mod report;
 mod verify;
 
 /// Messages per producer when neither --count nor --duration is given.
 const DEFAULT_COUNT: u64 = 100_000;
-/// After the producers finish, the queue counts as drained once nothing arrived for this
-/// long and it holds no ready message...
-const QUIET: Duration = Duration::from_secs(1);
-/// ...or this long while fewer messages were consumed than confirmed.
-const QUIET_INCOMPLETE: Duration = Duration::from_secs(3);
-/// Short broker operations (the ready count, deleting the queue).
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Classic or quorum queue.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +229,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         stop_producers.clone(),
         Arc::clone(&ctx),
     ));
+    let producing_since = Instant::now();
     let producers: Vec<JoinHandle<producer::Outcome>> = (0..usize::from(args.producers))
         .map(|i| {
             let plan = producer::Plan {
@@ -264,7 +258,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     stop_producers.cancel();
     if args.consumers > 0 {
-        drain(&ctx, &client, &queue, args.publish_timeout).await;
+        drain::drain(&ctx, &client, &queue, args.publish_timeout).await;
     }
     stop_consumers.cancel();
     let mut consumed = Vec::new();
@@ -277,14 +271,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let duration = ctx.epoch.elapsed();
     if !args.keep_queue {
-        delete_queue(&client, &queue).await;
+        drain::delete_queue(&client, &queue).await;
     }
     let reconnects =
         (client.connects(Role::Publish) + client.connects(Role::Consume)).saturating_sub(2);
     let _ = client.close(Duration::from_secs(5)).await;
 
-    let summary = summarize(
-        &args, &ctx, &queue, &produced, consumed, reconnects, duration,
+    let summary = report::summarize(
+        &ctx,
+        &queue,
+        producing_since,
+        &produced,
+        consumed,
+        reconnects,
+        duration,
     )?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -413,143 +413,4 @@ async fn progress(ctx: Arc<Ctx>, client: Client, stop: CancellationToken) {
         before = now;
         at = Instant::now();
     }
-}
-
-/// Lets the consumers take what is left: returns once the queue has no ready message and
-/// nothing arrived for a moment, when nothing at all arrived for `stall`, or on abort.
-async fn drain(ctx: &Ctx, client: &Client, queue: &str, stall: Duration) {
-    let started_us = ctx.now_us();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = ctx.abort.cancelled() => return,
-        }
-        let last = ctx
-            .counters
-            .last_delivery_us
-            .load(Ordering::Relaxed)
-            .max(started_us);
-        let idle = Duration::from_micros(ctx.now_us().saturating_sub(last));
-        if idle >= stall {
-            eprintln!("lepus bench: nothing consumed for {stall:?}; ending the drain");
-            return;
-        }
-        let complete = ctx.counters.consumed.load(Ordering::Relaxed)
-            >= ctx.counters.confirmed.load(Ordering::Relaxed);
-        let quiet = if complete { QUIET } else { QUIET_INCOMPLETE };
-        if idle < quiet || !client.state(Role::Consume).is_connected() {
-            continue;
-        }
-        if ready_messages(client, queue).await == Some(0) {
-            return;
-        }
-    }
-}
-
-async fn ready_messages(client: &Client, queue: &str) -> Option<u32> {
-    let op = async {
-        let ch = client.channel().await.ok()?;
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let info = ch
-            .queue_declare(queue, options, FieldTable::default())
-            .await
-            .ok()?;
-        Some(info.message_count)
-    };
-    tokio::time::timeout(OPERATION_TIMEOUT, op).await.ok()?
-}
-
-async fn delete_queue(client: &Client, queue: &str) {
-    let op = async {
-        let ch = client.channel().await?;
-        ch.queue_delete(queue, QueueDeleteOptions::default())
-            .await
-            .map_err(lepus::Error::from)
-    };
-    match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => eprintln!("lepus bench: could not delete queue '{queue}': {err}"),
-        Err(_) => eprintln!("lepus bench: could not delete queue '{queue}' in time"),
-    }
-}
-
-fn summarize(
-    args: &BenchArgs,
-    ctx: &Ctx,
-    queue: &str,
-    produced: &[producer::Outcome],
-    consumed: Vec<consumer::Outcome>,
-    reconnects: u64,
-    duration: Duration,
-) -> anyhow::Result<report::Summary> {
-    let mut confirm_latency = report::latency_histogram()?;
-    let mut e2e_latency = report::latency_histogram()?;
-    for p in produced {
-        confirm_latency.add(&p.confirm_latency)?;
-    }
-    for c in &consumed {
-        e2e_latency.add(&c.e2e_latency)?;
-    }
-    let sent = ctx.counters.sent.load(Ordering::Relaxed);
-    let confirmed = ctx.counters.confirmed.load(Ordering::Relaxed);
-    let failed = ctx.counters.failed.load(Ordering::Relaxed);
-    let total_consumed: u64 = consumed.iter().map(|c| c.consumed).sum();
-    let ack_errors = consumed.iter().map(|c| c.ack_errors).sum();
-    let foreign = consumed.iter().map(|c| c.foreign).sum();
-    let resubscribes = consumed
-        .iter()
-        .map(|c| c.subscribes.saturating_sub(1))
-        .sum();
-
-    let secs = |d: Duration| d.as_secs_f64().max(1e-3);
-    let publish_rate = produced
-        .iter()
-        .filter_map(|p| p.last_confirm)
-        .max()
-        .map(|last| confirmed as f64 / secs(last.duration_since(ctx.epoch)))
-        .unwrap_or(0.0);
-    let first = consumed.iter().filter_map(|c| c.first).min();
-    let last = consumed.iter().filter_map(|c| c.last).max();
-    let consume_rate = match (first, last) {
-        (Some(first), Some(last)) if total_consumed > 1 => {
-            total_consumed as f64 / secs(last.duration_since(first))
-        }
-        _ => 0.0,
-    };
-    let (lost, duplicates) = if args.verify {
-        let confirmed_sets: Vec<verify::SeqSet> =
-            produced.iter().map(|p| p.confirmed.clone()).collect();
-        let repeats = consumed.iter().map(|c| c.repeats).sum();
-        let seen: Vec<Vec<verify::SeqSet>> = consumed.into_iter().map(|c| c.seen).collect();
-        let v = verify::verdict(&confirmed_sets, &seen, repeats);
-        (Some(v.lost), Some(v.duplicates))
-    } else {
-        (None, None)
-    };
-    Ok(report::Summary {
-        sent,
-        confirmed,
-        consumed: total_consumed,
-        lost,
-        duplicates,
-        publish_msgs_per_s: publish_rate.round(),
-        consume_msgs_per_s: consume_rate.round(),
-        confirm_latency_p50_us: report::percentile(&confirm_latency, 0.5),
-        confirm_latency_p99_us: report::percentile(&confirm_latency, 0.99),
-        e2e_latency_p50_us: report::percentile(&e2e_latency, 0.5),
-        e2e_latency_p99_us: report::percentile(&e2e_latency, 0.99),
-        failed,
-        unresolved: sent.saturating_sub(confirmed + failed),
-        ack_errors,
-        republished: produced.iter().map(|p| p.republished).sum(),
-        resubscribes,
-        reconnects,
-        foreign,
-        duration_s: (duration.as_secs_f64() * 10.0).round() / 10.0,
-        queue: queue.to_owned(),
-        error: ctx.abort_reason(),
-    })
 }

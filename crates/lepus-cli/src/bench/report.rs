@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use tokio::time::Instant;
+
+use super::verify::{SeqSet, verdict};
+use super::{Ctx, consumer, producer};
 
 /// An empty histogram for latencies up to an hour, in microseconds, with three
 /// significant digits (clone it for each recorder).
@@ -185,6 +189,84 @@ impl Summary {
         }
         out
     }
+}
+
+/// Merges what the producers and consumers recorded into the summary.
+pub fn summarize(
+    ctx: &Ctx,
+    queue: &str,
+    producing_since: Instant,
+    produced: &[producer::Outcome],
+    consumed: Vec<consumer::Outcome>,
+    reconnects: u64,
+    duration: Duration,
+) -> anyhow::Result<Summary> {
+    let mut confirm_latency = latency_histogram()?;
+    let mut e2e_latency = latency_histogram()?;
+    for p in produced {
+        confirm_latency.add(&p.confirm_latency)?;
+    }
+    for c in &consumed {
+        e2e_latency.add(&c.e2e_latency)?;
+    }
+    let sent = ctx.counters.sent.load(Ordering::Relaxed);
+    let confirmed = ctx.counters.confirmed.load(Ordering::Relaxed);
+    let failed = ctx.counters.failed.load(Ordering::Relaxed);
+    let total_consumed: u64 = consumed.iter().map(|c| c.consumed).sum();
+    let ack_errors = consumed.iter().map(|c| c.ack_errors).sum();
+    let foreign = consumed.iter().map(|c| c.foreign).sum();
+    let resubscribes = consumed
+        .iter()
+        .map(|c| c.subscribes.saturating_sub(1))
+        .sum();
+
+    let secs = |d: Duration| d.as_secs_f64().max(1e-3);
+    let publish_rate = produced
+        .iter()
+        .filter_map(|p| p.last_confirm)
+        .max()
+        .map(|last| confirmed as f64 / secs(last.duration_since(producing_since)))
+        .unwrap_or(0.0);
+    let first = consumed.iter().filter_map(|c| c.first).min();
+    let last = consumed.iter().filter_map(|c| c.last).max();
+    let consume_rate = match (first, last) {
+        (Some(first), Some(last)) if total_consumed > 1 => {
+            total_consumed as f64 / secs(last.duration_since(first))
+        }
+        _ => 0.0,
+    };
+    let (lost, duplicates) = if ctx.verify {
+        let confirmed_sets: Vec<SeqSet> = produced.iter().map(|p| p.confirmed.clone()).collect();
+        let repeats = consumed.iter().map(|c| c.repeats).sum();
+        let seen: Vec<Vec<SeqSet>> = consumed.into_iter().map(|c| c.seen).collect();
+        let v = verdict(&confirmed_sets, &seen, repeats);
+        (Some(v.lost), Some(v.duplicates))
+    } else {
+        (None, None)
+    };
+    Ok(Summary {
+        sent,
+        confirmed,
+        consumed: total_consumed,
+        lost,
+        duplicates,
+        publish_msgs_per_s: publish_rate.round(),
+        consume_msgs_per_s: consume_rate.round(),
+        confirm_latency_p50_us: percentile(&confirm_latency, 0.5),
+        confirm_latency_p99_us: percentile(&confirm_latency, 0.99),
+        e2e_latency_p50_us: percentile(&e2e_latency, 0.5),
+        e2e_latency_p99_us: percentile(&e2e_latency, 0.99),
+        failed,
+        unresolved: sent.saturating_sub(confirmed + failed),
+        ack_errors,
+        republished: produced.iter().map(|p| p.republished).sum(),
+        resubscribes,
+        reconnects,
+        foreign,
+        duration_s: (duration.as_secs_f64() * 10.0).round() / 10.0,
+        queue: queue.to_owned(),
+        error: ctx.abort_reason(),
+    })
 }
 
 #[cfg(test)]
