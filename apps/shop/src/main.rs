@@ -301,6 +301,7 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<std::
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         dashboard: Some(args.dashboard),
         linger: Duration::from_secs(args.linger_secs),
+        dashboard_bound: None,
     };
     let outcome = shop::demo::run(options, broker, cancel).await?;
     println!();

@@ -73,6 +73,7 @@ async fn nothing_is_lost_through_broker_kill_connection_kill_and_stock_outage() 
         drain_timeout: Duration::from_secs(90),
         dashboard: None,
         linger: Duration::ZERO,
+        dashboard_bound: None,
     };
     let started = std::time::Instant::now();
     let outcome = shop::demo::run(

@@ -2,17 +2,18 @@
 //! faults on a schedule, a wait for the system to drain, and the report, computed from
 //! the services' stores.
 
+pub mod dashboard;
 pub mod faults;
 pub mod load;
 pub mod report;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lepus::{Publisher, PublisherOptions, Topology};
+use lepus::{Publisher, PublisherOptions, Role, Topology};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +42,8 @@ pub struct DemoOptions {
     pub dashboard: Option<SocketAddr>,
     /// How long to keep the services and dashboard up after the report.
     pub linger: Duration,
+    /// Told the dashboard's address once it listens (useful with port 0).
+    pub dashboard_bound: Option<tokio::sync::mpsc::UnboundedSender<SocketAddr>>,
 }
 
 /// What a demo run ends with.
@@ -144,6 +147,51 @@ pub async fn run(
     let started = Instant::now();
     let stats = Arc::new(LoadStats::default());
     let fault_log = Arc::new(FaultLog::new(started));
+    let phase = Arc::new(Mutex::new("running".to_string()));
+    let final_report = Arc::new(Mutex::new(None));
+    let set_phase = |p: &str| *phase.lock().unwrap_or_else(|e| e.into_inner()) = p.to_string();
+    let dashboard_stop = cancel.child_token();
+    if let Some(addr) = options.dashboard {
+        let sources = dashboard::Sources {
+            common: common.clone(),
+            clients: vec![
+                (
+                    "order",
+                    system.order.client.clone(),
+                    vec![(Role::Publish, "shared")],
+                ),
+                (
+                    "inventory",
+                    system.inventory.client.clone(),
+                    vec![(Role::Publish, "publish"), (Role::Consume, "consume")],
+                ),
+                (
+                    "notify",
+                    system.notify.client.clone(),
+                    vec![(Role::Publish, "publish"), (Role::Consume, "consume")],
+                ),
+            ],
+            demo_client: demo_client.clone(),
+            breaker: Arc::clone(&system.inventory.breaker),
+            warehouse: Arc::clone(&system.inventory.warehouse),
+            load: Arc::clone(&stats),
+            total: options.count,
+            rate: options.rate,
+            faults: Arc::clone(&fault_log),
+            started,
+            phase: Arc::clone(&phase),
+            report: Arc::clone(&final_report),
+        };
+        match dashboard::start(sources, addr, dashboard_stop.clone()).await {
+            Ok(bound) => {
+                println!("  dashboard        http://{bound}/");
+                if let Some(tx) = &options.dashboard_bound {
+                    let _ = tx.send(bound);
+                }
+            }
+            Err(e) => println!("  dashboard        not started: {e:#}"),
+        }
+    }
     let load_task = tokio::spawn(load::run(
         system.order.addr,
         options.rate,
@@ -201,6 +249,7 @@ pub async fn run(
         stats.retried_requests.load(Ordering::Relaxed),
     );
 
+    set_phase("draining");
     // Drain: every accepted order final, both outboxes empty, cached decisions verified.
     let deadline = Instant::now() + options.drain_timeout;
     let mut state = read_stores(&common).await?;
@@ -253,6 +302,8 @@ pub async fn run(
         lepus_duplicates,
     );
 
+    set_phase("done");
+    *final_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
     if !options.linger.is_zero() {
         println!("services stay up for {:?} (Ctrl-C to stop)", options.linger);
         tokio::select! {
@@ -260,6 +311,7 @@ pub async fn run(
             _ = tokio::time::sleep(options.linger) => {}
         }
     }
+    dashboard_stop.cancel();
     let _ = publisher.close(Duration::from_secs(5)).await;
     let _ = demo_client.close(Duration::from_secs(5)).await;
     system.stop().await;
