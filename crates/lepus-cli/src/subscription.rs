@@ -56,7 +56,9 @@ impl Subscription {
         }
     }
 
-    /// How many times it subscribed (1 + resubscriptions).
+    /// How many times it subscribed (1 + resubscriptions). Read right after
+    /// [`Subscription::next`] returned a delivery, it numbers the subscription (and so the
+    /// channel) the delivery came on.
     pub fn subscribes(&self) -> u64 {
         self.subscribes
     }

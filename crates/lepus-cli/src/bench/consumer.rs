@@ -63,7 +63,8 @@ pub struct Outcome {
 struct State {
     ctx: Arc<Ctx>,
     out: Outcome,
-    pending: Option<Delivery>,
+    /// The last delivery not yet acknowledged, and the subscription it came on.
+    pending: Option<(Delivery, u64)>,
     unacked: u16,
     multi_ack: u16,
 }
@@ -127,14 +128,14 @@ impl State {
         self.unacked = 0;
     }
 
-    fn handle(&mut self, delivery: Delivery) {
+    /// Handles a delivery of subscription number `subscription`.
+    fn handle(&mut self, delivery: Delivery, subscription: u64) {
         self.record(&delivery);
-        // Deliveries of an earlier channel cannot be acked any more; try (and count the
-        // refusal) so nothing is silently skipped, then start counting afresh.
-        if let Some(old) = self.pending.take_if(|p| {
-            (p.channel_id(), p.channel_generation())
-                != (delivery.channel_id(), delivery.channel_generation())
-        }) {
+        // Deliveries of an earlier subscription (an earlier channel) cannot be acked any
+        // more; try (and count the refusal) so nothing is skipped silently, then count
+        // afresh. Channel ids and generations repeat across connections, so the
+        // subscription number is what tells channels apart.
+        if let Some((old, _)) = self.pending.take_if(|(_, s)| *s != subscription) {
             self.ack(&old);
         }
         self.unacked = self.unacked.saturating_add(1);
@@ -142,12 +143,12 @@ impl State {
             self.pending = None;
             self.ack(&delivery);
         } else {
-            self.pending = Some(delivery);
+            self.pending = Some((delivery, subscription));
         }
     }
 
     fn flush(&mut self) {
-        if let Some(last) = self.pending.take() {
+        if let Some((last, _)) = self.pending.take() {
             self.ack(&last);
         }
     }
@@ -194,7 +195,7 @@ pub async fn run(
             next = sub.next(ACK_IDLE) => next,
         };
         match next {
-            Ok(Next::Delivery(delivery)) => state.handle(delivery),
+            Ok(Next::Delivery(delivery)) => state.handle(delivery, sub.subscribes()),
             Ok(Next::Idle) => state.flush(),
             Err(err) => {
                 ctx.fail(format!("consumer: {err:#}"));
