@@ -58,8 +58,11 @@ pub(crate) struct ConnShared {
 struct Channels {
     map: HashMap<u16, Arc<ChannelShared>>,
     last: u16,
-    generation: u64,
 }
+
+/// Channel generations are unique in the process, not only per connection, so a delivery
+/// can always tell which channel opening it came from, across reconnects too.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl ConnShared {
     pub(crate) fn channel(&self, id: u16) -> Option<Arc<ChannelShared>> {
@@ -87,10 +90,10 @@ impl ConnShared {
         for _ in 0..max {
             t.last = if t.last >= max { 1 } else { t.last + 1 };
             let id = t.last;
-            if !t.map.contains_key(&id) {
-                t.generation += 1;
-                let shared = Arc::new(ChannelShared::new(id, t.generation, Arc::clone(self)));
-                t.map.insert(id, Arc::clone(&shared));
+            if let std::collections::hash_map::Entry::Vacant(slot) = t.map.entry(id) {
+                let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+                let shared = Arc::new(ChannelShared::new(id, generation, Arc::clone(self)));
+                slot.insert(Arc::clone(&shared));
                 return Ok(shared);
             }
         }
@@ -168,7 +171,6 @@ impl ConnShared {
             channels: Mutex::new(Channels {
                 map: HashMap::new(),
                 last: 0,
-                generation: 0,
             }),
             closed,
             blocked,
@@ -494,7 +496,6 @@ async fn handshake(opts: ConnectionOptions) -> Result<Connection> {
         channels: Mutex::new(Channels {
             map: HashMap::new(),
             last: 0,
-            generation: 0,
         }),
         closed,
         blocked,

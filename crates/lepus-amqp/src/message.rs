@@ -60,7 +60,8 @@ impl Delivery {
         self.channel.id
     }
 
-    /// Which opening of that channel id it arrived on (ids are reused; generations are not).
+    /// Which channel opening it arrived on: unique in the process (ids are reused across
+    /// channels and connections; generations never are).
     pub fn channel_generation(&self) -> u64 {
         self.channel.generation
     }

@@ -242,6 +242,14 @@ impl Shared {
 #[must_use = "a confirm does nothing unless awaited"]
 pub struct Confirm {
     rx: oneshot::Receiver<PublishResult>,
+    message_id: String,
+}
+
+impl Confirm {
+    /// The message's id (the one given, or the UUIDv7 the publisher assigned).
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
 }
 
 impl std::future::Future for Confirm {
@@ -329,43 +337,39 @@ impl Publisher {
     /// Queues `message` and returns a future for its confirm. Waits only for room in the
     /// buffer, up to the publish timeout.
     pub async fn send(&self, mut message: Message) -> Result<Confirm, PublishError> {
-        if self.shared.closing.load(Ordering::Acquire) {
-            return Err(PublishError {
-                error: Error::new(ErrorKind::Closed, "the publisher is closed"),
-                message: Box::new(message),
-            });
-        }
         message.stamp();
-        let deadline = Instant::now() + self.options.publish_timeout;
-        let permit = match tokio::time::timeout_at(
-            deadline,
-            Arc::clone(&self.admit).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => {
+        let (deadline, permit) = match self.admit().await {
+            Ok(admitted) => admitted,
+            Err(error) => {
                 return Err(PublishError {
-                    error: Error::new(ErrorKind::Closed, "the publisher is closed"),
-                    message: Box::new(message),
-                });
-            }
-            Err(_) => {
-                return Err(PublishError {
-                    error: Error::new(
-                        ErrorKind::BufferFull,
-                        format!(
-                            "publish buffer of {} messages stayed full for {:?}",
-                            self.options.buffer, self.options.publish_timeout
-                        ),
-                    ),
+                    error,
                     message: Box::new(message),
                 });
             }
         };
         let (tx, rx) = oneshot::channel();
+        let message_id = message.message_id().unwrap_or_default().to_owned();
         self.enqueue(message, Reply::Wait(tx), deadline, permit)?;
-        Ok(Confirm { rx })
+        Ok(Confirm { rx, message_id })
+    }
+
+    /// Waits for room in the buffer; fails if closed or still full at the deadline.
+    async fn admit(&self) -> Result<(Instant, OwnedSemaphorePermit), Error> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorKind::Closed, "the publisher is closed"));
+        }
+        let deadline = Instant::now() + self.options.publish_timeout;
+        match tokio::time::timeout_at(deadline, Arc::clone(&self.admit).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok((deadline, permit)),
+            Ok(Err(_)) => Err(Error::new(ErrorKind::Closed, "the publisher is closed")),
+            Err(_) => Err(Error::new(
+                ErrorKind::BufferFull,
+                format!(
+                    "publish buffer of {} messages stayed full for {:?}",
+                    self.options.buffer, self.options.publish_timeout
+                ),
+            )),
+        }
     }
 
     fn enqueue(
@@ -446,27 +450,18 @@ impl Publisher {
         callback: impl FnOnce(PublishResult) + Send + 'static,
     ) -> Result<(), PublishError> {
         message.stamp();
-        let deadline = Instant::now() + self.options.publish_timeout;
-        let permit = match tokio::time::timeout_at(
-            deadline,
-            Arc::clone(&self.admit).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            _ => {
-                return Err(PublishError {
-                    error: Error::new(ErrorKind::BufferFull, "publish buffer full"),
-                    message: Box::new(message),
-                });
-            }
-        };
-        self.enqueue(
-            message,
-            Reply::Callback(Box::new(callback)),
-            deadline,
-            permit,
-        )
+        match self.admit().await {
+            Ok((deadline, permit)) => self.enqueue(
+                message,
+                Reply::Callback(Box::new(callback)),
+                deadline,
+                permit,
+            ),
+            Err(error) => Err(PublishError {
+                error,
+                message: Box::new(message),
+            }),
+        }
     }
 
     /// Waits until every message sent so far is confirmed or failed.

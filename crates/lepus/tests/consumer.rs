@@ -285,7 +285,10 @@ async fn a_panicking_handler_does_not_take_the_consumer_down() {
         .find(|(b, _)| b == "boom")
         .cloned()
         .unwrap();
-    assert_eq!(boom.1, 3, "third attempt: two panics (one in process), then from the wait queue");
+    assert_eq!(
+        boom.1, 3,
+        "third attempt: two panics (one in process), then from the wait queue"
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
     client.close(Duration::from_secs(5)).await.unwrap();
