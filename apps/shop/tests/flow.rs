@@ -1,5 +1,6 @@
-//! The three services in process against a real broker, no faults: every order placed
-//! through the API ends notified (or dead-lettered, for an undeliverable address), once.
+//! The three services in process against a real broker, no faults, quorum work queues:
+//! every order placed through the API ends notified (or dead-lettered, for an
+//! undeliverable address), once.
 
 #![allow(
     clippy::unwrap_used,
@@ -35,7 +36,8 @@ async fn orders_flow_through_all_three_services() {
     let common = Common {
         amqp_urls: vec![broker.url().to_string()],
         names: Names::new(lepus_testkit::unique_name("shop")),
-        quorum: false,
+        // Quorum work queues (what a cluster uses) work on a single node too.
+        quorum: true,
         data_dir: dir.path().to_path_buf(),
     };
     let cancel = CancellationToken::new();
