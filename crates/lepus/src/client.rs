@@ -130,7 +130,7 @@ impl ClientBuilder {
         let tracker = TaskTracker::new();
         let names = Names::default();
         let spawn = |role: &'static str, exclusive: bool| {
-            let sup = Supervised::new(role);
+            let sup = Supervised::new(self.name.as_deref().unwrap_or("default"), role);
             let endpoints = self
                 .endpoints
                 .iter()

@@ -114,10 +114,10 @@ pub(crate) struct Plan {
 }
 
 impl Supervised {
-    pub(crate) fn new(role: &'static str) -> Arc<Self> {
+    pub(crate) fn new(client: &str, role: &'static str) -> Arc<Self> {
         Arc::new(Self {
             role,
-            metrics: ConnectionMetrics::new(role),
+            metrics: ConnectionMetrics::new(client, role),
             state: watch::channel(ConnectionState::Connecting).0,
             current: watch::channel(None).0,
             report: watch::channel(TopologyReport::default()).0,

@@ -25,15 +25,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
-fn client(url: &str, topology: Topology) -> Client {
-    Client::builder()
-        .endpoint(url)
-        .unwrap()
-        .topology(topology)
-        .build()
-        .unwrap()
-}
-
 async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
     while !f() {
@@ -94,7 +85,13 @@ async fn metrics_after_a_known_sequence_are_exact() {
         .queue(Queue::new(&q).auto_delete(true))
         .bind(&q, &ex, "new")
         .merge(retry.topology(&q));
-    let client = client(broker.url(), topology);
+    let client = Client::builder()
+        .endpoint(broker.url())
+        .unwrap()
+        .name("metrics-test")
+        .topology(topology)
+        .build()
+        .unwrap();
     client
         .wait_connected(Duration::from_secs(10))
         .await
@@ -187,7 +184,10 @@ async fn metrics_after_a_known_sequence_are_exact() {
         );
     }
     assert_eq!(
-        value(&scrape, "lepus_connected{role=\"publish\"}"),
+        value(
+            &scrape,
+            "lepus_connected{client=\"metrics-test\",role=\"publish\"}"
+        ),
         Some(1.0)
     );
 

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lepus_amqp::{AMQPValue, FieldTable};
 
 use crate::message::short;
-use crate::topology::{Queue, Topology};
+use crate::topology::{Queue, QueueType, Topology};
 
 /// Failed handler invocations so far (all tiers).
 pub const ATTEMPTS_HEADER: &str = "x-lepus-attempts";
@@ -60,6 +60,7 @@ pub struct RetryPolicy {
     pub(crate) immediate: u32,
     pub(crate) delays: Vec<Duration>,
     pub(crate) dead_letter_queue: Option<String>,
+    pub(crate) quorum: bool,
 }
 
 impl Default for RetryPolicy {
@@ -73,6 +74,7 @@ impl Default for RetryPolicy {
                 Duration::from_secs(60),
             ],
             dead_letter_queue: None,
+            quorum: false,
         }
     }
 }
@@ -84,6 +86,7 @@ impl RetryPolicy {
             immediate: 0,
             delays: Vec::new(),
             dead_letter_queue: None,
+            quorum: false,
         }
     }
 
@@ -102,6 +105,13 @@ impl RetryPolicy {
     /// The dead-letter queue's name (default `<queue>.dlq`).
     pub fn dead_letter_queue(mut self, name: impl Into<String>) -> Self {
         self.dead_letter_queue = Some(name.into());
+        self
+    }
+
+    /// Declare the wait queues and the dead-letter queue as quorum queues (replicated; for
+    /// clusters). Classic by default.
+    pub fn quorum(mut self, quorum: bool) -> Self {
+        self.quorum = quorum;
         self
     }
 
@@ -126,12 +136,18 @@ impl RetryPolicy {
     }
 
     /// The wait queues and the dead-letter queue for `queue`, as topology (durable
-    /// classic queues).
+    /// queues, classic unless [`RetryPolicy::quorum`]).
     pub fn topology(&self, queue: &str) -> Topology {
-        let mut topology = Topology::new().queue(Queue::new(self.dlq(queue)));
+        let kind = if self.quorum {
+            QueueType::Quorum
+        } else {
+            QueueType::Classic
+        };
+        let mut topology = Topology::new().queue(Queue::new(self.dlq(queue)).queue_type(kind));
         for (tier, delay) in self.delays.iter().enumerate() {
             topology = topology.queue(
                 Queue::new(self.wait_queue(queue, tier))
+                    .queue_type(kind)
                     .message_ttl(*delay)
                     .dead_letter_exchange("")
                     .dead_letter_routing_key(queue),

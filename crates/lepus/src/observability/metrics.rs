@@ -42,7 +42,7 @@ pub const HANDLER_DURATION: &str = "lepus_handler_duration_seconds";
 pub const HANDLERS_IN_FLIGHT: &str = "lepus_handlers_in_flight";
 /// Redeliveries skipped by the idempotency store, by queue.
 pub const DEDUPLICATED: &str = "lepus_deduplicated_total";
-/// 1 while the connection is up, by role.
+/// 1 while the connection is up, by client (its name, `default` if unnamed) and role.
 pub const CONNECTED: &str = "lepus_connected";
 /// Connections lost, by role.
 pub const RECONNECTS: &str = "lepus_reconnects_total";
@@ -173,13 +173,14 @@ pub(crate) struct ConnectionMetrics {
 }
 
 impl ConnectionMetrics {
-    pub(crate) fn new(role: &'static str) -> Self {
+    pub(crate) fn new(client: &str, role: &'static str) -> Self {
+        let c = client.to_owned();
         Self {
-            connected: gauge!(CONNECTED, "role" => role),
-            reconnects: counter!(RECONNECTS, "role" => role),
-            attempts: counter!(CONNECT_ATTEMPTS, "role" => role),
-            recovery: histogram!(RECOVERY, "role" => role),
-            blocked: gauge!(BLOCKED, "role" => role),
+            connected: gauge!(CONNECTED, "client" => c.clone(), "role" => role),
+            reconnects: counter!(RECONNECTS, "client" => c.clone(), "role" => role),
+            attempts: counter!(CONNECT_ATTEMPTS, "client" => c.clone(), "role" => role),
+            recovery: histogram!(RECOVERY, "client" => c.clone(), "role" => role),
+            blocked: gauge!(BLOCKED, "client" => c, "role" => role),
         }
     }
 }

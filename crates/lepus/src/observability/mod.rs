@@ -22,4 +22,7 @@ pub use health::{Health, HealthReport};
 pub use http::{router, serve};
 pub use metrics::install_prometheus;
 pub use metrics_exporter_prometheus::PrometheusHandle;
-pub use trace::{LogFormat, TelemetryGuard, init_telemetry, trace_id, tracer_provider};
+pub use trace::{
+    LogFormat, TelemetryGuard, init_telemetry, init_telemetry_with_writer, trace_id,
+    tracer_provider,
+};

@@ -74,6 +74,11 @@ pub(crate) fn extract_into(span: &Span, headers: Option<&FieldTable>) {
     record_ids(span);
 }
 
+/// Whether `span` belongs to a trace (tracing is on and it has a valid context).
+pub(crate) fn in_trace(span: &Span) -> bool {
+    !span.is_disabled() && span.context().span().span_context().is_valid()
+}
+
 /// Copies the span's OpenTelemetry ids into its `trace_id`/`span_id` fields, so every
 /// log line inside it carries them.
 fn record_ids(span: &Span) {
@@ -128,6 +133,19 @@ impl std::fmt::Debug for TelemetryGuard {
 /// `trace_id` and `span_id`), and OpenTelemetry spans with W3C propagation. With the
 /// `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are exported over OTLP.
 pub fn init_telemetry(service: &str, format: LogFormat) -> Result<TelemetryGuard> {
+    init_telemetry_with_writer(service, format, std::io::stderr)
+}
+
+/// Like [`init_telemetry`], writing log lines to `writer` (a file, say) instead of
+/// standard error.
+pub fn init_telemetry_with_writer<W>(
+    service: &str,
+    format: LogFormat,
+    writer: W,
+) -> Result<TelemetryGuard>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let provider = tracer_provider(service)?;
     let tracer = provider.tracer("lepus");
     let otel = tracing_opentelemetry::layer().with_tracer(tracer);
@@ -145,12 +163,12 @@ pub fn init_telemetry(service: &str, format: LogFormat) -> Result<TelemetryGuard
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
             .try_init()
     };
     result.map_err(|e| {
