@@ -9,69 +9,14 @@
     missing_docs
 )]
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::thread;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use lepus_amqp::{Connection, FieldTable, QueueDeclareOptions, QueueDeleteOptions};
 use serde_json::Value;
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary with `args`, feeding `stdin`, killing it past `timeout`.
-fn lepus(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lepus"))
-        .args(args)
-        .env_remove("LEPUS_AMQP_URL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lepus");
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let feeder = thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "lepus {args:?} did not finish within {timeout:?}; stderr:\n{}",
-                err_reader.join().unwrap()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    feeder.join().unwrap();
-    Run {
-        ok: status.success(),
-        stdout: reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
-}
+use common::lepus;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
