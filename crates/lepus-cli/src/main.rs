@@ -1,6 +1,6 @@
-//! The `lepus` command for operators: publish, consume, and benchmark a RabbitMQ broker
-//! through the same supervised client services use, so what it measures and what it
-//! survives is what a service built on lepus measures and survives.
+//! The `lepus` command for operators: publish, consume, benchmark a RabbitMQ broker and
+//! repair dead-letter queues through the same supervised client services use, so what it
+//! measures and what it survives is what a service built on lepus measures and survives.
 
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod connect;
 mod consume;
+mod dlq;
 mod publish;
 mod render;
 mod subscription;
@@ -30,6 +31,9 @@ enum Command {
     /// Measure throughput and latency (in the spirit of RabbitMQ's PerfTest), and with
     /// --verify count lost and duplicated messages exactly.
     Bench(bench::BenchArgs),
+    /// Inspect and repair a lepus consumer's dead-letter queue: list, show, replay, move,
+    /// purge.
+    Dlq(dlq::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
         }
     });
     // Tasks still waiting on a dead broker must not hold the process open.

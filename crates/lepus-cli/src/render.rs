@@ -2,7 +2,7 @@
 //! escaped (or base64 in JSON), headers with their AMQP types flattened to plain values.
 
 use base64::Engine as _;
-use lepus::amqp::{AMQPValue, Delivery, FieldTable};
+use lepus::amqp::{AMQPValue, BasicProperties, Delivery, FieldTable, ShortString};
 use serde_json::{Map, Value, json};
 
 /// A body that prints as it is: valid UTF-8 without control characters other than
@@ -77,6 +77,37 @@ pub fn table_text(table: &FieldTable) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Every property a message has, except the headers, as a JSON object (absent ones left
+/// out; `type` is the AMQP `type` property).
+pub fn properties_json(props: &BasicProperties) -> Value {
+    let mut obj = Map::new();
+    let mut text = |key: &str, value: &Option<ShortString>| {
+        if let Some(v) = value {
+            obj.insert(key.into(), json!(v.as_str()));
+        }
+    };
+    text("content_type", props.content_type());
+    text("content_encoding", props.content_encoding());
+    text("correlation_id", props.correlation_id());
+    text("reply_to", props.reply_to());
+    text("expiration", props.expiration());
+    text("message_id", props.message_id());
+    text("type", props.kind());
+    text("user_id", props.user_id());
+    text("app_id", props.app_id());
+    text("cluster_id", props.cluster_id());
+    if let Some(mode) = props.delivery_mode() {
+        obj.insert("delivery_mode".into(), json!(mode));
+    }
+    if let Some(priority) = props.priority() {
+        obj.insert("priority".into(), json!(priority));
+    }
+    if let Some(timestamp) = props.timestamp() {
+        obj.insert("timestamp".into(), json!(timestamp));
+    }
+    Value::Object(obj)
 }
 
 /// A delivery as one JSON object (one line of `lepus consume --json`).
@@ -154,7 +185,6 @@ pub fn delivery_text(n: u64, delivery: &Delivery) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lepus::amqp::ShortString;
 
     #[test]
     fn text_bodies_stay_text_and_binary_ones_are_escaped() {
@@ -178,5 +208,18 @@ mod tests {
         let v = table_json(&table);
         assert_eq!(v, json!({"s": "v", "t": {"n": -3}, "a": [true]}));
         assert_eq!(table_text(&table), r#"a=[true], s=v, t={"n":-3}"#);
+    }
+
+    #[test]
+    fn properties_show_only_what_is_set() {
+        let props = BasicProperties::default()
+            .with_message_id(ShortString::from("m-1"))
+            .with_delivery_mode(2)
+            .with_type(ShortString::from("order"))
+            .with_timestamp(7);
+        assert_eq!(
+            properties_json(&props),
+            json!({"message_id": "m-1", "delivery_mode": 2, "type": "order", "timestamp": 7})
+        );
     }
 }
