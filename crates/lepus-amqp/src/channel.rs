@@ -5,9 +5,10 @@
 //! to synchronous methods arrive in the order the methods were sent (AMQP guarantees it),
 //! so waiters sit in a FIFO and no lock is held across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, confirm};
 use amq_protocol::types::ShortString;
 use bytes::{Bytes, BytesMut};
@@ -55,8 +56,36 @@ enum ContentKind {
 
 struct Incoming {
     kind: ContentKind,
-    header: Option<(usize, BasicProperties)>,
+    /// Kept boxed from the decoder to the delivery: properties are large, and a delivery
+    /// is moved several times on its way to the application.
+    header: Option<Box<AMQPContentHeader>>,
+    size: usize,
     body: Body,
+}
+
+/// A channel's consumers, by tag. Channels carry one or a few consumers, so a short
+/// list compared by bytes beats hashing the tag of every delivery.
+#[derive(Default)]
+struct Consumers(Vec<(String, ConsumerSlot)>);
+
+impl Consumers {
+    fn get(&self, tag: &str) -> Option<&ConsumerSlot> {
+        self.0.iter().find(|(t, _)| t == tag).map(|(_, s)| s)
+    }
+
+    fn insert(&mut self, tag: String, slot: ConsumerSlot) {
+        self.remove(&tag);
+        self.0.push((tag, slot));
+    }
+
+    fn remove(&mut self, tag: &str) -> Option<ConsumerSlot> {
+        let i = self.0.iter().position(|(t, _)| t == tag)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = ConsumerSlot> + '_ {
+        self.0.drain(..).map(|(_, s)| s)
+    }
 }
 
 enum Body {
@@ -72,7 +101,7 @@ pub(crate) struct ChanState {
     confirm_mode: bool,
     next_seq: u64,
     pending: VecDeque<PendingConfirm>,
-    consumers: HashMap<String, ConsumerSlot>,
+    consumers: Consumers,
     incoming: Option<Incoming>,
     prefetch: u16,
     flow_active: bool,
@@ -83,6 +112,9 @@ pub(crate) struct ChannelShared {
     pub(crate) id: u16,
     pub(crate) generation: u64,
     pub(crate) conn: Arc<ConnShared>,
+    /// True while the connection's channel table holds this channel (the reader caches
+    /// the last channel it used and checks this instead of locking the table).
+    pub(crate) registered: std::sync::atomic::AtomicBool,
     state: Mutex<ChanState>,
 }
 
@@ -92,6 +124,7 @@ impl ChannelShared {
             id,
             generation,
             conn,
+            registered: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(ChanState {
                 closed: None,
                 closing: false,
@@ -99,7 +132,7 @@ impl ChannelShared {
                 confirm_mode: false,
                 next_seq: 1,
                 pending: VecDeque::new(),
-                consumers: HashMap::new(),
+                consumers: Consumers::default(),
                 incoming: None,
                 prefetch: 0,
                 flow_active: true,
@@ -298,7 +331,7 @@ impl ChannelShared {
         for p in st.pending.drain(..) {
             let _ = p.tx.send(Err(err.clone()));
         }
-        for (_, slot) in st.consumers.drain() {
+        for slot in st.consumers.drain() {
             slot.end(ConsumerEnd::Error(err.clone()));
         }
         st.incoming = None;
@@ -344,7 +377,7 @@ impl ChannelShared {
                 self.handle_confirm(delivery_tag, multiple, ack);
                 Ok(())
             }
-            Frame::Header(_, header) => self.handle_header(*header),
+            Frame::Header(_, header) => self.handle_header(header),
             Frame::Body(_, bytes) => self.handle_body(bytes),
             Frame::Heartbeat => Ok(()),
         }
@@ -361,15 +394,13 @@ impl ChannelShared {
         st.incoming = Some(Incoming {
             kind,
             header: None,
+            size: 0,
             body: Body::Empty,
         });
         Ok(())
     }
 
-    fn handle_header(
-        self: &Arc<Self>,
-        header: amq_protocol::frame::AMQPContentHeader,
-    ) -> Result<()> {
+    fn handle_header(self: &Arc<Self>, header: Box<AMQPContentHeader>) -> Result<()> {
         let mut st = self.lock();
         let max = self.conn.opts.max_body_size;
         let Some(incoming) = st.incoming.as_mut() else {
@@ -394,7 +425,8 @@ impl ChannelShared {
                 ),
             ));
         }
-        incoming.header = Some((size, header.properties));
+        incoming.size = size;
+        incoming.header = Some(header);
         if size == 0 {
             return self.complete_content(st);
         }
@@ -409,13 +441,13 @@ impl ChannelShared {
                 self.id
             )));
         };
-        let Some((size, _)) = incoming.header.as_ref() else {
+        if incoming.header.is_none() {
             return Err(Error::protocol(format!(
                 "channel {}: body frame before the content header",
                 self.id
             )));
-        };
-        let size = *size;
+        }
+        let size = incoming.size;
         let have = match &incoming.body {
             Body::Empty => 0,
             Body::One(b) => b.len(),
@@ -455,8 +487,9 @@ impl ChannelShared {
     fn complete_content(self: &Arc<Self>, mut st: MutexGuard<'_, ChanState>) -> Result<()> {
         let Some(Incoming {
             kind,
-            header: Some((_, properties)),
+            header: Some(header),
             body,
+            ..
         }) = st.incoming.take()
         else {
             return Err(Error::protocol("content completed without a header"));
@@ -467,9 +500,9 @@ impl ChannelShared {
             Body::Many(b) => b.freeze(),
         };
         match kind {
-            ContentKind::Deliver(args) => self.dispatch_delivery(&mut st, args, properties, body),
+            ContentKind::Deliver(args) => self.dispatch_delivery(&mut st, args, header, body),
             ContentKind::Get(args, message_count) => {
-                let delivery = self.delivery(args, properties, body);
+                let delivery = self.delivery(args, header, body);
                 match st.waiters.pop_front() {
                     Some(Waiter {
                         expect: Expect::Get,
@@ -487,7 +520,7 @@ impl ChannelShared {
                 }
             }
             ContentKind::Return(ret) => {
-                self.handle_return(&mut st, ret, properties, body);
+                self.handle_return(&mut st, ret, header.properties, body);
                 Ok(())
             }
         }
@@ -496,7 +529,7 @@ impl ChannelShared {
     fn delivery(
         self: &Arc<Self>,
         args: DeliverArgs,
-        properties: BasicProperties,
+        header: Box<AMQPContentHeader>,
         body: Bytes,
     ) -> Delivery {
         Delivery {
@@ -504,7 +537,7 @@ impl ChannelShared {
             redelivered: args.redelivered,
             exchange: args.exchange,
             routing_key: args.routing_key,
-            properties,
+            header,
             body,
             channel: Arc::clone(self),
         }
@@ -514,7 +547,7 @@ impl ChannelShared {
         self: &Arc<Self>,
         st: &mut ChanState,
         args: DeliverArgs,
-        properties: BasicProperties,
+        header: Box<AMQPContentHeader>,
         body: Bytes,
     ) -> Result<()> {
         let tag = args.delivery_tag;
@@ -527,7 +560,7 @@ impl ChannelShared {
                 Ok(())
             });
         };
-        let delivery = self.delivery(args, properties, body);
+        let delivery = self.delivery(args, header, body);
         match slot.tx.try_send(delivery) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -562,7 +595,7 @@ impl ChannelShared {
                     class_id: 0,
                     method_id: 0,
                 }));
-                for (_, slot) in st.consumers.drain() {
+                for slot in st.consumers.drain() {
                     slot.end(ConsumerEnd::Error(err.clone()));
                 }
                 self.conn

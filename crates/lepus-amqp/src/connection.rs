@@ -76,8 +76,10 @@ impl ConnShared {
 
     pub(crate) fn remove_channel(&self, id: u16, generation: u64) {
         let mut t = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if t.map.get(&id).is_some_and(|c| c.generation == generation) {
-            t.map.remove(&id);
+        if t.map.get(&id).is_some_and(|c| c.generation == generation)
+            && let Some(c) = t.map.remove(&id)
+        {
+            c.registered.store(false, Ordering::Release);
         }
     }
 
@@ -125,6 +127,9 @@ impl ConnShared {
             let mut t = self.channels.lock().unwrap_or_else(|p| p.into_inner());
             t.map.drain().map(|(_, c)| c).collect()
         };
+        for c in &channels {
+            c.registered.store(false, Ordering::Release);
+        }
         for c in channels {
             c.close_with(err.clone());
         }
@@ -194,15 +199,28 @@ impl ConnShared {
     }
 
     pub(crate) fn dispatch_frame(self: Arc<Self>, frame: Frame) -> Result<()> {
-        self.dispatch(frame)
+        self.dispatch(frame, &mut None)
     }
 
-    fn dispatch(self: &Arc<Self>, frame: Frame) -> Result<()> {
+    /// Applies a frame. `last` caches the channel of the previous frame: a delivery is
+    /// three frames on one channel, and the table lock need not be taken for each.
+    fn dispatch(
+        self: &Arc<Self>,
+        frame: Frame,
+        last: &mut Option<Arc<ChannelShared>>,
+    ) -> Result<()> {
         let id = frame.channel();
         if id == 0 {
             return self.dispatch_connection(frame);
         }
-        match self.channel(id) {
+        if let Some(c) = last
+            .as_ref()
+            .filter(|c| c.id == id && c.registered.load(Ordering::Acquire))
+        {
+            return c.handle(frame);
+        }
+        *last = self.channel(id);
+        match last {
             Some(c) => c.handle(frame),
             // Frames for a channel we already finished closing: nothing waits for them.
             None => {
@@ -655,9 +673,10 @@ async fn read_frames(
     heartbeat: Duration,
 ) -> Result<()> {
     let silence_limit = heartbeat * 2;
+    let mut last = None;
     loop {
         while let Some(frame) = codec::decode_frame(buf, shared.frame_max)? {
-            shared.dispatch(frame)?;
+            shared.dispatch(frame, &mut last)?;
         }
         if shared.close_reason().is_some() {
             return Ok(());

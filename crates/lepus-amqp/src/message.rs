@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::BasicProperties;
 use bytes::Bytes;
 
@@ -19,7 +20,7 @@ pub struct Delivery {
     pub(crate) redelivered: bool,
     pub(crate) exchange: ShortStr,
     pub(crate) routing_key: ShortStr,
-    pub(crate) properties: BasicProperties,
+    pub(crate) header: Box<AMQPContentHeader>,
     pub(crate) body: Bytes,
     pub(crate) channel: Arc<ChannelShared>,
 }
@@ -47,7 +48,7 @@ impl Delivery {
 
     /// Its properties (headers, message id, content type, ...).
     pub fn properties(&self) -> &BasicProperties {
-        &self.properties
+        &self.header.properties
     }
 
     /// Its body.
@@ -112,7 +113,7 @@ impl std::fmt::Debug for Delivery {
             .field("redelivered", &self.redelivered)
             .field("exchange", &self.exchange)
             .field("routing_key", &self.routing_key)
-            .field("properties", &self.properties)
+            .field("properties", &self.header.properties)
             .field("body_len", &self.body.len())
             .finish()
     }

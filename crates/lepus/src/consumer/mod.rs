@@ -509,21 +509,51 @@ impl Consumer {
                 _ = sleep_until_opt(drain_deadline) => {}
             }
         };
-        acker.flush();
-        match &end {
-            SessionEnd::Shutdown => {
-                // Buffered deliveries that never started go back to the queue with the
-                // channel; handlers still running past the deadline likewise.
-                let _ = channel.close().await;
-                tracing::info!(queue = %queue, "consumer stopped");
-            }
-            SessionEnd::Lost(_) | SessionEnd::Cancelled(_) => {
-                // Running handlers finish on their own, but their messages will come
-                // again: acks on a closed channel are refused, never misapplied.
-                let _ = channel.close().await;
+        if !matches!(end, SessionEnd::Shutdown) && !running.is_empty() {
+            // The channel is gone, but handlers already running are let finish (within
+            // their timeout): their side effects complete and a success is recorded in
+            // the idempotency store, so the broker's redelivery is recognised. Their acks
+            // are refused (the channel closed), never applied to another message.
+            let deadline = Instant::now() + cfg.handler_timeout;
+            while let Ok(Some(done)) = tokio::time::timeout_at(deadline, running.next()).await {
+                if matches!(done, Done::Handled { .. }) {
+                    handlers_running -= 1;
+                    self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    metrics.in_flight.decrement(1.0);
+                }
+                // A failed message's copy is not moved now; the original comes back.
+                if let Done::Handled {
+                    incoming,
+                    outcome: Outcome::Ack,
+                    ..
+                } = &done
+                {
+                    self.remember(incoming);
+                }
             }
         }
+        // Handlers abandoned at a deadline no longer count as running.
+        self.stats
+            .in_flight
+            .fetch_sub(handlers_running, Ordering::Relaxed);
+        metrics.in_flight.decrement(handlers_running as f64);
+        acker.flush();
+        // Buffered deliveries that never started, and any handler abandoned at a
+        // deadline, go back to the queue with the channel.
+        let _ = channel.close().await;
+        if matches!(end, SessionEnd::Shutdown) {
+            tracing::info!(queue = %queue, "consumer stopped");
+        }
         end
+    }
+
+    /// Records a handled message in the idempotency store.
+    fn remember(&self, incoming: &Incoming) {
+        if let (Some(store), Some(id)) = (&self.config.idempotency, incoming.message_id())
+            && let Err(e) = store.insert(id)
+        {
+            tracing::warn!(error = %e, "idempotency store insert failed");
+        }
     }
 
     fn seen_before(&self, incoming: &Incoming) -> bool {
@@ -552,11 +582,7 @@ impl Consumer {
                 outcome: Outcome::Ack,
                 ..
             } => {
-                if let (Some(store), Some(id)) = (&cfg.idempotency, incoming.message_id())
-                    && let Err(e) = store.insert(id)
-                {
-                    tracing::warn!(error = %e, "idempotency store insert failed");
-                }
+                self.remember(&incoming);
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
                 metrics.acked.increment(1);
                 acker.ack(incoming.delivery.delivery_tag());
