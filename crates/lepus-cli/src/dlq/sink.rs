@@ -134,12 +134,13 @@ impl Publishing {
         }
     }
 
-    /// Sends `copy` when the rate limit allows (settling confirms meanwhile). False if
-    /// `stop` fired first: then nothing was sent.
+    /// Sends the copy `copy` makes of the message when the rate limit allows (settling
+    /// confirms meanwhile; the copy is made then, so its timestamps are the send's).
+    /// False if `stop` fired first: then nothing was sent.
     pub async fn put(
         &mut self,
         item: (DeadLetter, String, Delivery),
-        copy: Message,
+        copy: impl FnOnce(&Delivery) -> Message,
         tally: &mut Tally,
         report: &Report,
         stop: &CancellationToken,
@@ -152,7 +153,7 @@ impl Publishing {
             return false;
         }
         let (dl, to, delivery) = item;
-        match self.publisher.send(copy).await {
+        match self.publisher.send(copy(&delivery)).await {
             Ok(confirm) => self.pending.push_back(Pending {
                 dl,
                 to,

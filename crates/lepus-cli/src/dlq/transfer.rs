@@ -391,15 +391,18 @@ async fn pass(
                 continue;
             }
         };
-        let now = record::now_ms();
         match &mut sink {
             Sink::DryRun => report.dry(&dl, &route.to),
             Sink::Publish(publishing) => {
-                let copy = match dest {
-                    Dest::Replay { .. } => replay_copy(&delivery, &route, now),
-                    _ => archive_copy(&delivery, &route),
+                let replay = matches!(dest, Dest::Replay { .. });
+                let copy = |delivery: &Delivery| {
+                    if replay {
+                        replay_copy(delivery, &route, record::now_ms())
+                    } else {
+                        archive_copy(delivery, &route)
+                    }
                 };
-                let item = (dl, route.to, delivery);
+                let item = (dl, route.to.clone(), delivery);
                 if !publishing.put(item, copy, tally, report, &stop).await {
                     tally.matched -= 1;
                     interrupted = true;
@@ -407,7 +410,7 @@ async fn pass(
                 }
             }
             Sink::File(archive) => {
-                let line = archive_line(dlq, &delivery, now);
+                let line = archive_line(dlq, &delivery, record::now_ms());
                 if let Err(err) = archive.put(dl, &line, delivery, tally, report) {
                     failure = Some(err);
                     break;
