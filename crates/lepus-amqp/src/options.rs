@@ -136,7 +136,10 @@ impl ConnectionOptions {
                 format!("invalid AMQP URI {}: {e}", redact_uri(uri)),
             )
         })?;
-        let mut opts = Self::new(parsed.authority.host, parsed.authority.port);
+        // The URI parser takes the host from the URL's domain, which is empty for an IPv6
+        // literal; take a bracketed host from the URI itself.
+        let host = ipv6_host(uri).unwrap_or(parsed.authority.host);
+        let mut opts = Self::new(host, parsed.authority.port);
         opts.vhost = parsed.vhost;
         opts.username = parsed.authority.userinfo.username;
         opts.password = Secret(parsed.authority.userinfo.password);
@@ -196,7 +199,11 @@ impl ConnectionOptions {
 
     /// `host:port`, for logs and metrics.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// Sets the virtual host.
@@ -324,6 +331,16 @@ pub fn redact_uri(uri: &str) -> String {
     }
 }
 
+/// `::1` from `amqp://user:pass@[::1]:5672/vh`.
+fn ipv6_host(uri: &str) -> Option<String> {
+    let (_, rest) = uri.split_once("://")?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let inner = host_port.strip_prefix('[')?;
+    let (host, _) = inner.split_once(']')?;
+    Some(host.to_owned())
+}
+
 fn query_pairs(uri: &str) -> Vec<(String, String)> {
     let Some((_, query)) = uri.split_once('?') else {
         return Vec::new();
@@ -379,6 +396,15 @@ mod tests {
         let tls = o.tls.unwrap();
         assert_eq!(tls.key_file.unwrap(), PathBuf::from("/tmp/k x.pem"));
         assert_eq!(tls.ca_file.unwrap(), PathBuf::from("/tmp/ca.pem"));
+    }
+
+    #[test]
+    fn ipv6_literal_hosts() {
+        let o = ConnectionOptions::from_uri("amqp://u:p@[::1]:5999/v").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("::1", 5999));
+        assert_eq!(o.address(), "[::1]:5999");
+        let o = ConnectionOptions::from_uri("amqps://[fe80::1]/v").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("fe80::1", 5671));
     }
 
     #[test]
