@@ -1,4 +1,5 @@
-//! `bench`: lepus-amqp against amqprs and lapin, one workload, one broker, one process.
+//! `bench`: lepus-amqp and lepus against amqprs and lapin, one workload, one broker, one
+//! process.
 //!
 //! See `bench/README.md` for what is measured and how to read the output.
 
@@ -6,6 +7,7 @@
 
 mod clients;
 mod cpu;
+mod observability;
 mod report;
 mod run;
 
@@ -13,11 +15,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use clients::{Client, Workload};
-use report::Results;
+use observability::{Mode, Observability};
+use report::{Results, Row};
 use run::Runner;
 
 /// Publishes, then consumes, the same persistent workload with each client, in rotating
@@ -50,17 +53,38 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
     rounds: u64,
     /// Which clients to run, comma-separated, in the order of the first round.
-    #[arg(long, value_delimiter = ',', default_value = "lepus-amqp,amqprs,lapin")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lepus-amqp,lepus,amqprs,lapin"
+    )]
     clients: Vec<String>,
-    /// Print one JSON object keyed by client name instead of tables.
+    /// lepus's metrics (Prometheus recorder) and tracing (OpenTelemetry spans, JSON logs)
+    /// for the `lepus` row: `on` installs them before any client runs.
+    #[arg(long, value_enum, default_value_t = Switch::Off)]
+    observability: Switch,
+    /// Run the `lepus` row three times a round, in one process: observability off, metrics
+    /// only, metrics and tracing (rows `lepus`, `lepus+metrics`, `lepus+metrics+tracing`).
+    #[arg(long, conflicts_with = "observability")]
+    compare_observability: bool,
+    /// Print one JSON object keyed by row name instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also write that JSON object to this file (tables still go to stdout).
+    #[arg(long, value_name = "PATH")]
+    json_file: Option<std::path::PathBuf>,
     /// Give up on a phase (and the whole run) after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
     /// Seconds to let the broker settle between two client runs.
     #[arg(long, default_value_t = 1.0)]
     pause_secs: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -104,6 +128,16 @@ fn run_main() -> Result<()> {
 }
 
 async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<()> {
+    let mode = match (args.compare_observability, args.observability) {
+        (true, _) => Mode::Compare,
+        (false, Switch::On) => Mode::On,
+        (false, Switch::Off) => Mode::Off,
+    };
+    if mode != Mode::Off && !clients.contains(&Client::Lepus) {
+        bail!("observability is measured on the lepus row: add lepus to --clients");
+    }
+    let observability = Observability::install(mode)?;
+    let rows = Row::all(&clients, mode);
     eprintln!(
         "broker {}; {} queue(s) x {} persistent messages of {} bytes; confirm window {}, prefetch {}, ack multiple every {}; {} round(s)",
         report::redact(&args.amqp_url),
@@ -115,6 +149,17 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
         workload.multi_ack,
         args.rounds
     );
+    if mode != Mode::Off {
+        eprintln!(
+            "observability {}: lepus's metrics and tracing for the lepus row{}",
+            mode.name(),
+            if mode == Mode::Compare {
+                " (arms: off, metrics, metrics and tracing)"
+            } else {
+                ""
+            }
+        );
+    }
     let runner = Runner::new(
         Arc::from(args.amqp_url.as_str()),
         workload,
@@ -123,29 +168,42 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
     )
     .await?;
     let pause = Duration::from_secs_f64(args.pause_secs.max(0.0));
-    let mut results = Results::new(&clients, workload.count * args.queues);
+    let mut results = Results::new(&rows, workload.count * args.queues);
+    let width = rows.iter().map(|r| r.label.len()).max().unwrap_or(10);
     for round in 0..args.rounds as usize {
-        let mut order = clients.clone();
-        order.rotate_left(round % clients.len());
-        for client in order {
-            let figures = runner.run(client, round + 1).await?;
+        let mut order = rows.clone();
+        order.rotate_left(round % rows.len());
+        for row in order {
+            observability.switch(row.arm)?;
+            let figures = runner.run(row.client, row.label, round + 1).await?;
+            observability.switch(observability::Arm::Off)?;
             eprintln!(
-                "round {}/{} {:<10} publish {:>9.0} msg/s {:>6.2} us/msg | consume {:>9.0} msg/s {:>6.2} us/msg",
+                "round {}/{} {:<width$} publish {:>9.0} msg/s {:>6.2} us/msg | consume {:>9.0} msg/s {:>6.2} us/msg",
                 round + 1,
                 args.rounds,
-                client.name(),
+                row.label,
                 figures.publish_msgs_per_s,
                 figures.publish_cpu_us_per_msg,
                 figures.consume_msgs_per_s,
                 figures.consume_cpu_us_per_msg,
             );
-            results.push(client, figures);
+            results.push(row, figures);
             tokio::time::sleep(pause).await;
         }
     }
     runner.close().await;
+    let summary = observability.summary();
+    if observability.mode() != Mode::Off {
+        eprintln!("observability: recorded {summary}");
+    }
+    observability.close();
+    let json = serde_json::to_string_pretty(&results.json(summary))?;
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results.json())?);
+        println!("{json}");
     } else {
         print!("{}", results.tables());
     }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value, json};
 
 use crate::clients::Client;
+use crate::observability::{Arm, Mode};
 use crate::run::Figures;
 
 /// One figure: its JSON key, its table title, and whether more is better.
@@ -47,42 +48,167 @@ const FIGURES: [Figure; 4] = [
     },
 ];
 
-/// Every round's figures, per client, in the order of the first round.
+/// One row of the report: a client, what observability it ran with, and its name (the
+/// table row and the JSON key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub client: Client,
+    pub arm: Arm,
+    pub label: &'static str,
+}
+
+/// `lepus` with lepus's metrics on (`--compare-observability`).
+pub const LEPUS_METRICS: &str = "lepus+metrics";
+/// `lepus` with lepus's metrics and tracing on (`--compare-observability`).
+pub const LEPUS_FULL: &str = "lepus+metrics+tracing";
+
+impl Row {
+    /// The rows `clients` make in `mode`: the `lepus` client makes three in `Compare`
+    /// mode (off, metrics, metrics and tracing) and runs traced in `On` mode; every other
+    /// client makes one row, always with observability off.
+    pub fn all(clients: &[Client], mode: Mode) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for &client in clients {
+            let row = |arm, label| Row { client, arm, label };
+            match (client, mode) {
+                (Client::Lepus, Mode::Compare) => {
+                    rows.push(row(Arm::Off, client.name()));
+                    rows.push(row(Arm::Metrics, LEPUS_METRICS));
+                    rows.push(row(Arm::Full, LEPUS_FULL));
+                }
+                (Client::Lepus, Mode::On) => rows.push(row(Arm::Full, client.name())),
+                _ => rows.push(row(Arm::Off, client.name())),
+            }
+        }
+        rows
+    }
+}
+
+/// A goal from the issues, checked on the medians: `row`'s figure divided by `base`'s.
+struct Target {
+    key: &'static str,
+    text: &'static str,
+    row: &'static str,
+    base: &'static str,
+    figure: usize,
+    bound: f64,
+    at_least: bool,
+}
+
+const TARGETS: [Target; 4] = [
+    Target {
+        key: "lepus_publish_msgs_per_s_vs_lepus_amqp",
+        text: "lepus / lepus-amqp publish msg/s >= 0.95 (issue 5)",
+        row: "lepus",
+        base: "lepus-amqp",
+        figure: 0,
+        bound: 0.95,
+        at_least: true,
+    },
+    Target {
+        key: "lepus_publish_cpu_vs_amqprs",
+        text: "lepus / amqprs publish CPU/msg <= 1.00 (issue 5)",
+        row: "lepus",
+        base: "amqprs",
+        figure: 2,
+        bound: 1.0,
+        at_least: false,
+    },
+    Target {
+        key: "lepus_consume_msgs_per_s_vs_lepus_amqp",
+        text: "lepus / lepus-amqp consume msg/s >= 0.90 (issue 6)",
+        row: "lepus",
+        base: "lepus-amqp",
+        figure: 1,
+        bound: 0.9,
+        at_least: true,
+    },
+    Target {
+        key: "observability_on_vs_off_publish_msgs_per_s",
+        text: "lepus+metrics+tracing / lepus publish msg/s >= 0.90 (issue 7)",
+        row: LEPUS_FULL,
+        base: "lepus",
+        figure: 0,
+        bound: 0.9,
+        at_least: true,
+    },
+];
+
+/// Every round's figures, per row, in the order of the first round.
 pub struct Results {
-    rows: Vec<(Client, Vec<Figures>)>,
+    rows: Vec<(Row, Vec<Figures>)>,
     messages: u64,
 }
 
 impl Results {
     /// `messages`: per run, over all queues.
-    pub fn new(clients: &[Client], messages: u64) -> Results {
+    pub fn new(rows: &[Row], messages: u64) -> Results {
         Results {
-            rows: clients.iter().map(|c| (*c, Vec::new())).collect(),
+            rows: rows.iter().map(|r| (*r, Vec::new())).collect(),
             messages,
         }
     }
 
-    pub fn push(&mut self, client: Client, figures: Figures) {
-        if let Some((_, rounds)) = self.rows.iter_mut().find(|(c, _)| *c == client) {
+    pub fn push(&mut self, row: Row, figures: Figures) {
+        if let Some((_, rounds)) = self.rows.iter_mut().find(|(r, _)| *r == row) {
             rounds.push(figures);
         }
     }
 
-    fn median(&self, client: Client, figure: &Figure) -> Option<f64> {
-        let (_, rounds) = self.rows.iter().find(|(c, _)| *c == client)?;
+    fn has(&self, label: &str) -> bool {
+        self.rows.iter().any(|(r, _)| r.label == label)
+    }
+
+    fn median(&self, label: &str, figure: &Figure) -> Option<f64> {
+        let (_, rounds) = self.rows.iter().find(|(r, _)| r.label == label)?;
         median(rounds.iter().map(figure.get).collect())
     }
 
-    /// lepus-amqp's median divided by `peer`'s.
-    fn ratio(&self, figure: &Figure, peer: Client) -> Option<f64> {
-        Some(self.median(Client::LepusAmqp, figure)? / self.median(peer, figure)?)
+    /// `label`'s median divided by `base`'s.
+    fn ratio(&self, figure: &Figure, label: &str, base: &str) -> Option<f64> {
+        Some(self.median(label, figure)? / self.median(base, figure)?)
+    }
+
+    /// The peers of the engine that ran (amqprs, lapin), if the engine ran too.
+    fn peers(&self) -> Vec<&'static str> {
+        if !self.has(Client::LepusAmqp.name()) {
+            return Vec::new();
+        }
+        self.rows
+            .iter()
+            .filter(|(r, _)| matches!(r.client, Client::Amqprs | Client::Lapin))
+            .map(|(r, _)| r.label)
+            .collect()
+    }
+
+    /// What the `lepus` row is compared with: the engine and the peers that ran.
+    fn lepus_bases(&self) -> Vec<&'static str> {
+        if !self.has(Client::Lepus.name()) {
+            return Vec::new();
+        }
+        self.rows
+            .iter()
+            .filter(|(r, _)| r.client != Client::Lepus)
+            .map(|(r, _)| r.label)
+            .collect()
+    }
+
+    /// The `lepus` rows run with observability on, compared with the one run without.
+    fn arms(&self) -> Vec<&'static str> {
+        if !self.has(Client::Lepus.name()) {
+            return Vec::new();
+        }
+        self.rows
+            .iter()
+            .filter(|(r, _)| r.client == Client::Lepus && r.label != Client::Lepus.name())
+            .map(|(r, _)| r.label)
+            .collect()
     }
 
     /// The peer with the best median of `figure`.
-    fn best_peer(&self, figure: &Figure) -> Option<Client> {
-        let peers = self.peers();
-        let mut best: Option<(Client, f64)> = None;
-        for peer in peers {
+    fn best_peer(&self, figure: &Figure) -> Option<&'static str> {
+        let mut best: Option<(&'static str, f64)> = None;
+        for peer in self.peers() {
             let Some(value) = self.median(peer, figure) else {
                 continue;
             };
@@ -95,23 +221,22 @@ impl Results {
                 best = Some((peer, value));
             }
         }
-        best.map(|(c, _)| c)
+        best.map(|(p, _)| p)
     }
 
-    fn peers(&self) -> Vec<Client> {
-        let has_lepus = self.rows.iter().any(|(c, _)| *c == Client::LepusAmqp);
-        if !has_lepus {
-            return Vec::new();
-        }
+    fn width(&self) -> usize {
         self.rows
             .iter()
-            .map(|(c, _)| *c)
-            .filter(|c| *c != Client::LepusAmqp)
-            .collect()
+            .map(|(r, _)| r.label.len())
+            .max()
+            .unwrap_or(0)
+            .max(10)
+            + 2
     }
 
     pub fn tables(&self) -> String {
         let mut out = String::new();
+        let w = self.width();
         let rounds = self.rows.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
         let _ = writeln!(
             out,
@@ -120,21 +245,21 @@ impl Results {
         );
         for figure in &FIGURES {
             let _ = writeln!(out, "\n{}", figure.title);
-            let mut head = format!("{:<12}", "client");
+            let mut head = format!("{:<w$}", "client");
             for r in 1..=rounds {
                 let _ = write!(head, "{:>11}", format!("round {r}"));
             }
             let _ = write!(head, "{:>11}", "median");
             let _ = writeln!(out, "{head}");
-            for (client, figures) in &self.rows {
-                let mut line = format!("{:<12}", client.name());
+            for (row, figures) in &self.rows {
+                let mut line = format!("{:<w$}", row.label);
                 for f in figures {
                     let _ = write!(line, "{:>11}", fmt_value(figure, (figure.get)(f)));
                 }
                 for _ in figures.len()..rounds {
                     let _ = write!(line, "{:>11}", "-");
                 }
-                let median = self.median(*client, figure);
+                let median = self.median(row.label, figure);
                 let _ = write!(
                     line,
                     "{:>11}",
@@ -144,49 +269,116 @@ impl Results {
             }
         }
         let peers = self.peers();
-        if peers.is_empty() {
-            return out;
+        if !peers.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nlepus-amqp / peer, medians (throughput: above 1 is better; CPU per message: below 1 is better)"
+            );
+            let mut line = format!("{:<w$}", "best peer");
+            for figure in &FIGURES {
+                let cell = match self.best_peer(figure) {
+                    Some(peer) => match self.ratio(figure, Client::LepusAmqp.name(), peer) {
+                        Some(r) => format!("{r:.2} ({peer})"),
+                        None => "-".into(),
+                    },
+                    None => "-".into(),
+                };
+                let _ = write!(line, "{cell:>20}");
+            }
+            self.ratio_table(
+                &mut out,
+                "against",
+                Client::LepusAmqp.name(),
+                &peers,
+                Some(line),
+            );
         }
-        let _ = writeln!(
-            out,
-            "\nlepus-amqp / peer, medians (throughput: above 1 is better; CPU per message: below 1 is better)"
-        );
-        let mut head = format!("{:<12}", "against");
+        let bases = self.lepus_bases();
+        if !bases.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nlepus / other client, medians (throughput: above 1 is better; CPU per message: below 1 is better)"
+            );
+            self.ratio_table(&mut out, "against", Client::Lepus.name(), &bases, None);
+        }
+        let arms = self.arms();
+        if !arms.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nlepus with observability / lepus without, medians (throughput: 1 means free; CPU per message: the extra cost)"
+            );
+            let mut head = format!("{:<w$}", "row");
+            for figure in &FIGURES {
+                let _ = write!(head, "{:>20}", figure.short);
+            }
+            let _ = writeln!(out, "{head}");
+            for arm in arms {
+                let mut line = format!("{arm:<w$}");
+                for figure in &FIGURES {
+                    let cell = self
+                        .ratio(figure, arm, Client::Lepus.name())
+                        .map_or("-".into(), |r| format!("{r:.2}"));
+                    let _ = write!(line, "{cell:>20}");
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        let targets: Vec<_> = TARGETS
+            .iter()
+            .filter(|t| self.has(t.row) && self.has(t.base))
+            .collect();
+        if !targets.is_empty() {
+            let _ = writeln!(out, "\ntargets (medians)");
+            for t in targets {
+                let figure = &FIGURES[t.figure];
+                let cell = match self.ratio(figure, t.row, t.base) {
+                    Some(r) => format!("{r:.2} {}", if t.met(r) { "met" } else { "NOT met" }),
+                    None => "-".into(),
+                };
+                let _ = writeln!(out, "  {:<64}{cell}", t.text);
+            }
+        }
+        out
+    }
+
+    /// One line per `base`: `label`'s medians divided by `base`'s.
+    fn ratio_table(
+        &self,
+        out: &mut String,
+        title: &str,
+        label: &str,
+        bases: &[&'static str],
+        first: Option<String>,
+    ) {
+        let w = self.width();
+        let mut head = format!("{title:<w$}");
         for figure in &FIGURES {
             let _ = write!(head, "{:>20}", figure.short);
         }
         let _ = writeln!(out, "{head}");
-        let mut line = format!("{:<12}", "best peer");
-        for figure in &FIGURES {
-            let cell = match self.best_peer(figure) {
-                Some(peer) => match self.ratio(figure, peer) {
-                    Some(r) => format!("{r:.2} ({})", peer.name()),
-                    None => "-".into(),
-                },
-                None => "-".into(),
-            };
-            let _ = write!(line, "{cell:>20}");
+        if let Some(first) = first {
+            let _ = writeln!(out, "{first}");
         }
-        let _ = writeln!(out, "{line}");
-        for peer in peers {
-            let mut line = format!("{:<12}", peer.name());
+        for base in bases {
+            let mut line = format!("{base:<w$}");
             for figure in &FIGURES {
                 let cell = self
-                    .ratio(figure, peer)
+                    .ratio(figure, label, base)
                     .map_or("-".into(), |r| format!("{r:.2}"));
                 let _ = write!(line, "{cell:>20}");
             }
             let _ = writeln!(out, "{line}");
         }
-        out
     }
 
-    pub fn json(&self) -> Value {
+    /// One object keyed by row name, plus `observability` (what was switched on, and what
+    /// was recorded) and `targets` (the issues' goals, when their rows ran).
+    pub fn json(&self, observability: Value) -> Value {
         let mut top = Map::new();
-        for (client, rounds) in &self.rows {
+        for (row, rounds) in &self.rows {
             let mut entry = Map::new();
             for figure in &FIGURES {
-                entry.insert(figure.key.into(), number(self.median(*client, figure)));
+                entry.insert(figure.key.into(), number(self.median(row.label, figure)));
             }
             let per_round: Vec<Value> = rounds
                 .iter()
@@ -199,39 +391,82 @@ impl Results {
                 })
                 .collect();
             entry.insert("rounds".into(), Value::Array(per_round));
-            if *client == Client::LepusAmqp && !self.peers().is_empty() {
-                entry.insert("ratios".into(), self.ratios_json());
+            let ratios = if row.client == Client::LepusAmqp && !self.peers().is_empty() {
+                Some(self.engine_ratios_json())
+            } else if row.label == Client::Lepus.name() && !self.lepus_bases().is_empty() {
+                Some(self.ratios_json(row.label, &self.lepus_bases()))
+            } else if self.arms().contains(&row.label) {
+                Some(self.ratios_json(row.label, &[Client::Lepus.name()]))
+            } else {
+                None
+            };
+            if let Some(ratios) = ratios {
+                entry.insert("ratios".into(), ratios);
             }
-            top.insert(client.name().into(), Value::Object(entry));
+            top.insert(row.label.into(), Value::Object(entry));
         }
+        top.insert("observability".into(), observability);
+        let mut targets = Map::new();
+        for t in TARGETS
+            .iter()
+            .filter(|t| self.has(t.row) && self.has(t.base))
+        {
+            let ratio = self.ratio(&FIGURES[t.figure], t.row, t.base);
+            targets.insert(
+                t.key.into(),
+                json!({
+                    "ratio": number(ratio),
+                    "bound": t.bound,
+                    "at_least": t.at_least,
+                    "met": ratio.map(|r| t.met(r)),
+                }),
+            );
+        }
+        top.insert("targets".into(), Value::Object(targets));
         Value::Object(top)
     }
 
-    fn ratios_json(&self) -> Value {
+    /// `label`'s medians divided by each base's: `vs_<base>` per base.
+    fn ratios_json(&self, label: &str, bases: &[&'static str]) -> Value {
+        let mut ratios = Map::new();
+        for base in bases {
+            let mut m = Map::new();
+            for figure in &FIGURES {
+                m.insert(figure.key.into(), number(self.ratio(figure, label, base)));
+            }
+            ratios.insert(format!("vs_{base}"), Value::Object(m));
+        }
+        Value::Object(ratios)
+    }
+
+    fn engine_ratios_json(&self) -> Value {
+        let engine = Client::LepusAmqp.name();
         let mut vs_best = Map::new();
         let mut best_names = Map::new();
         for figure in &FIGURES {
             let best = self.best_peer(figure);
             vs_best.insert(
                 figure.key.into(),
-                number(best.and_then(|p| self.ratio(figure, p))),
+                number(best.and_then(|p| self.ratio(figure, engine, p))),
             );
-            best_names.insert(
-                figure.key.into(),
-                best.map_or(Value::Null, |p| json!(p.name())),
-            );
+            best_names.insert(figure.key.into(), best.map_or(Value::Null, |p| json!(p)));
         }
-        let mut ratios = Map::new();
+        let Value::Object(mut ratios) = self.ratios_json(engine, &self.peers()) else {
+            return Value::Null;
+        };
         ratios.insert("vs_best_peer".into(), Value::Object(vs_best));
         ratios.insert("best_peer".into(), Value::Object(best_names));
-        for peer in self.peers() {
-            let mut m = Map::new();
-            for figure in &FIGURES {
-                m.insert(figure.key.into(), number(self.ratio(figure, peer)));
-            }
-            ratios.insert(format!("vs_{}", peer.name()), Value::Object(m));
-        }
         Value::Object(ratios)
+    }
+}
+
+impl Target {
+    fn met(&self, ratio: f64) -> bool {
+        if self.at_least {
+            ratio >= self.bound
+        } else {
+            ratio <= self.bound
+        }
     }
 }
 

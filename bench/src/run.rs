@@ -70,18 +70,13 @@ impl Runner {
         let _ = self.admin.close().await;
     }
 
-    /// Runs `client` once (`round` is 1-based) and returns its figures.
-    pub async fn run(&self, client: Client, round: usize) -> Result<Figures> {
+    /// Runs `client` once (`round` is 1-based) and returns its figures; `label` names
+    /// the row (the client, or one of its observability arms) in queue names and errors.
+    pub async fn run(&self, client: Client, label: &str, round: usize) -> Result<Figures> {
         let names: Vec<String> = (0..self.queues)
-            .map(|i| {
-                format!(
-                    "lepus-bench-{}-r{round}-q{i}-{}",
-                    client.name(),
-                    std::process::id()
-                )
-            })
+            .map(|i| format!("lepus-bench-{label}-r{round}-q{i}-{}", std::process::id()))
             .collect();
-        let result = self.run_on(client, &names).await;
+        let result = self.run_on(client, label, &names).await;
         if result.is_err() {
             // Best effort: leave no test data behind on the broker.
             if let Ok(ch) = self.admin.open_channel().await {
@@ -90,10 +85,10 @@ impl Runner {
                 }
             }
         }
-        result.with_context(|| format!("{} failed in round {round}", client.name()))
+        result.with_context(|| format!("{label} failed in round {round}"))
     }
 
-    async fn run_on(&self, client: Client, names: &[String]) -> Result<Figures> {
+    async fn run_on(&self, client: Client, label: &str, names: &[String]) -> Result<Figures> {
         let ch = self.admin.open_channel().await?;
         for name in names {
             ch.queue_delete(name, QueueDeleteOptions::default()).await?;
@@ -110,7 +105,7 @@ impl Runner {
         }
 
         let total = self.workload.count * names.len() as u64;
-        let publish = self.phase(client, Kind::Publish, names).await?;
+        let publish = self.phase(client, label, Kind::Publish, names).await?;
         for name in names {
             let ready = ready_messages(&ch, name).await?;
             if ready != self.workload.count {
@@ -121,7 +116,7 @@ impl Runner {
             }
         }
 
-        let consume = self.phase(client, Kind::Consume, names).await?;
+        let consume = self.phase(client, label, Kind::Consume, names).await?;
         for name in names {
             // The consumers have closed; anything they received but did not ack is back in
             // the queue by now, or very soon.
@@ -150,7 +145,13 @@ impl Runner {
 
     /// Starts one task per queue, measures from the moment all are set up to the moment
     /// all have finished their work, and checks each task's count.
-    async fn phase(&self, client: Client, kind: Kind, names: &[String]) -> Result<Measured> {
+    async fn phase(
+        &self,
+        client: Client,
+        label: &str,
+        kind: Kind,
+        names: &[String],
+    ) -> Result<Measured> {
         let phase = Phase::new(names.len());
         let mut tasks = JoinSet::new();
         for name in names {
@@ -181,8 +182,7 @@ impl Runner {
         let (wall, cpu) = (t0.elapsed(), process_cpu()?.saturating_sub(cpu0));
         if self.marks {
             eprintln!(
-                "mark {} {what} {mark_start:.6},{:.6}",
-                client.name(),
+                "mark {label} {what} {mark_start:.6},{:.6}",
                 monotonic_secs()
             );
         }

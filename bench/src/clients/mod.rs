@@ -14,10 +14,15 @@
 //! reordered or redelivered message, a body of the wrong size, a stream that ends early)
 //! is an error.
 //!
+//! The `lepus` row is the toolkit on top of the engine (a supervised client, the reliable
+//! publisher and consumer); its two functions have the same shape, with a `lepus::Client`
+//! in place of the connection.
+//!
 //! To add a row: a module here with those two functions and a variant of [`Client`].
 
 pub mod amqprs;
 pub mod lapin;
+pub mod lepus;
 pub mod lepus_amqp;
 
 use std::sync::Arc;
@@ -29,18 +34,25 @@ use tokio::sync::Barrier;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Client {
     LepusAmqp,
+    Lepus,
     Amqprs,
     Lapin,
 }
 
 impl Client {
     /// Every client, in the order of the first round.
-    pub const ALL: [Client; 3] = [Client::LepusAmqp, Client::Amqprs, Client::Lapin];
+    pub const ALL: [Client; 4] = [
+        Client::LepusAmqp,
+        Client::Lepus,
+        Client::Amqprs,
+        Client::Lapin,
+    ];
 
     /// The name used on the command line, in tables and as the JSON key.
     pub fn name(self) -> &'static str {
         match self {
             Client::LepusAmqp => "lepus-amqp",
+            Client::Lepus => "lepus",
             Client::Amqprs => "amqprs",
             Client::Lapin => "lapin",
         }
@@ -66,6 +78,7 @@ impl Client {
     ) -> Result<u64> {
         match self {
             Client::LepusAmqp => lepus_amqp::publish(&url, &queue, &workload, &phase).await,
+            Client::Lepus => lepus::publish(&url, &queue, &workload, &phase).await,
             Client::Amqprs => amqprs::publish(&url, &queue, &workload, &phase).await,
             Client::Lapin => lapin::publish(&url, &queue, &workload, &phase).await,
         }
@@ -81,6 +94,7 @@ impl Client {
     ) -> Result<u64> {
         match self {
             Client::LepusAmqp => lepus_amqp::consume(&url, &queue, &workload, &phase).await,
+            Client::Lepus => lepus::consume(&url, &queue, &workload, &phase).await,
             Client::Amqprs => amqprs::consume(&url, &queue, &workload, &phase).await,
             Client::Lapin => lapin::consume(&url, &queue, &workload, &phase).await,
         }
