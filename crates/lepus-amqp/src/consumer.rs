@@ -81,6 +81,11 @@ impl Consumer {
         &self.tag
     }
 
+    /// Deliveries received and not yet taken with [`Consumer::next`].
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
     /// The channel this consumer runs on.
     pub fn channel(&self) -> &Channel {
         &self.channel

@@ -150,16 +150,25 @@ impl Message {
 
     /// Fills in a UUIDv7 message id and a timestamp if missing.
     pub(crate) fn stamp(&mut self) {
-        if self.properties.message_id().is_none() {
-            let id = uuid::Uuid::now_v7().to_string();
-            self.properties = std::mem::take(&mut self.properties).with_message_id(short(&id));
+        let needs_id = self.properties.message_id().is_none();
+        let needs_time = self.properties.timestamp().is_none();
+        if !needs_id && !needs_time {
+            return;
         }
-        if self.properties.timestamp().is_none() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or_default();
-            self.properties = std::mem::take(&mut self.properties).with_timestamp(now);
+        // One clock read for both; the id's random bits come from a thread-local RNG,
+        // not a system call per message.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if needs_id {
+            let ts = uuid::Timestamp::from_unix(uuid::NoContext, now.as_secs(), now.subsec_nanos());
+            let id = uuid::Uuid::new_v7(ts);
+            let mut buf = uuid::Uuid::encode_buffer();
+            let text = id.hyphenated().encode_lower(&mut buf);
+            self.properties = std::mem::take(&mut self.properties).with_message_id(short(text));
+        }
+        if needs_time {
+            self.properties = std::mem::take(&mut self.properties).with_timestamp(now.as_secs());
         }
     }
 }

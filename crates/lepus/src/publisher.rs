@@ -396,7 +396,7 @@ impl Publisher {
             // Outside any trace (an outbox relay, say), a message that already carries a
             // `traceparent` continues that trace instead of starting a new one.
             if !trace::in_trace(&tracing::Span::current()) {
-                trace::extract_into(&span, Some(&headers));
+                trace::set_parent_from(&span, Some(&headers));
             }
             if trace::inject(&span, &mut headers) {
                 message.properties = std::mem::take(&mut message.properties).with_headers(headers);

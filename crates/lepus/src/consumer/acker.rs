@@ -3,8 +3,9 @@
 //! Deliveries on a channel carry increasing tags. An ack with `multiple` settles every
 //! unacknowledged delivery up to its tag, so it may only be sent once every earlier
 //! delivery is settled. The acker keeps the channel's deliveries in order and sends one
-//! `basic.ack(multiple)` per run of `batch` finished ones, or as soon as nothing is left
-//! running, so the prefetch window never stays full of finished work.
+//! `basic.ack(multiple)` per run of `batch` finished ones; the consumer flushes a partial
+//! batch as soon as it has nothing else to do (no handler finished, no delivery waiting),
+//! so the prefetch window never stays full of finished work.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -81,9 +82,14 @@ impl Acker {
                 self.pending_count += 1;
             }
         }
-        if self.pending_count >= self.batch || self.outstanding.is_empty() {
+        if self.pending_count >= self.batch {
             self.flush();
         }
+    }
+
+    /// Whether acks are waiting for a batch to fill.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.pending_ack.is_some()
     }
 
     /// Sends the pending batch now.

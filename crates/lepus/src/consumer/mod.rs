@@ -451,6 +451,12 @@ impl Consumer {
                 }
             }
             let can_take = draining.is_none() && handlers_running < cfg.concurrency;
+            // Send a partial ack batch once no delivery is waiting to be taken: then the
+            // broker may have more to send. While deliveries wait, the batch keeps
+            // filling (it is sent at its size anyway).
+            if acker.has_pending() && consumer.queued() == 0 {
+                acker.flush();
+            }
             let drain_deadline = draining.map(|since| since + cfg.shutdown_timeout);
             tokio::select! {
                 biased;

@@ -60,18 +60,24 @@ pub(crate) fn inject(span: &Span, headers: &mut FieldTable) -> bool {
     true
 }
 
-/// Makes the trace context in `headers` (if any) the parent of `span`.
+/// Makes the trace context in `headers` (if any) the parent of `span`, and records the
+/// span's ids in its fields.
 pub(crate) fn extract_into(span: &Span, headers: Option<&FieldTable>) {
     if span.is_disabled() {
         return;
     }
+    set_parent_from(span, headers);
+    record_ids(span);
+}
+
+/// Makes the trace context in `headers` (if any) the parent of `span`.
+pub(crate) fn set_parent_from(span: &Span, headers: Option<&FieldTable>) {
     if let Some(headers) = headers {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
     }
-    record_ids(span);
 }
 
 /// Whether `span` belongs to a trace (tracing is on and it has a valid context).
