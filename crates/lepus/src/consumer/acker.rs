@@ -3,9 +3,9 @@
 //! Deliveries on a channel carry increasing tags. An ack with `multiple` settles every
 //! unacknowledged delivery up to its tag, so it may only be sent once every earlier
 //! delivery is settled. The acker keeps the channel's deliveries in order and sends one
-//! `basic.ack(multiple)` per run of `batch` finished ones; the consumer flushes a partial
-//! batch as soon as it has nothing else to do (no handler finished, no delivery waiting),
-//! so the prefetch window never stays full of finished work.
+//! `basic.ack(multiple)` per run of `batch` finished ones (at most half the prefetch, so
+//! the broker never runs out of credit); a partial batch goes out after a few
+//! milliseconds, so finished work never holds the prefetch window for long.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -51,6 +51,8 @@ pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive acks sent as one `basic.ack` with `multiple` (when order allows).
 pub const DEFAULT_ACK_BATCH: usize = 50;
+/// The longest a finished message waits for its ack to be sent with others.
+pub const ACK_LINGER: Duration = Duration::from_millis(5);
 /// RabbitMQ's default `consumer_timeout` (30 minutes): a delivery unacked longer closes
 /// the channel.
 pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -434,10 +436,16 @@ impl Consumer {
         self.stats.active.store(true, Ordering::Relaxed);
         tracing::info!(queue = %queue, tag = consumer.tag(), "consumer subscribed");
 
-        let mut acker = Acker::new(channel.clone(), cfg.ack_batch, Arc::clone(&self.stats));
+        // Never hold back more than half the prefetch window in one batch: the broker
+        // stops delivering when the window is full.
+        let batch = cfg.ack_batch.min(usize::from(cfg.prefetch / 2).max(1));
+        let mut acker = Acker::new(channel.clone(), batch, Arc::clone(&self.stats));
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
         let mut handlers_running = 0usize;
         let mut draining: Option<Instant> = None;
+        let linger = tokio::time::sleep(ACK_LINGER);
+        tokio::pin!(linger);
+        let mut linger_armed = false;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
@@ -451,11 +459,13 @@ impl Consumer {
                 }
             }
             let can_take = draining.is_none() && handlers_running < cfg.concurrency;
-            // Send a partial ack batch once no delivery is waiting to be taken: then the
-            // broker may have more to send. While deliveries wait, the batch keeps
-            // filling (it is sent at its size anyway).
-            if acker.has_pending() && consumer.queued() == 0 {
-                acker.flush();
+            // A partial ack batch waits at most ACK_LINGER: one timer per batch, not
+            // per message.
+            if !acker.has_pending() {
+                linger_armed = false;
+            } else if !linger_armed {
+                linger.as_mut().reset(Instant::now() + ACK_LINGER);
+                linger_armed = true;
             }
             let drain_deadline = draining.map(|since| since + cfg.shutdown_timeout);
             tokio::select! {
@@ -507,6 +517,10 @@ impl Consumer {
                     Some(Err(err)) => break SessionEnd::Lost(err.into()),
                     None => break SessionEnd::Lost(Error::new(ErrorKind::Closed, "consumer ended")),
                 },
+                _ = &mut linger, if linger_armed => {
+                    acker.flush();
+                    linger_armed = false;
+                }
                 _ = tick.tick() => {
                     if let Some(age) = acker.oldest_age() && age > cfg.broker_consumer_timeout.mul_f64(0.8) {
                         tracing::warn!(queue = %queue, age = ?age, broker_consumer_timeout = ?cfg.broker_consumer_timeout, "a message has been unacknowledged for close to the broker's consumer timeout");
