@@ -134,7 +134,8 @@ enum Reply {
 }
 
 struct Job {
-    msg: Message,
+    /// Boxed: a job moves through several queues, and a message is large.
+    msg: Box<Message>,
     reply: Reply,
     deadline: Instant,
     nacks: u32,
@@ -223,14 +224,8 @@ impl Shared {
 
     fn fail(&self, mut job: Job, error: Error) {
         m::publish_failed(&job.msg.exchange, error.kind());
-        let message = std::mem::replace(&mut job.msg, Message::new("", "", ""));
-        self.finish(
-            job,
-            Err(PublishError {
-                error,
-                message: Box::new(message),
-            }),
-        );
+        let message = std::mem::replace(&mut job.msg, Box::new(Message::new("", "", "")));
+        self.finish(job, Err(PublishError { error, message }));
     }
 
     fn succeed(&self, job: Job) {
@@ -320,6 +315,7 @@ impl Publisher {
             blocked: None,
             live: client.watch_connection(Role::Publish),
             metrics: std::collections::HashMap::new(),
+            last_metrics: None,
             shared: Arc::clone(&shared),
             options: options.clone(),
             stop: stop.clone(),
@@ -405,7 +401,7 @@ impl Publisher {
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         self.shared.buffered(1);
         let job = Job {
-            msg: message,
+            msg: Box::new(message),
             reply,
             deadline,
             nacks: 0,
@@ -418,7 +414,7 @@ impl Publisher {
             self.shared.buffered(-1);
             PublishError {
                 error: Error::new(ErrorKind::Closed, "the publisher is closed"),
-                message: Box::new(job.msg),
+                message: job.msg,
             }
         })
     }
@@ -510,6 +506,7 @@ impl Publisher {
 
 struct Task {
     rx: mpsc::UnboundedReceiver<Job>,
+    last_metrics: Option<(String, PublishMetrics)>,
     metrics: std::collections::HashMap<String, PublishMetrics>,
     waiting: VecDeque<Job>,
     inflight: VecDeque<(Job, PublishConfirm)>,
@@ -619,7 +616,16 @@ impl Task {
 
     /// Applies one confirm outcome; hands the job back if the channel was lost.
     /// Runs `f` with the metric handles of `exchange`, registering them on first use.
+    /// The last exchange's handles are kept at hand: most publishers use one or two.
     fn with_metrics(&mut self, exchange: &str, f: impl FnOnce(&PublishMetrics)) {
+        if let Some((last, handles)) = &self.last_metrics
+            && last == exchange
+        {
+            return f(handles);
+        }
+        if let Some(handles) = self.metrics.get(exchange) {
+            self.last_metrics = Some((exchange.to_owned(), handles.clone()));
+        }
         match self.metrics.get(exchange) {
             Some(handles) => f(handles),
             None => {
