@@ -33,6 +33,31 @@ CREATE INDEX IF NOT EXISTS dead_letters_order ON dead_letters (order_id);
 /// The most of a body kept.
 const MAX_BODY: usize = 4096;
 
+/// Starts draining `dlq` into `db` for `service`: builds the consumer, counts it in
+/// `health`'s readiness, and runs it on its own task until `cancel`.
+pub fn spawn(
+    client: &Client,
+    dlq: &str,
+    service: &'static str,
+    db: &Db,
+    health: &lepus::observability::Health,
+    cancel: &lepus::CancellationToken,
+) -> lepus::Result<tokio::task::JoinHandle<()>> {
+    let dead_letters = consumer(client, dlq, service)?;
+    health.watch_consumer(&dead_letters);
+    let db = db.clone();
+    let token = cancel.clone();
+    Ok(tokio::spawn(async move {
+        let handler = move |msg: Incoming| {
+            let db = db.clone();
+            async move { record(&db, service, msg).await }
+        };
+        if let Err(e) = dead_letters.run(handler, token).await {
+            tracing::error!(service, error = %e, "dead-letter consumer stopped");
+        }
+    }))
+}
+
 /// A consumer of `dlq` for `service`. A record that cannot be written is tried again
 /// (and the message stays in the dead-letter queue meanwhile); nothing is dropped.
 pub fn consumer(client: &Client, dlq: &str, service: &str) -> lepus::Result<Consumer> {

@@ -185,21 +185,14 @@ impl InventoryService {
             }));
         }
         let dlq = crate::topology::retry_policy().dlq(&queue);
-        let dead_letters = crate::deadletter::consumer(&client, &dlq, "inventory")?;
-        health.watch_consumer(&dead_letters);
-        {
-            let db = db.clone();
-            let token = cancel.clone();
-            tasks.push(tokio::spawn(async move {
-                let handler = move |msg: Incoming| {
-                    let db = db.clone();
-                    async move { crate::deadletter::record(&db, "inventory", msg).await }
-                };
-                if let Err(e) = dead_letters.run(handler, token).await {
-                    tracing::error!(service = "inventory", error = %e, "dead-letter consumer stopped");
-                }
-            }));
-        }
+        tasks.push(crate::deadletter::spawn(
+            &client,
+            &dlq,
+            "inventory",
+            &db,
+            &health,
+            &cancel,
+        )?);
         tasks.push(tokio::spawn(reconcile(Arc::clone(&ctx), cancel.clone())));
         tasks.push(tokio::spawn(record_breaker(
             db.clone(),

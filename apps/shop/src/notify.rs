@@ -107,21 +107,9 @@ impl NotifyService {
             }));
         }
         let dlq = crate::topology::retry_policy().dlq(&queue);
-        let dead_letters = crate::deadletter::consumer(&client, &dlq, "notify")?;
-        health.watch_consumer(&dead_letters);
-        {
-            let db = db.clone();
-            let token = cancel.clone();
-            tasks.push(tokio::spawn(async move {
-                let handler = move |msg: Incoming| {
-                    let db = db.clone();
-                    async move { crate::deadletter::record(&db, "notify", msg).await }
-                };
-                if let Err(e) = dead_letters.run(handler, token).await {
-                    tracing::error!(service = "notify", error = %e, "dead-letter consumer stopped");
-                }
-            }));
-        }
+        tasks.push(crate::deadletter::spawn(
+            &client, &dlq, "notify", &db, &health, &cancel,
+        )?);
         tasks.push(spawn_connection_gauges(
             client.clone(),
             "notify",
