@@ -36,6 +36,26 @@ fn kill_refuses_the_port_and_restart_brings_back_durable_messages() {
     assert!(broker.is_running());
     assert!(port_accepts(broker.port()), "port refuses after restart");
 
+    // The node answers before every recovered queue does; wait (bounded) until the queue
+    // reports its message, so a slow recovery is not mistaken for a loss.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = broker
+            .rabbitmqctl(&["-q", "list_queues", "name", "messages"])
+            .unwrap_or_default();
+        let recovered = listed.lines().any(|line| {
+            let mut cols = line.split_whitespace();
+            cols.next() == Some(queue.as_str()) && cols.next() == Some("1")
+        });
+        if recovered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue {queue} not back with its message after restart: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut amqp = connect_tcp(broker.port());
     assert_eq!(amqp.get(&queue).as_deref(), Some(&b"survives kill -9"[..]));
     assert_eq!(amqp.get(&queue), None);

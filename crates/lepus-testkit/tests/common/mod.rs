@@ -197,7 +197,13 @@ impl<S: Read + Write> Amqp<S> {
         if reply.is(60, 72) {
             return None;
         }
-        assert!(reply.is(60, 71), "expected get-ok or get-empty");
+        assert!(
+            reply.is(60, 71),
+            "expected get-ok or get-empty, got {}.{} {:?}",
+            reply.class,
+            reply.method,
+            String::from_utf8_lossy(&reply.args)
+        );
         let (kind, _, header) = self.read_frame().unwrap();
         assert_eq!(kind, FRAME_HEADER);
         let size = u64::from_be_bytes(header[4..12].try_into().unwrap()) as usize;
