@@ -26,6 +26,11 @@ use crate::observability::metrics::{self as m, PublishMetrics};
 use crate::observability::trace;
 use crate::supervisor::Live;
 
+/// The name of the span of one publish, from `send` to the broker's confirm.
+pub(crate) const PUBLISH_SPAN: &str = "publish";
+/// The target of the publish span.
+pub(crate) const SPAN_TARGET: &str = "lepus::publisher";
+
 /// Unconfirmed messages on the wire at once.
 pub const DEFAULT_WINDOW: usize = 1000;
 /// Messages that may wait (while disconnected, blocked or the window is full).
@@ -141,7 +146,7 @@ struct Job {
     nacks: u32,
     /// When it was last written to a channel, for the confirm latency.
     sent_at: Option<Instant>,
-    /// The publish span: from `send` to the confirm (held, never read).
+    /// The publish span of a sampled trace: from `send` to the confirm (held, never read).
     _span: tracing::Span,
     _permit: OwnedSemaphorePermit,
 }
@@ -376,26 +381,45 @@ impl Publisher {
         permit: OwnedSemaphorePermit,
     ) -> Result<(), PublishError> {
         let mut message = message;
-        let span = tracing::info_span!(
-            "publish",
+        // The attributes are recorded only once the trace is known to be sampled: the
+        // span of an unsampled trace goes nowhere, and building them for every message
+        // would cost more than the rest of the span.
+        let mut span = tracing::info_span!(
+            target: SPAN_TARGET,
+            PUBLISH_SPAN,
             otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation = "publish",
-            messaging.destination.name = %message.exchange,
-            messaging.rabbitmq.destination.routing_key = %message.routing_key,
-            messaging.message.id = message.message_id().unwrap_or_default(),
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
+            messaging.system = tracing::field::Empty,
+            messaging.operation = tracing::field::Empty,
+            messaging.destination.name = tracing::field::Empty,
+            messaging.rabbitmq.destination.routing_key = tracing::field::Empty,
+            messaging.message.id = tracing::field::Empty,
         );
         if !span.is_disabled() {
-            let mut headers = message.properties.headers().clone().unwrap_or_default();
             // Outside any trace (an outbox relay, say), a message that already carries a
             // `traceparent` continues that trace instead of starting a new one.
             if !trace::in_trace(&tracing::Span::current()) {
-                trace::set_parent_from(&span, Some(&headers));
+                trace::set_parent_from(&span, message.properties.headers().as_ref());
             }
-            if trace::inject(&span, &mut headers) {
-                message.properties = std::mem::take(&mut message.properties).with_headers(headers);
+            match trace::injected(&span, message.properties.headers().as_ref()) {
+                Some(headers) => {
+                    message.properties =
+                        std::mem::take(&mut message.properties).with_headers(headers);
+                    span.record("messaging.system", "rabbitmq");
+                    span.record("messaging.operation", "publish");
+                    span.record("messaging.destination.name", message.exchange.as_str());
+                    span.record(
+                        "messaging.rabbitmq.destination.routing_key",
+                        message.routing_key.as_str(),
+                    );
+                    span.record(
+                        "messaging.message.id",
+                        message.message_id().unwrap_or_default(),
+                    );
+                }
+                // Not sampled: nobody will see the span, so it ends here, on the thread
+                // that made it, instead of living (and being freed elsewhere) until the
+                // confirm.
+                None => span = tracing::Span::none(),
             }
         }
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);

@@ -20,6 +20,7 @@ use lepus::{
 use lepus_testkit::{shared_broker, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
@@ -224,11 +225,10 @@ async fn a_password_never_shows_in_debug_errors_or_logs() {
     const SECRET: &str = "s3cr3t-Pw";
     let logs = Captured::default();
     let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .json()
-        .with_writer(move || sink.clone())
-        .finish();
+    // lepus's own JSON lines, everything down to TRACE.
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with(lepus::observability::json_log_layer(move || sink.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let broker = blocking(|| shared_broker().unwrap()).await;

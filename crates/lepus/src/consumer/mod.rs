@@ -709,12 +709,10 @@ fn handle_span(queue: &str, incoming: &Incoming) -> tracing::Span {
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation = "process",
-        messaging.source.name = %queue,
+        messaging.source.name = queue,
         messaging.message.id = incoming.message_id().unwrap_or_default(),
-        messaging.rabbitmq.destination.routing_key = %incoming.routing_key(),
+        messaging.rabbitmq.destination.routing_key = incoming.routing_key(),
         attempt = incoming.attempt(),
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
     );
     trace::extract_into(&span, incoming.headers());
     span

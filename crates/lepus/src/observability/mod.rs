@@ -15,6 +15,7 @@
 
 mod health;
 mod http;
+mod json;
 pub mod metrics;
 pub(crate) mod trace;
 
@@ -23,6 +24,7 @@ pub use http::{router, serve};
 pub use metrics::install_prometheus;
 pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use trace::{
-    LogFormat, TelemetryGuard, init_telemetry, init_telemetry_with_writer, trace_id,
-    tracer_provider,
+    DEFAULT_SAMPLE_RATIO, LogFormat, Telemetry, TelemetryGuard, init_telemetry,
+    init_telemetry_with_writer, json_log_layer, otel_layer, ratio_sampler, trace_id,
+    tracer_provider, tracer_provider_with,
 };

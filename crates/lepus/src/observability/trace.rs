@@ -1,22 +1,29 @@
 //! Distributed tracing through message headers, and one-call log setup.
 //!
 //! Spans are `tracing` spans bridged to OpenTelemetry by `tracing-opentelemetry`. On
-//! publish, the W3C `traceparent` (and `tracestate`) of the publish span are written into
-//! the message's headers; on consume, they become the parent of the `handle` span, which
-//! is current while the handler runs, so anything the handler publishes continues the
-//! same trace. Without a subscriber (or without the OpenTelemetry layer) spans are
-//! disabled and nothing is injected: tracing costs nothing when it is off.
+//! publish, the W3C `traceparent` (and a non-empty `tracestate`) of a sampled publish span
+//! are written into the message's headers; on consume, they become the parent of the
+//! `handle` span, which is current while the handler runs, so anything the handler
+//! publishes continues the same trace. Without a subscriber (or without the OpenTelemetry
+//! layer) spans are disabled and nothing is injected: tracing costs nothing when it is off.
+//!
+//! Sampling is decided at the head of a trace (see [`tracer_provider`]), and only sampled
+//! traces travel in headers: a header costs the broker real work on every message, and an
+//! unsampled trace would carry one only to say that it is not recorded. A consumer of an
+//! untraced message therefore makes a sampling decision of its own; with the same ratio
+//! everywhere that starts a few traces at a consumer instead of at the publisher.
 
 use lepus_amqp::{AMQPValue, FieldTable};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Span;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, ShouldSample};
+use tracing::{Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::short;
@@ -25,6 +32,10 @@ struct HeaderInjector<'a>(&'a mut FieldTable);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // An empty `tracestate` means the same as none, and costs a header.
+        if value.is_empty() {
+            return;
+        }
         self.0
             .insert(short(key), AMQPValue::LongString(value.into()));
     }
@@ -46,33 +57,35 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Writes `span`'s trace context into `headers` (nothing if tracing is off).
-pub(crate) fn inject(span: &Span, headers: &mut FieldTable) -> bool {
+/// If `span` is sampled, a copy of `headers` (or a new table) with the span's trace
+/// context written in; `None` if tracing is off or the trace is not sampled.
+pub(crate) fn injected(span: &Span, headers: Option<&FieldTable>) -> Option<FieldTable> {
     if span.is_disabled() {
-        return false;
+        return None;
     }
     let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return false;
+    if !cx.span().span_context().is_sampled() {
+        return None;
     }
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
-    record_ids(span);
-    true
+    let mut headers = headers.cloned().unwrap_or_default();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut headers));
+    Some(headers)
 }
 
-/// Makes the trace context in `headers` (if any) the parent of `span`, and records the
-/// span's ids in its fields.
+/// Makes the trace context in `headers` (if any) the parent of `span`.
 pub(crate) fn extract_into(span: &Span, headers: Option<&FieldTable>) {
     if span.is_disabled() {
         return;
     }
     set_parent_from(span, headers);
-    record_ids(span);
 }
 
 /// Makes the trace context in `headers` (if any) the parent of `span`.
 pub(crate) fn set_parent_from(span: &Span, headers: Option<&FieldTable>) {
     if let Some(headers) = headers {
+        if !headers.inner().contains_key("traceparent") {
+            return;
+        }
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
@@ -83,17 +96,6 @@ pub(crate) fn set_parent_from(span: &Span, headers: Option<&FieldTable>) {
 /// Whether `span` belongs to a trace (tracing is on and it has a valid context).
 pub(crate) fn in_trace(span: &Span) -> bool {
     !span.is_disabled() && span.context().span().span_context().is_valid()
-}
-
-/// Copies the span's OpenTelemetry ids into its `trace_id`/`span_id` fields, so every
-/// log line inside it carries them.
-fn record_ids(span: &Span) {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        span.record("trace_id", tracing::field::display(sc.trace_id()));
-        span.record("span_id", tracing::field::display(sc.span_id()));
-    }
 }
 
 /// The trace id of `span`, if tracing is on.
@@ -134,12 +136,23 @@ impl std::fmt::Debug for TelemetryGuard {
     }
 }
 
+/// The share of new traces sampled when neither the code nor `OTEL_TRACES_SAMPLER` says
+/// otherwise: one in a hundred. A child span follows its parent's decision.
+///
+/// Every sampled publish puts a `traceparent` header on its message, which costs the
+/// broker as much as the rest of lepus's tracing costs the client; tracing every message
+/// of a busy queue takes away about a third of its throughput (bench/README.md has the
+/// measurements). Traces that start elsewhere (an HTTP request, say) and arrive sampled
+/// are always continued.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
+
 /// Sets up logging and tracing for a service in one call: `RUST_LOG`-style filtering
-/// (default `info`), JSON or pretty lines (JSON lines inside lepus's spans carry
-/// `trace_id` and `span_id`), and OpenTelemetry spans with W3C propagation. With the
-/// `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are exported over OTLP.
+/// (default `info`), JSON or pretty lines (JSON lines inside a span carry its
+/// `trace_id` and `span_id`), and OpenTelemetry spans with W3C propagation, sampled as
+/// [`tracer_provider`] says. With the `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// set, spans are exported over OTLP. [`Telemetry`] has the other options.
 pub fn init_telemetry(service: &str, format: LogFormat) -> Result<TelemetryGuard> {
-    init_telemetry_with_writer(service, format, std::io::stderr)
+    Telemetry::new(service).format(format).init()
 }
 
 /// Like [`init_telemetry`], writing log lines to `writer` (a file, say) instead of
@@ -152,47 +165,195 @@ pub fn init_telemetry_with_writer<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let provider = tracer_provider(service)?;
-    let tracer = provider.tracer("lepus");
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let result = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            )
-            .try_init()
-    } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
-            .try_init()
-    };
-    result.map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot install the tracing subscriber: {e}"),
-        )
-    })?;
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    Ok(TelemetryGuard { provider })
+    Telemetry::new(service).format(format).writer(writer).init()
 }
 
-/// A tracer provider that assigns ids (and exports, with the `otlp` feature).
+/// Logging and tracing for a service, with every option: [`init_telemetry`] is
+/// `Telemetry::new(service).format(format).init()`.
+///
+/// ```no_run
+/// use lepus::observability::{LogFormat, Telemetry};
+///
+/// // Record every trace (a low-traffic service, or while debugging).
+/// let _telemetry = Telemetry::new("billing")
+///     .format(LogFormat::Json)
+///     .sample_ratio(1.0)
+///     .init()?;
+/// # Ok::<(), lepus::Error>(())
+/// ```
+#[must_use = "nothing is set up until init() is called"]
+pub struct Telemetry<W = fn() -> std::io::Stderr> {
+    service: String,
+    format: LogFormat,
+    sample_ratio: Option<f64>,
+    writer: W,
+}
+
+impl Telemetry {
+    /// Telemetry for `service` (its OpenTelemetry `service.name`): JSON or pretty lines
+    /// on standard error as [`LogFormat::Auto`] decides, sampled as [`tracer_provider`]
+    /// says.
+    pub fn new(service: &str) -> Self {
+        Telemetry {
+            service: service.to_owned(),
+            format: LogFormat::Auto,
+            sample_ratio: None,
+            writer: std::io::stderr,
+        }
+    }
+}
+
+impl<W> Telemetry<W>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    /// How lines look.
+    pub fn format(mut self, format: LogFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The share of new traces to sample, from 0.0 to 1.0 (clamped), instead of
+    /// `OTEL_TRACES_SAMPLER` or [`DEFAULT_SAMPLE_RATIO`]. Children follow their parent.
+    pub fn sample_ratio(mut self, ratio: f64) -> Self {
+        self.sample_ratio = Some(ratio);
+        self
+    }
+
+    /// Where lines go (a file, say) instead of standard error.
+    pub fn writer<W2>(self, writer: W2) -> Telemetry<W2>
+    where
+        W2: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        Telemetry {
+            service: self.service,
+            format: self.format,
+            sample_ratio: self.sample_ratio,
+            writer,
+        }
+    }
+
+    /// Installs the global subscriber and the W3C propagator. Fails if a global
+    /// subscriber is already installed.
+    pub fn init(self) -> Result<TelemetryGuard> {
+        let provider = match self.sample_ratio {
+            Some(ratio) => tracer_provider_with(&self.service, ratio_sampler(ratio))?,
+            None => tracer_provider(&self.service)?,
+        };
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let json = match self.format {
+            LogFormat::Json => true,
+            LogFormat::Pretty => false,
+            LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let registry = tracing_subscriber::registry()
+            .with(filter)
+            .with(otel_layer(provider.tracer("lepus")));
+        let result = if json {
+            registry.with(json_log_layer(self.writer)).try_init()
+        } else {
+            registry
+                .with(tracing_subscriber::fmt::layer().with_writer(self.writer))
+                .try_init()
+        };
+        result.map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("cannot install the tracing subscriber: {e}"),
+            )
+        })?;
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        Ok(TelemetryGuard { provider })
+    }
+}
+
+impl<W> std::fmt::Debug for Telemetry<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("service", &self.service)
+            .field("format", &self.format)
+            .field("sample_ratio", &self.sample_ratio)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The layer that writes lepus's JSON lines to `writer`, for a subscriber of your own:
+/// one object per line with the event's fields, the current span's name and fields,
+/// and its OpenTelemetry `trace_id` and `span_id` when [`otel_layer`] is installed too.
+///
+/// lepus's `publish` span is left out: it lives from `send` to the broker's confirm but
+/// is never entered, so no line is ever written inside it, and formatting its fields for
+/// every message would be work for nothing.
+pub fn json_log_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    super::json::layer(writer).with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && is_publish_span(meta))
+    }))
+}
+
+/// Whether `meta` is lepus's `publish` span.
+fn is_publish_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.name() == crate::publisher::PUBLISH_SPAN && meta.target() == crate::publisher::SPAN_TARGET
+}
+
+/// The OpenTelemetry layer as lepus sets it up, for a subscriber of your own: spans
+/// become OpenTelemetry spans of `tracer`, without source locations, thread names or
+/// busy/idle timings (each costs time on every message and tells little about it).
+pub fn otel_layer<S>(tracer: SdkTracer) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+}
+
+/// A parent-based sampler that samples `ratio` (clamped to 0.0..=1.0) of new traces.
+pub fn ratio_sampler(ratio: f64) -> Sampler {
+    let ratio = if ratio.is_nan() {
+        0.0
+    } else {
+        ratio.clamp(0.0, 1.0)
+    };
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+}
+
+/// A tracer provider that assigns ids (and exports, with the `otlp` feature). It samples
+/// as `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` say, the OpenTelemetry
+/// convention, or else [`DEFAULT_SAMPLE_RATIO`] of new traces.
 pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider> {
+    if std::env::var_os("OTEL_TRACES_SAMPLER").is_some() {
+        // The SDK reads the variables itself.
+        provider(service, None::<Sampler>)
+    } else {
+        provider(service, Some(ratio_sampler(DEFAULT_SAMPLE_RATIO)))
+    }
+}
+
+/// A tracer provider that samples with `sampler` (and exports, with the `otlp` feature).
+pub fn tracer_provider_with(
+    service: &str,
+    sampler: impl ShouldSample + 'static,
+) -> Result<SdkTracerProvider> {
+    provider(service, Some(sampler))
+}
+
+fn provider(
+    service: &str,
+    sampler: Option<impl ShouldSample + 'static>,
+) -> Result<SdkTracerProvider> {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service.to_owned())
         .build();
-    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(sampler) = sampler {
+        builder = builder.with_sampler(sampler);
+    }
     #[cfg(feature = "otlp")]
     let builder = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
