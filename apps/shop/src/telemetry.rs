@@ -9,33 +9,21 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use lepus::observability::{self, LogFormat, PrometheusHandle};
-use opentelemetry::trace::TracerProvider as _;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Keeps tracing running; flushes spans when dropped.
 pub enum TelemetryGuard {
-    /// Set up by lepus (logs on stderr).
+    /// Set up by lepus.
     Lepus(observability::TelemetryGuard),
-    /// Set up here (logs in a file).
-    File(opentelemetry_sdk::trace::SdkTracerProvider),
     /// A subscriber was already installed; nothing to keep.
     None,
 }
 
-impl Drop for TelemetryGuard {
-    fn drop(&mut self) {
-        if let TelemetryGuard::File(provider) = self {
-            let _ = provider.shutdown();
-        }
-    }
-}
-
-/// Installs logging and tracing for `service`: JSON lines on stderr through lepus's
-/// helper, or, with `file`, the same layers writing to that file (the demo keeps its
-/// terminal for progress and the report). A second call (tests) keeps the first setup.
+/// Installs logging and tracing for `service` through lepus's helper: JSON lines on
+/// stderr or, with `file`, in that file (the demo keeps its terminal for progress and the
+/// report). A second call (tests) keeps the first setup. Orders are always traced: the
+/// order service starts each order's trace sampled, and lepus continues a sampled trace
+/// whatever its sampling ratio for new ones.
 pub fn init_logging(service: &str, file: Option<&Path>) -> anyhow::Result<TelemetryGuard> {
     let Some(path) = file else {
         return Ok(
@@ -53,27 +41,13 @@ pub fn init_logging(service: &str, file: Option<&Path>) -> anyhow::Result<Teleme
         .append(true)
         .open(path)
         .with_context(|| format!("opening the log file {}", path.display()))?;
-    let provider = observability::tracer_provider(service)?;
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("shop"));
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(otel)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_writer(Mutex::new(file)),
-        )
-        .try_init();
-    if installed.is_err() {
-        return Ok(TelemetryGuard::None);
-    }
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
-    Ok(TelemetryGuard::File(provider))
+    Ok(
+        match observability::init_telemetry_with_writer(service, LogFormat::Json, Mutex::new(file))
+        {
+            Ok(guard) => TelemetryGuard::Lepus(guard),
+            Err(_) => TelemetryGuard::None,
+        },
+    )
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -102,7 +102,7 @@ async fn one_order_one_trace_across_services_and_logs() {
     // And lepus's own spans (publish/handle) carry the same trace id.
     let in_span = text.lines().any(|line| {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-        v["span"]["name"] == "handle" && v["span"]["trace_id"] == trace_id.as_str()
+        v["span"]["name"] == "handle" && v["trace_id"] == trace_id.as_str()
     });
     assert!(in_span, "no lepus handle span with trace id {trace_id}");
 }
