@@ -63,10 +63,15 @@ struct Args {
     /// for the `lepus` row: `on` installs them before any client runs.
     #[arg(long, value_enum, default_value_t = Switch::Off)]
     observability: Switch,
-    /// Run the `lepus` row three times a round, in one process: observability off, metrics
-    /// only, metrics and tracing (rows `lepus`, `lepus+metrics`, `lepus+metrics+tracing`).
+    /// Run the `lepus` row four times a round, in one process: observability off, metrics
+    /// only, metrics and sampled tracing, metrics and tracing of every message (rows
+    /// `lepus`, `lepus+metrics`, `lepus+metrics+tracing`, `lepus+metrics+tracing-all`).
     #[arg(long, conflicts_with = "observability")]
     compare_observability: bool,
+    /// The share of traces sampled when tracing is on (default: lepus's
+    /// `DEFAULT_SAMPLE_RATIO`, or `OTEL_TRACES_SAMPLER` with `--observability on`).
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    sample_ratio: Option<f64>,
     /// Print one JSON object keyed by row name instead of tables.
     #[arg(long)]
     json: bool,
@@ -127,6 +132,14 @@ fn run_main() -> Result<()> {
     runtime.block_on(bench(args, clients, workload))
 }
 
+/// A sampling ratio: a number from 0 to 1.
+fn parse_ratio(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a ratio from 0 to 1")),
+    }
+}
+
 async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<()> {
     let mode = match (args.compare_observability, args.observability) {
         (true, _) => Mode::Compare,
@@ -136,7 +149,7 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
     if mode != Mode::Off && !clients.contains(&Client::Lepus) {
         bail!("observability is measured on the lepus row: add lepus to --clients");
     }
-    let observability = Observability::install(mode)?;
+    let observability = Observability::install(mode, args.sample_ratio)?;
     let rows = Row::all(&clients, mode);
     eprintln!(
         "broker {}; {} queue(s) x {} persistent messages of {} bytes; confirm window {}, prefetch {}, ack multiple every {}; {} round(s)",
@@ -154,7 +167,7 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
             "observability {}: lepus's metrics and tracing for the lepus row{}",
             mode.name(),
             if mode == Mode::Compare {
-                " (arms: off, metrics, metrics and tracing)"
+                " (arms: off, metrics, metrics and sampled tracing, metrics and tracing of every message)"
             } else {
                 ""
             }

@@ -14,13 +14,18 @@
 //!   handles (as if no recorder were installed) and one started with it open gets real ones.
 //!   Histogram samples pile up in the recorder until upkeep drains them; a task runs upkeep
 //!   every 5 s (what the exporter's own `install()` would schedule), standing in for a scrape.
-//! - **Tracing.** A global subscriber: a level filter behind a reload handle, the
-//!   OpenTelemetry layer with a tracer from `lepus::observability::tracer_provider` (no
-//!   exporter: spans get real ids and W3C context, then are dropped), and a JSON `fmt`
-//!   layer at INFO (span fields formatted, as lepus's own `init_telemetry` sets it up)
-//!   writing to a sink that only counts writes. The filter is INFO while a traced run
-//!   goes and OFF otherwise; OFF makes every span and event callsite disabled at the macro,
-//!   which is what having no subscriber costs.
+//! - **Tracing.** A global subscriber: a level filter behind a reload handle, lepus's
+//!   OpenTelemetry layer (`lepus::observability::otel_layer`) with a tracer that has no
+//!   exporter (spans get real ids, sampling decisions and W3C context, then are dropped),
+//!   and lepus's JSON log layer (`lepus::observability::json_log_layer`, as
+//!   `init_telemetry` sets it up) writing to a sink that only counts writes. The filter is
+//!   INFO while a traced run goes and OFF otherwise; OFF makes every span and event
+//!   callsite disabled at the macro, which is what having no subscriber costs.
+//! - **Sampling.** With `--observability on` the tracer samples as lepus's
+//!   `tracer_provider` does (`OTEL_TRACES_SAMPLER`, or lepus's default ratio), or the
+//!   `--sample-ratio` given. In the comparison a [`SwitchSampler`] samples that ratio in
+//!   the `lepus+metrics+tracing` arm and every trace in the `lepus+metrics+tracing-all`
+//!   arm.
 //!
 //! Peers always run with both switched off (they record no lepus metrics anyway).
 
@@ -34,8 +39,9 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, Share
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry::trace::{Link, SpanKind, TraceId, TracerProvider as _};
+use opentelemetry::{Context as OtelContext, KeyValue};
+use opentelemetry_sdk::trace::{Sampler, SamplingResult, SdkTracerProvider, ShouldSample};
 use serde_json::{Value, json};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -69,19 +75,45 @@ pub enum Arm {
     Off,
     /// Metrics only (in `Compare` mode).
     Metrics,
-    /// Metrics and tracing.
+    /// Metrics and tracing, sampled at the run's ratio.
     Full,
+    /// Metrics and tracing, every trace sampled (in `Compare` mode).
+    FullAll,
 }
 
-/// Whether lepus's spans are on for the run going now.
-static TRACING_ON: AtomicBool = AtomicBool::new(false);
+/// What share of the messages of a run carry a `traceparent` header.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Tracing is off: none.
+    Off,
+    /// About this share (1.0: every one).
+    Ratio(f64),
+    /// Whatever `OTEL_TRACES_SAMPLER` says.
+    Env,
+}
+
+/// The sampling of the run going now: 0 off, 1 `Env`, else 2 + the ratio's bits.
+static SAMPLING: AtomicU64 = AtomicU64::new(0);
 /// Writes the JSON log layer made (one per log line).
 static LOG_WRITES: AtomicU64 = AtomicU64::new(0);
 
-/// Whether the run going now is traced (publish spans put a `traceparent` header on
-/// every message).
-pub fn tracing_on() -> bool {
-    TRACING_ON.load(Ordering::Relaxed)
+/// How the run going now is traced (sampled publish spans put a `traceparent` header on
+/// their message).
+pub fn sampling() -> Sampling {
+    match SAMPLING.load(Ordering::Relaxed) {
+        0 => Sampling::Off,
+        1 => Sampling::Env,
+        bits => Sampling::Ratio(f64::from_bits(bits - 2)),
+    }
+}
+
+fn set_sampling(sampling: Sampling) {
+    let code = match sampling {
+        Sampling::Off => 0,
+        Sampling::Env => 1,
+        Sampling::Ratio(r) => r.to_bits() + 2,
+    };
+    SAMPLING.store(code, Ordering::SeqCst);
 }
 
 /// The installed pieces and their switches.
@@ -90,6 +122,9 @@ pub struct Observability {
     filter: Option<reload::Handle<LevelFilter, Registry>>,
     gate: Option<Arc<AtomicBool>>,
     prometheus: Option<PrometheusHandle>,
+    /// The sampling of a traced arm (`Full`), and the switch to sampling every trace.
+    ratio: Sampling,
+    sample_all: Arc<AtomicBool>,
     /// Kept alive: spans are built by tracers of this provider.
     _provider: Option<SdkTracerProvider>,
     upkeep: Option<tokio::task::JoinHandle<()>>,
@@ -97,12 +132,46 @@ pub struct Observability {
 
 impl Observability {
     /// Installs what `mode` needs. Call once, inside the runtime, before any client runs.
-    pub fn install(mode: Mode) -> Result<Observability> {
+    /// `ratio`: the `--sample-ratio` given, if any.
+    pub fn install(mode: Mode, ratio: Option<f64>) -> Result<Observability> {
+        let sample_all = Arc::new(AtomicBool::new(false));
+        let (provider, sampling) = match (mode, ratio) {
+            (Mode::Off, _) => (None, Sampling::Off),
+            (Mode::On, None) if std::env::var_os("OTEL_TRACES_SAMPLER").is_some() => (
+                Some(lepus::observability::tracer_provider("bench")),
+                Sampling::Env,
+            ),
+            (Mode::On, None) => (
+                Some(lepus::observability::tracer_provider("bench")),
+                Sampling::Ratio(lepus::observability::DEFAULT_SAMPLE_RATIO),
+            ),
+            (Mode::On, Some(r)) => (
+                Some(lepus::observability::tracer_provider_with(
+                    "bench",
+                    lepus::observability::ratio_sampler(r),
+                )),
+                Sampling::Ratio(r),
+            ),
+            (Mode::Compare, r) => {
+                let r = r.unwrap_or(lepus::observability::DEFAULT_SAMPLE_RATIO);
+                let sampler = SwitchSampler {
+                    all: Arc::clone(&sample_all),
+                    ratio: lepus::observability::ratio_sampler(r),
+                    every: lepus::observability::ratio_sampler(1.0),
+                };
+                (
+                    Some(lepus::observability::tracer_provider_with("bench", sampler)),
+                    Sampling::Ratio(r),
+                )
+            }
+        };
         let mut obs = Observability {
             mode,
             filter: None,
             gate: None,
             prometheus: None,
+            ratio: sampling,
+            sample_all,
             _provider: None,
             upkeep: None,
         };
@@ -130,20 +199,15 @@ impl Observability {
         }));
         obs.prometheus = Some(handle);
 
-        let provider = lepus::observability::tracer_provider("bench")
+        let provider = provider
+            .context("tracing is on")?
             .map_err(|e| anyhow!("building the tracer provider: {e}"))?;
         let tracer = provider.tracer("bench");
         let (filter, filter_handle) = reload::Layer::new(LevelFilter::OFF);
         let subscriber = tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_opentelemetry::layer().with_tracer(tracer))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(|| CountingSink),
-            );
+            .with(lepus::observability::otel_layer(tracer))
+            .with(lepus::observability::json_log_layer(|| CountingSink));
         tracing::subscriber::set_global_default(subscriber)
             .context("installing the tracing subscriber")?;
         obs.filter = Some(filter_handle);
@@ -160,7 +224,8 @@ impl Observability {
         if let Some(gate) = &self.gate {
             gate.store(arm != Arm::Off, Ordering::SeqCst);
         }
-        let traced = arm == Arm::Full && self.filter.is_some();
+        let traced = matches!(arm, Arm::Full | Arm::FullAll) && self.filter.is_some();
+        self.sample_all.store(arm == Arm::FullAll, Ordering::SeqCst);
         if let Some(filter) = &self.filter {
             let level = if traced {
                 LevelFilter::INFO
@@ -171,7 +236,11 @@ impl Observability {
                 .reload(level)
                 .map_err(|e| anyhow!("switching tracing: {e}"))?;
         }
-        TRACING_ON.store(traced, Ordering::SeqCst);
+        set_sampling(match arm {
+            _ if !traced => Sampling::Off,
+            Arm::FullAll => Sampling::Ratio(1.0),
+            _ => self.ratio,
+        });
         Ok(())
     }
 
@@ -204,6 +273,34 @@ fn sum_metric(text: &str, name: &str) -> f64 {
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A parent-based ratio sampler that samples every trace while `all` is set: one tracer
+/// provider serves both traced arms of the comparison.
+#[derive(Debug, Clone)]
+struct SwitchSampler {
+    all: Arc<AtomicBool>,
+    ratio: Sampler,
+    every: Sampler,
+}
+
+impl ShouldSample for SwitchSampler {
+    fn should_sample(
+        &self,
+        parent: Option<&OtelContext>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let sampler = if self.all.load(Ordering::Relaxed) {
+            &self.every
+        } else {
+            &self.ratio
+        };
+        sampler.should_sample(parent, trace_id, name, kind, attributes, links)
+    }
 }
 
 /// Discards log lines, counting them.

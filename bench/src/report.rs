@@ -59,12 +59,16 @@ pub struct Row {
 
 /// `lepus` with lepus's metrics on (`--compare-observability`).
 pub const LEPUS_METRICS: &str = "lepus+metrics";
-/// `lepus` with lepus's metrics and tracing on (`--compare-observability`).
+/// `lepus` with lepus's metrics and tracing on, sampled (`--compare-observability`).
 pub const LEPUS_FULL: &str = "lepus+metrics+tracing";
+/// `lepus` with lepus's metrics and tracing on, every trace sampled
+/// (`--compare-observability`).
+pub const LEPUS_FULL_ALL: &str = "lepus+metrics+tracing-all";
 
 impl Row {
-    /// The rows `clients` make in `mode`: the `lepus` client makes three in `Compare`
-    /// mode (off, metrics, metrics and tracing) and runs traced in `On` mode; every other
+    /// The rows `clients` make in `mode`: the `lepus` client makes four in `Compare`
+    /// mode (off, metrics, metrics and sampled tracing, metrics and tracing of every
+    /// message) and runs traced in `On` mode; every other
     /// client makes one row, always with observability off.
     pub fn all(clients: &[Client], mode: Mode) -> Vec<Row> {
         let mut rows = Vec::new();
@@ -75,6 +79,7 @@ impl Row {
                     rows.push(row(Arm::Off, client.name()));
                     rows.push(row(Arm::Metrics, LEPUS_METRICS));
                     rows.push(row(Arm::Full, LEPUS_FULL));
+                    rows.push(row(Arm::FullAll, LEPUS_FULL_ALL));
                 }
                 (Client::Lepus, Mode::On) => rows.push(row(Arm::Full, client.name())),
                 _ => rows.push(row(Arm::Off, client.name())),

@@ -175,10 +175,11 @@ impl Runner {
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
 
-        meet(&mut tasks, phase.start(), deadline, what).await?;
+        let mut finished = Vec::new();
+        meet(&mut tasks, phase.start(), deadline, what, &mut finished).await?;
         let (cpu0, t0) = (process_cpu()?, Instant::now());
         let mark_start = monotonic_secs();
-        meet(&mut tasks, phase.done(), deadline, what).await?;
+        meet(&mut tasks, phase.done(), deadline, what, &mut finished).await?;
         let (wall, cpu) = (t0.elapsed(), process_cpu()?.saturating_sub(cpu0));
         if self.marks {
             eprintln!(
@@ -191,7 +192,16 @@ impl Runner {
             .await
             .with_context(|| format!("{what} phase: closing connections timed out"))?
         {
-            let (name, count) = joined.context("a client task panicked")??;
+            finished.push(joined.context("a client task panicked")??);
+        }
+        if finished.len() != names.len() {
+            bail!(
+                "{what} phase: {} of {} tasks reported",
+                finished.len(),
+                names.len()
+            );
+        }
+        for (name, count) in finished {
             if count != self.workload.count {
                 bail!(
                     "{what} phase on {name} counted {count} messages, expected {}",
@@ -203,23 +213,31 @@ impl Runner {
     }
 }
 
-/// Waits at a meeting point, unless a task ends first (an error: tasks end only after
-/// both meeting points) or the deadline passes.
+/// Waits at a meeting point, unless a task fails first or the deadline passes. A task
+/// that ends well has passed both meeting points, so the point is reached (its wake-up
+/// may just not have been seen yet): its result goes to `finished` and the wait goes on.
 async fn meet(
     tasks: &mut JoinSet<Result<(String, u64)>>,
     point: impl Future<Output = ()>,
     deadline: tokio::time::Instant,
     what: &str,
+    finished: &mut Vec<(String, u64)>,
 ) -> Result<()> {
-    tokio::select! {
-        biased;
-        () = point => Ok(()),
-        joined = tasks.join_next() => match joined {
-            Some(Ok(Err(err))) => Err(err.context(format!("{what} phase"))),
-            Some(Err(join)) => Err(anyhow::Error::new(join).context(format!("{what} phase: a client task panicked"))),
-            Some(Ok(Ok(_))) | None => bail!("{what} phase: a task ended before its work was done"),
-        },
-        () = tokio::time::sleep_until(deadline) => bail!("{what} phase timed out"),
+    tokio::pin!(point);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut point => return Ok(()),
+            Some(joined) = tasks.join_next() => match joined {
+                Ok(Err(err)) => return Err(err.context(format!("{what} phase"))),
+                Err(join) => {
+                    return Err(anyhow::Error::new(join)
+                        .context(format!("{what} phase: a client task panicked")));
+                }
+                Ok(Ok(done)) => finished.push(done),
+            },
+            () = tokio::time::sleep_until(deadline) => bail!("{what} phase timed out"),
+        }
     }
 }
 

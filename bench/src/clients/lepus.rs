@@ -11,7 +11,7 @@
 //! (its acks flushed, its channel closed).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use ::lepus::{
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::{Phase, Workload, check_delivery};
-use crate::observability;
+use crate::observability::{self, Sampling};
 
 const NAME: &str = "lepus";
 
@@ -122,17 +122,16 @@ struct Checks {
     handled: AtomicU64,
     /// The first check that failed; the consumer is stopped when one does.
     failure: Mutex<Option<anyhow::Error>>,
-    /// Whether the first message carried a W3C `traceparent` header.
-    traced: AtomicBool,
+    /// Messages that carried a W3C `traceparent` header.
+    traced: AtomicU64,
     stop: CancellationToken,
 }
 
 impl Checks {
     fn handle(&self, msg: &Incoming) {
         let n = self.handled.fetch_add(1, Ordering::Relaxed);
-        if n == 0 {
-            let traced = msg.header("traceparent").is_some();
-            self.traced.store(traced, Ordering::Relaxed);
+        if msg.header("traceparent").is_some() {
+            self.traced.fetch_add(1, Ordering::Relaxed);
         }
         if let Err(err) = check_delivery(
             NAME,
@@ -168,7 +167,7 @@ pub async fn consume(url: &str, queue: &str, workload: &Workload, phase: &Phase)
         workload: *workload,
         handled: AtomicU64::new(0),
         failure: Mutex::new(None),
-        traced: AtomicBool::new(false),
+        traced: AtomicU64::new(0),
         stop: CancellationToken::new(),
     });
     let handler = {
@@ -202,18 +201,26 @@ pub async fn consume(url: &str, queue: &str, workload: &Workload, phase: &Phase)
     if stale != 0 {
         bail!("{NAME}: {stale} acks on {queue} reached a closed channel");
     }
-    // Spans are on exactly when the observability switch says so: the publish span's
-    // context travels in the message headers.
+    // Spans are on exactly when the observability switch says so, and sampled about as
+    // it says: a sampled publish span's context travels in the message's headers.
     let traced = checks.traced.load(Ordering::Relaxed);
-    if traced != observability::tracing_on() {
+    let count = workload.count;
+    let plausible = match observability::sampling() {
+        Sampling::Off => traced == 0,
+        Sampling::Ratio(r) if r >= 1.0 => traced == count,
+        Sampling::Ratio(r) if r <= 0.0 => traced == 0,
+        // A ratio sampler keeps about r x count traces: far from 0 and from all of them
+        // once enough are expected (the bounds are many standard deviations wide).
+        Sampling::Ratio(r) if count as f64 * r >= 100.0 => {
+            let expected = count as f64 * r;
+            (traced as f64) > expected / 2.0 && (traced as f64) < expected * 2.0
+        }
+        Sampling::Ratio(_) | Sampling::Env => traced <= count,
+    };
+    if !plausible {
         bail!(
-            "{NAME}: the first message on {queue} {} a traceparent header, but tracing is {}",
-            if traced { "carries" } else { "lacks" },
-            if observability::tracing_on() {
-                "on"
-            } else {
-                "off"
-            }
+            "{NAME}: {traced} of {count} messages on {queue} carried a traceparent header, but tracing is {:?}",
+            observability::sampling()
         );
     }
     client
