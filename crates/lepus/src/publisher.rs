@@ -566,7 +566,7 @@ impl Task {
                 Event::Confirmed(outcome) => {
                     if let Some((job, _)) = self.inflight.pop_front() {
                         self.shared.in_flight(-1);
-                        if let Some(lost) = self.settle(job, outcome) {
+                        if let Some(lost) = self.settle(job, outcome, Instant::now()) {
                             self.requeue_inflight(Some(lost));
                         }
                     }
@@ -622,6 +622,9 @@ impl Task {
     /// Resolves every confirm at the front that is already in.
     fn settle_ready(&mut self) {
         let mut cx = Context::from_waker(Waker::noop());
+        // One clock read for the confirm latencies of everything settled here (a
+        // `multiple` ack settles many).
+        let mut now = None;
         while let Some((_, confirm)) = self.inflight.front_mut() {
             let outcome = match Pin::new(confirm).poll(&mut cx) {
                 Poll::Ready(outcome) => outcome,
@@ -631,7 +634,8 @@ impl Task {
                 break;
             };
             self.shared.in_flight(-1);
-            if let Some(lost) = self.settle(job, outcome) {
+            let now = *now.get_or_insert_with(Instant::now);
+            if let Some(lost) = self.settle(job, outcome, now) {
                 self.requeue_inflight(Some(lost));
                 break;
             }
@@ -660,7 +664,12 @@ impl Task {
         }
     }
 
-    fn settle(&mut self, job: Job, outcome: lepus_amqp::Result<Confirmation>) -> Option<Job> {
+    fn settle(
+        &mut self,
+        job: Job,
+        outcome: lepus_amqp::Result<Confirmation>,
+        now: Instant,
+    ) -> Option<Job> {
         match outcome {
             Ok(Confirmation::Nack) => {
                 self.shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
@@ -680,7 +689,9 @@ impl Task {
                 self.shared.fail(job, error);
             }
             Ok(_) => {
-                let latency = job.sent_at.map(|at| at.elapsed().as_secs_f64());
+                let latency = job
+                    .sent_at
+                    .map(|at| now.saturating_duration_since(at).as_secs_f64());
                 self.with_metrics(&job.msg.exchange, |m| {
                     m.confirmed.increment(1);
                     if let Some(latency) = latency {
@@ -781,7 +792,9 @@ impl Task {
                 return;
             };
             self.shared.buffered(-1);
-            if job.deadline <= Instant::now() {
+            // One clock read serves the deadline and the confirm latency's start.
+            let now = Instant::now();
+            if job.deadline <= now {
                 let error = Error::new(
                     ErrorKind::Timeout,
                     "not published before the publish timeout",
@@ -799,7 +812,7 @@ impl Task {
             {
                 Ok(confirm) => {
                     let mut job = job;
-                    job.sent_at = Some(Instant::now());
+                    job.sent_at = Some(now);
                     self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
                     self.with_metrics(&job.msg.exchange, |m| m.published.increment(1));
                     self.shared.in_flight(1);
