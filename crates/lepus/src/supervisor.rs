@@ -199,11 +199,14 @@ impl Supervised {
                     generation += 1;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(role = self.role, %host, generation, "connected");
+                    // State first: whoever wakes up to the live connection (such as
+                    // `Client::wait_connected`) then reads `Connected`, never the state
+                    // before it.
+                    self.state.send_replace(ConnectionState::Connected { host });
                     self.current.send_replace(Some(Live {
                         generation,
                         connection: conn.clone(),
                     }));
-                    self.state.send_replace(ConnectionState::Connected { host });
                     self.metrics.connected.set(1.0);
                     if let Some(at) = lost_at.take() {
                         self.metrics.recovery.record(at.elapsed().as_secs_f64());
