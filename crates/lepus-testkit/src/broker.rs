@@ -15,7 +15,7 @@ use crate::tls::TlsFiles;
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How many times a start is tried with fresh ports when another process took one of the
-/// ports between choosing it and the node binding it.
+/// ports between choosing it and the node binding it, or the node died without a word.
 const PORT_ATTEMPTS: usize = 4;
 
 /// A RabbitMQ node of its own: free ports on 127.0.0.1, a temporary directory, a unique
@@ -130,7 +130,13 @@ impl BrokerBuilder {
                         _dir: dir,
                     });
                 }
-                Err(failure) if failure.port_conflict && attempt < PORT_ATTEMPTS => continue,
+                Err(failure) if failure.retry && attempt < PORT_ATTEMPTS => {
+                    eprintln!(
+                        "lepus-testkit: starting {name} again with fresh ports (attempt {attempt} failed: {})",
+                        failure.error
+                    );
+                    continue;
+                }
                 Err(failure) => return Err(failure.error),
             }
         }

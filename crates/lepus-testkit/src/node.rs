@@ -74,17 +74,20 @@ pub(crate) struct Node {
     pub(crate) config: Vec<String>,
 }
 
-/// A failed start, and whether another process holding one of the ports caused it.
+/// A failed start, and whether it is worth another try.
 pub(crate) struct StartFailure {
     pub(crate) error: Error,
-    pub(crate) port_conflict: bool,
+    /// Worth another try with fresh ports: a port was taken between choosing it and the
+    /// node binding it, or the VM went away leaving nothing to say why (no log line, no
+    /// output, no crash dump), which is what a race at startup looks like.
+    pub(crate) retry: bool,
 }
 
 impl From<Error> for StartFailure {
     fn from(error: Error) -> Self {
         StartFailure {
             error,
-            port_conflict: false,
+            retry: false,
         }
     }
 }
@@ -368,6 +371,7 @@ impl Node {
             })
             .unwrap_or_default();
         let (reason, port_conflict) = diagnose(&[&log, &startup, &slogan], &observed);
+        let unexplained = log.trim().is_empty() && startup.trim().is_empty() && slogan.is_empty();
         let mut tail = String::new();
         for (path, text) in [
             (self.log_file(), log.as_str()),
@@ -389,7 +393,7 @@ impl Node {
                 reason,
                 log_tail: tail,
             },
-            port_conflict,
+            retry: port_conflict || unexplained,
         }
     }
 }
