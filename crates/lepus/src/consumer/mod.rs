@@ -330,7 +330,9 @@ impl Consumer {
                 .window(256)
                 .buffer(cfg.prefetch as usize * 2 + 16),
         );
-        let metrics = ConsumeMetrics::new(&cfg.queue, cfg.retry.delays.len());
+        // Shared with every handler invocation: one reference count per message instead
+        // of a copy of each handle.
+        let metrics = Arc::new(ConsumeMetrics::new(&cfg.queue, cfg.retry.delays.len()));
         let mut pause = Duration::from_millis(100);
         loop {
             if shutdown.is_cancelled() || client_gone.is_cancelled() {
@@ -397,7 +399,7 @@ impl Consumer {
         handler: &Arc<H>,
         publisher: &Publisher,
         shutdown: &CancellationToken,
-        metrics: &ConsumeMetrics,
+        metrics: &Arc<ConsumeMetrics>,
     ) -> SessionEnd {
         let cfg = &self.config;
         let queue = cfg.client.queue_name(&cfg.queue);
@@ -507,7 +509,7 @@ impl Consumer {
                                 immediate: cfg.retry.immediate,
                                 timeout: cfg.handler_timeout,
                                 stats: Arc::clone(&self.stats),
-                                metrics: metrics.clone(),
+                                metrics: Arc::clone(metrics),
                                 span: span.clone(),
                             };
                             running.push(Box::pin(call.run().instrument(span)));
@@ -726,7 +728,7 @@ struct Invocation<H> {
     immediate: u32,
     timeout: Duration,
     stats: Arc<ConsumerStats>,
-    metrics: ConsumeMetrics,
+    metrics: Arc<ConsumeMetrics>,
     span: tracing::Span,
 }
 
