@@ -103,8 +103,17 @@ async fn nothing_is_lost_through_broker_kill_connection_kill_and_stock_outage() 
     // Every order ends notified or dead-lettered (undeliverable addresses), plus the
     // malformed event the demo injects.
     let undeliverable = count / shop::demo::load::UNDELIVERABLE_EVERY;
-    assert_eq!(r.notified, count - undeliverable);
-    assert_eq!(r.dead_lettered, undeliverable + 1);
+    let errors = &outcome.state.dead_letter_errors;
+    assert_eq!(
+        r.notified,
+        count - undeliverable,
+        "dead letters: {errors:#?}"
+    );
+    assert_eq!(
+        r.dead_lettered,
+        undeliverable + 1,
+        "dead letters: {errors:#?}"
+    );
     // Cached decisions were all re-verified once the stock service came back.
     assert_eq!(outcome.state.compensation_pending, 0);
     assert!(outcome.state.decided_from_cache > 0);

@@ -67,6 +67,8 @@ pub struct StoreState {
     pub store_duplicates: u64,
     /// Dead-letter records.
     pub dead_lettered: u64,
+    /// Each dead-letter record as `queue: order id: error`, for a reader wondering why.
+    pub dead_letter_errors: Vec<String>,
     /// Accepted orders with no final state yet.
     pub unresolved: Vec<String>,
     /// Compensation checks waiting for the stock service.
@@ -128,6 +130,15 @@ pub fn read_stores(common: &Common) -> anyhow::Result<StoreState> {
             .unwrap_or(0);
     s.dead_lettered = count(&inventory, "SELECT COUNT(*) FROM dead_letters")?
         + count(&notify, "SELECT COUNT(*) FROM dead_letters")?;
+    for c in [&inventory, &notify] {
+        let mut stmt = c.prepare(
+            "SELECT queue || ': ' || COALESCE(order_id, '-') || ': ' || error FROM dead_letters ORDER BY recorded_ms",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for row in rows {
+            s.dead_letter_errors.push(row?);
+        }
+    }
     s.compensation_pending = count(
         &inventory,
         "SELECT COUNT(*) FROM compensation_checks WHERE status = 'pending'",
