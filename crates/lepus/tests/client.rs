@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +18,7 @@ use lepus::{Client, ConnectionState, ErrorKind, Exchange, Queue, ReconnectPolicy
 use lepus_testkit::{Broker, Cluster, shared_broker, unique_name};
 use tokio::sync::watch;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
+use common::blocking;
 
 fn fast_policy() -> ReconnectPolicy {
     ReconnectPolicy::default()

@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,39 +21,12 @@ use lepus::{
     ATTEMPTS_HEADER, CONSUMER_HEADER, Client, Consumer, FIRST_FAILURE_HEADER, HandlerError,
     Incoming, LAST_ERROR_HEADER, MemoryStore, Message, ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER, Outcome, Publisher, PublisherOptions, Queue, REASON_HEADER,
-    ReconnectPolicy, RetryPolicy, Topology,
+    RetryPolicy, Topology,
 };
 use lepus_testkit::{Broker, shared_broker, unique_name};
 use tokio_util::sync::CancellationToken;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-fn client(url: &str, topology: Topology) -> Client {
-    Client::builder()
-        .endpoint(url)
-        .unwrap()
-        .reconnect(
-            ReconnectPolicy::default()
-                .initial_delay(Duration::from_millis(50))
-                .max_delay(Duration::from_millis(500)),
-        )
-        .topology(topology)
-        .build()
-        .unwrap()
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::{blocking, client, wait_until};
 
 async fn message_count(client: &Client, queue: &str) -> u32 {
     let ch = client.channel().await.unwrap();

@@ -8,8 +8,9 @@
     clippy::indexing_slicing
 )]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
+
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use lepus::observability::{self, Health, PrometheusHandle};
@@ -22,20 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::{Captured, blocking, wait_until};
 
 fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -207,19 +195,6 @@ async fn metrics_after_a_known_sequence_are_exact() {
     assert!(!health.report().live);
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_password_never_shows_in_debug_errors_or_logs() {
     const SECRET: &str = "s3cr3t-Pw";
@@ -267,7 +242,7 @@ async fn a_password_never_shows_in_debug_errors_or_logs() {
         .unwrap_err();
     shown += &format!("{bad} {bad:?}");
     client.close(Duration::from_secs(5)).await.unwrap();
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(!logs.is_empty(), "the client logged something");
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(!logs.contains(SECRET), "{logs}");

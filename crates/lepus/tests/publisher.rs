@@ -8,34 +8,17 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lepus::amqp::{Connection, ConsumeOptions};
-use lepus::{
-    Client, ErrorKind, Message, Overflow, Publisher, PublisherOptions, Queue, ReconnectPolicy,
-    Topology,
-};
+use lepus::{ErrorKind, Message, Overflow, Publisher, PublisherOptions, Queue, Topology};
 use lepus_testkit::{Broker, shared_broker, unique_name};
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-fn client(url: &str, topology: Topology) -> Client {
-    Client::builder()
-        .endpoint(url)
-        .unwrap()
-        .reconnect(
-            ReconnectPolicy::default()
-                .initial_delay(Duration::from_millis(50))
-                .max_delay(Duration::from_millis(500)),
-        )
-        .topology(topology)
-        .build()
-        .unwrap()
-}
+use common::{blocking, client};
 
 /// Reads every message id in `queue` (acking as it goes) until it stays empty.
 async fn drain_ids(url: &str, queue: &str) -> Vec<String> {

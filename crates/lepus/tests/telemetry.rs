@@ -8,8 +8,8 @@
     clippy::indexing_slicing
 )]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
 use lepus::observability::{self, LogFormat, Telemetry};
@@ -19,18 +19,7 @@ use lepus::{
 use lepus_testkit::{shared_broker, unique_name};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::Captured;
 
 #[tokio::test]
 async fn init_installs_json_lines_and_the_sampling_asked_for() {
@@ -92,7 +81,7 @@ async fn init_installs_json_lines_and_the_sampling_asked_for() {
     client.close(Duration::from_secs(5)).await.unwrap();
 
     let trace = header.split('-').nth(1).unwrap().to_string();
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let line = text
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())

@@ -9,42 +9,20 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lepus::observability;
-use lepus::{
-    Client, Consumer, Incoming, Message, Outcome, Publisher, PublisherOptions, Queue, Topology,
-};
+use lepus::{Consumer, Incoming, Message, Outcome, Publisher, PublisherOptions, Queue, Topology};
 use lepus_testkit::{shared_broker, unique_name};
 use opentelemetry::trace::TracerProvider as _;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-fn client(url: &str, topology: Topology) -> Client {
-    Client::builder()
-        .endpoint(url)
-        .unwrap()
-        .topology(topology)
-        .build()
-        .unwrap()
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::{Captured, blocking, client, wait_until};
 
 #[tokio::test]
 async fn one_trace_runs_from_the_publisher_through_a_republishing_consumer() {
@@ -123,19 +101,6 @@ async fn one_trace_runs_from_the_publisher_through_a_republishing_consumer() {
     hop1.await.unwrap().unwrap();
     hop2.await.unwrap().unwrap();
     client.close(Duration::from_secs(5)).await.unwrap();
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The `traceparent` header of a delivery, if any.
@@ -227,7 +192,7 @@ async fn only_sampled_traces_travel_and_every_json_line_names_its_trace() {
     // Every line is one JSON object; the handler's lines name the handle span, its
     // fields and its trace: the upstream trace for the sampled message, and ids of its
     // own (for log correlation) for the unsampled one.
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))

@@ -1,0 +1,62 @@
+//! Helpers shared by lepus's integration tests. Each test binary uses some of them.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lepus::{Client, ReconnectPolicy, Topology};
+
+/// Runs blocking work (starting or killing a node) off the runtime's threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// A client of `url` that declares `topology` and reconnects quickly (50 ms to 500 ms).
+pub fn client(url: &str, topology: Topology) -> Client {
+    Client::builder()
+        .endpoint(url)
+        .unwrap()
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(500)),
+        )
+        .topology(topology)
+        .build()
+        .unwrap()
+}
+
+/// Waits until `f` holds, failing the test with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
