@@ -20,6 +20,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, ShouldSample};
 use tracing::{Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::FilterFn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -253,7 +254,11 @@ where
             registry.with(json_log_layer(self.writer)).try_init()
         } else {
             registry
-                .with(tracing_subscriber::fmt::layer().with_writer(self.writer))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(self.writer)
+                        .with_filter(not_publish_span()),
+                )
                 .try_init()
         };
         result.map_err(|e| {
@@ -289,14 +294,16 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    super::json::layer(writer).with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-        !(meta.is_span() && is_publish_span(meta))
-    }))
+    super::json::layer(writer).with_filter(not_publish_span())
 }
 
-/// Whether `meta` is lepus's `publish` span.
-fn is_publish_span(meta: &tracing::Metadata<'_>) -> bool {
-    meta.name() == crate::publisher::PUBLISH_SPAN && meta.target() == crate::publisher::SPAN_TARGET
+/// A filter for log layers that passes everything but lepus's `publish` span.
+fn not_publish_span() -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
+    FilterFn::new(|meta| {
+        !(meta.is_span()
+            && meta.name() == crate::publisher::PUBLISH_SPAN
+            && meta.target() == crate::publisher::SPAN_TARGET)
+    })
 }
 
 /// The OpenTelemetry layer as lepus sets it up, for a subscriber of your own: spans
