@@ -450,6 +450,10 @@ impl Consumer {
         let mut linger_armed = false;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One wait on the token for the whole session: a new one per turn of the loop
+        // would register and unregister a waiter for every message.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let end = loop {
             if let Some(since) = draining {
                 if running.is_empty() {
@@ -472,7 +476,7 @@ impl Consumer {
             let drain_deadline = draining.map(|since| since + cfg.shutdown_timeout);
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if draining.is_none() => {
+                _ = &mut cancelled, if draining.is_none() => {
                     draining = Some(Instant::now());
                     if let Err(e) = consumer.cancel().await {
                         tracing::debug!(error = %e, "cancelling the consumer failed");
