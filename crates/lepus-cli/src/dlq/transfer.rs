@@ -219,13 +219,9 @@ fn replay_copy(delivery: &Delivery, route: &Route, now_ms: i64) -> Message {
         ShortString::from(REPLAYED_AT_HEADER),
         AMQPValue::LongLongInt(now_ms),
     );
-    let mut copy = Message::new(
-        route.exchange.as_str(),
-        route.routing_key.as_str(),
-        delivery.body().clone(),
-    )
-    .mandatory(true);
-    *copy.properties_mut() = props.clone().with_headers(FieldTable::from(headers));
+    let mut copy = archive_copy(delivery, route);
+    *copy.properties_mut() =
+        std::mem::take(copy.properties_mut()).with_headers(FieldTable::from(headers));
     copy
 }
 
