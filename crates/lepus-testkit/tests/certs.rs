@@ -2,7 +2,7 @@
 //! for the reason they were made broken. In memory, no broker: a client and a server
 //! connection handing each other bytes until the handshake ends.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
