@@ -22,15 +22,19 @@
 //! only URLs (and `status` lines, and whatever `ctl` prints).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
 use crate::broker::random_cookie;
-use crate::node::{self, Node, Ports};
-use crate::tls::{ServerTls, TlsFiles};
+use crate::node::{self, Node};
+use crate::tls::TlsFiles;
+
+mod settings;
+
+use settings::Settings;
 
 const USAGE: &str = "\
 usage:
@@ -66,155 +70,6 @@ fn say(text: impl std::fmt::Display) {
 fn usage() -> ExitCode {
     eprintln!("{USAGE}");
     ExitCode::from(2)
-}
-
-/// The environment every command reads.
-struct Settings {
-    base: PathBuf,
-    prefix: String,
-    offset: u32,
-    start_timeout: Duration,
-}
-
-impl Settings {
-    fn from_env() -> anyhow::Result<Settings> {
-        let var = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-        let base = match var("LEPUS_BROKER_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/rabbitmq"),
-        };
-        let base = if base.is_absolute() {
-            base
-        } else {
-            std::env::current_dir()
-                .context("reading the current directory")?
-                .join(base)
-        };
-        let prefix = var("LEPUS_BROKER_PREFIX").unwrap_or_else(|| "n".to_owned());
-        if !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bail!(
-                "LEPUS_BROKER_PREFIX may hold only letters, digits, '-' and '_' (got '{prefix}')"
-            );
-        }
-        let offset = match var("LEPUS_BROKER_PORT_OFFSET") {
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|o| *o <= 30000)
-                .with_context(|| {
-                    format!("LEPUS_BROKER_PORT_OFFSET must be a non-negative number (got '{v}')")
-                })?,
-            None => 0,
-        };
-        let start_timeout = match var("LEPUS_BROKER_START_TIMEOUT") {
-            Some(v) => Duration::from_secs(v.parse::<u64>().with_context(|| {
-                format!("LEPUS_BROKER_START_TIMEOUT must be a number of seconds (got '{v}')")
-            })?),
-            None => Duration::from_secs(90),
-        };
-        Ok(Settings {
-            base: normalize(&base),
-            prefix,
-            offset,
-            start_timeout,
-        })
-    }
-
-    fn name(&self, i: u32) -> String {
-        format!("{}{i}@localhost", self.prefix)
-    }
-
-    fn dir(&self, i: u32) -> PathBuf {
-        self.base.join(format!("{}{i}", self.prefix))
-    }
-
-    fn tls_dir(&self) -> PathBuf {
-        self.base.join("tls")
-    }
-
-    fn port(&self, base: u32, i: u32) -> anyhow::Result<u16> {
-        u16::try_from(base + 10 * i + self.offset).with_context(|| {
-            format!(
-                "LEPUS_BROKER_PORT_OFFSET {} puts a port past 65535",
-                self.offset
-            )
-        })
-    }
-
-    fn ports(&self, i: u32, tls: bool) -> anyhow::Result<Ports> {
-        Ok(Ports {
-            amqp: self.port(5662, i)?,
-            dist: self.port(25662, i)?,
-            amqps: if tls { Some(self.port(5661, i)?) } else { None },
-            management: Some(self.port(15662, i)?),
-        })
-    }
-
-    /// Node `i` as its state file describes it; for a directory from before state files,
-    /// as the port scheme and its rabbitmq.conf say.
-    fn node(&self, i: u32) -> anyhow::Result<Node> {
-        let dir = self.dir(i);
-        if dir.join(crate::STATE_FILE).is_file() {
-            return Ok(crate::state::load(&dir)?);
-        }
-        let conf = std::fs::read_to_string(dir.join("rabbitmq.conf")).unwrap_or_default();
-        let tls = conf.lines().any(|l| l.starts_with("listeners.ssl"));
-        let files = self.tls_dir();
-        Ok(Node {
-            name: self.name(i),
-            cookie: std::fs::read_to_string(dir.join(".erlang.cookie")).unwrap_or_default(),
-            ports: self.ports(i, tls)?,
-            tls: tls.then(|| {
-                ServerTls::new(
-                    files.join("ca.pem"),
-                    files.join("server.pem"),
-                    files.join("server.key"),
-                )
-            }),
-            config: Vec::new(),
-            dir,
-        })
-    }
-
-    /// Indices of the nodes with a directory under the base, in order.
-    fn known(&self) -> Vec<u32> {
-        let mut found: Vec<u32> = std::fs::read_dir(&self.base)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.path().is_dir())
-                    .filter_map(|e| {
-                        let name = e.file_name().into_string().ok()?;
-                        let index = name.strip_prefix(&self.prefix)?;
-                        if index.is_empty() || !index.chars().all(|c| c.is_ascii_digit()) {
-                            return None;
-                        }
-                        index.parse().ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        found.sort_unstable();
-        found
-    }
-}
-
-/// `a/b/../c` as `a/c`, so the path matches what `/proc/<pid>/cmdline` shows.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -305,7 +160,8 @@ fn start(settings: &Settings, args: &[String]) -> anyhow::Result<ExitCode> {
         Some(_) if !first.cookie.trim().is_empty() => first.cookie.trim().to_owned(),
         _ => random_cookie(),
     };
-    let mut started = Vec::new();
+    // (node, booted here): nodes already running are kept as they are.
+    let mut all: Vec<(Node, bool)> = Vec::new();
     for i in 1..=nodes {
         let existing = settings.node(i)?;
         if let Some(pid) = existing.pid() {
@@ -319,7 +175,7 @@ fn start(settings: &Settings, args: &[String]) -> anyhow::Result<ExitCode> {
                 "{} is already running (pid {pid}); not restarting it",
                 existing.name
             ));
-            started.push(existing);
+            all.push((existing, false));
             continue;
         }
         let node = Node {
@@ -338,27 +194,51 @@ fn start(settings: &Settings, args: &[String]) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("removing {}", node.dir.display()))?;
         }
         node.write_files()?;
-        let ports = &node.ports;
-        let amqps = ports
-            .amqps
-            .map(|p| format!(", amqps {p}"))
-            .unwrap_or_default();
-        let mgmt = ports
-            .management
-            .map(|p| format!(", management {p}"))
-            .unwrap_or_default();
-        say(format!(
-            "starting {} (amqp {}{amqps}{mgmt}, dist {})",
-            node.name, ports.amqp, ports.dist
-        ));
-        boot(settings, &node)?;
-        if i > 1 {
-            say(format!("joining {} to {}", node.name, settings.name(1)));
-            node.join(&settings.name(1))
-                .with_context(|| format!("could not join {} to {}", node.name, settings.name(1)))?;
-        }
-        started.push(node);
+        all.push((node, true));
     }
+    // Boot the new nodes at once (each is standalone until it joins node 1), then join
+    // them one at a time: concurrent joins contend for the same schema change.
+    let booted: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = all
+            .iter()
+            .filter(|(_, new)| *new)
+            .map(|(node, _)| {
+                let ports = &node.ports;
+                let amqps = ports
+                    .amqps
+                    .map(|p| format!(", amqps {p}"))
+                    .unwrap_or_default();
+                let mgmt = ports
+                    .management
+                    .map(|p| format!(", management {p}"))
+                    .unwrap_or_default();
+                say(format!(
+                    "starting {} (amqp {}{amqps}{mgmt}, dist {})",
+                    node.name, ports.amqp, ports.dist
+                ));
+                scope.spawn(move || boot(settings, node))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a node-starting thread panicked")))
+            })
+            .collect()
+    });
+    for result in booted {
+        result?;
+    }
+    let first = settings.name(1);
+    for (node, new) in all.iter().skip(1) {
+        if *new {
+            say(format!("joining {} to {first}", node.name));
+            node.join(&first)
+                .with_context(|| format!("could not join {} to {first}", node.name))?;
+        }
+    }
+    let started: Vec<&Node> = all.iter().map(|(node, _)| node).collect();
     for node in &started {
         println!("{}", amqp_url(node));
     }
