@@ -11,6 +11,8 @@
 //! - [`shared_broker`] / [`shared_tls_broker`]: for tests that only need *a* broker. They
 //!   use the node `scripts/test` starts once for the whole run when its URL is in the
 //!   environment, and otherwise start a node of their own.
+//! - [`proxy::FaultProxy`]: a TCP fault proxy to put between a client and a node, with
+//!   latency, bandwidth limits, blackholes, resets and closes switched at run time.
 //! - [`unique_name`]: a fresh queue or exchange name per test, so tests sharing a broker
 //!   never see each other's messages.
 //!
@@ -27,6 +29,7 @@ mod diagnose;
 mod error;
 mod node;
 mod process;
+pub mod proxy;
 mod shared;
 mod tls;
 
