@@ -100,7 +100,9 @@ pub(crate) fn serve(
     };
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
-    let clones = server.try_clone().and_then(|s| Ok((s, client.try_clone()?)));
+    let clones = server
+        .try_clone()
+        .and_then(|s| Ok((s, client.try_clone()?)));
     let Ok((server_read, client_write)) = clones else {
         conn.end(End::Reset);
         shared.pump_done(&conn);
@@ -117,7 +119,13 @@ pub(crate) fn serve(
             .name(format!("{name}d"))
             .spawn(move || {
                 let _guard = guard;
-                pump(&shared, &conn, Direction::Downstream, server_read, client_write);
+                pump(
+                    &shared,
+                    &conn,
+                    Direction::Downstream,
+                    server_read,
+                    client_write,
+                );
             })
     };
     match down {
@@ -214,7 +222,13 @@ impl Pump {
 
     /// `None` when the source ended and everything was written (a half close); otherwise
     /// how the whole connection should end.
-    fn run(&mut self, shared: &Shared, conn: &Conn, src: &TcpStream, dst: &TcpStream) -> Option<End> {
+    fn run(
+        &mut self,
+        shared: &Shared,
+        conn: &Conn,
+        src: &TcpStream,
+        dst: &TcpStream,
+    ) -> Option<End> {
         let mut buf = vec![0u8; CHUNK];
         loop {
             if let Some(how) = conn.ending() {
@@ -228,7 +242,8 @@ impl Pump {
                 shared.wait_for_change(TICK);
                 continue;
             }
-            let wait_until = match self.write_due(shared, dst, toxics.bandwidth, toxics.limit_data) {
+            let wait_until = match self.write_due(shared, dst, toxics.bandwidth, toxics.limit_data)
+            {
                 Ok(wait_until) => wait_until,
                 Err(how) => return Some(how),
             };
@@ -244,7 +259,7 @@ impl Pump {
                 std::thread::sleep(timeout);
                 continue;
             }
-            if let Err(how) = self.read_one(src, &mut buf, timeout, toxics.latency) {
+            if let Err(how) = self.read_one(shared, src, &mut buf, timeout) {
                 return Some(how);
             }
         }
@@ -271,7 +286,9 @@ impl Pump {
                     return Ok(Some(self.link_free));
                 }
                 // Pieces of about 20 ms of the rate keep the flow smooth.
-                let piece = usize::try_from(rate.max(1) / 50).unwrap_or(CHUNK).clamp(1, CHUNK);
+                let piece = usize::try_from(rate.max(1) / 50)
+                    .unwrap_or(CHUNK)
+                    .clamp(1, CHUNK);
                 n = n.min(piece);
             }
             if let Some(limit) = limit {
@@ -317,10 +334,10 @@ impl Pump {
     /// Reads at most one chunk, waiting up to `timeout` for it.
     fn read_one(
         &mut self,
+        shared: &Shared,
         src: &TcpStream,
         buf: &mut [u8],
         timeout: Duration,
-        latency: Option<super::Latency>,
     ) -> Result<(), End> {
         let mut src = src;
         if src.set_read_timeout(Some(timeout)).is_err() {
@@ -330,6 +347,9 @@ impl Pump {
             Ok(0) => self.eof = true,
             Ok(n) => {
                 let arrived = Instant::now();
+                // The latency in force now, not when the read began: a change made while
+                // this pump waited applies to the bytes that ended the wait.
+                let latency = shared.toxics(self.dir).latency;
                 let due = latency.map_or(arrived, |l| arrived + l.sample());
                 // Never before the chunk read earlier: TCP delivers in order.
                 let due = due.max(self.last_due);
