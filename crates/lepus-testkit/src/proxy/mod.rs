@@ -62,7 +62,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use pump::{Conn, End, TICK};
+use pump::{Conn, End, IDLE, TICK};
 use shared::{Shared, ThreadGuard};
 pub use toxics::{Direction, Latency, ProxyStats, Toxics};
 
@@ -356,7 +356,7 @@ fn accept_loop(shared: &Arc<Shared>, upstream: SocketAddr, id: u64) {
             shared.end_all(End::Reset);
         }
         let Some(listener) = listener else {
-            shared.wait_for_change(TICK);
+            shared.wait_for_change(IDLE);
             continue;
         };
         if readable(&listener) {
@@ -370,15 +370,15 @@ fn accept_loop(shared: &Arc<Shared>, upstream: SocketAddr, id: u64) {
                 Err(_) => std::thread::sleep(TICK),
             }
         }
+        // `disable` waits for this reference to go (it looks every tick).
         drop(listener);
-        shared.wake_all();
     }
 }
 
-/// True once `listener` has a connection waiting (or after one tick without).
+/// True once `listener` has a connection waiting (false after [`IDLE`] without one).
 fn readable(listener: &TcpListener) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let millis = u16::try_from(TICK.as_millis()).unwrap_or(u16::MAX);
+    let millis = u16::try_from(IDLE.as_millis()).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
 }

@@ -1,8 +1,10 @@
 //! One proxied connection: two pumps, one per direction, each a thread that reads chunks
 //! from one socket, applies its direction's toxics and writes them to the other socket.
 //!
-//! Every blocking call is bounded by [`TICK`] (socket timeouts, condvar waits), so a pump
-//! notices a toxic change, a reset, a close or the proxy's shutdown within a tick.
+//! Every blocking call is bounded (socket timeouts, condvar waits): a pump notices a reset,
+//! a close or the proxy's shutdown within [`IDLE`], and toxic changes at once (it reads the
+//! toxics again after every read and before every write, and the condvar wakes a
+//! blackholed pump). Data waiting for its time is looked at again within [`TICK`].
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -14,8 +16,11 @@ use std::time::{Duration, Instant};
 use super::shared::{Shared, ThreadGuard};
 use super::toxics::Direction;
 
-/// The longest any pump call blocks before it looks at the control state again.
+/// The longest a write blocks, and so the worst error it adds to a chunk's arrival time.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
+/// The longest an idle thread blocks before it looks at the control state again: short
+/// enough for a prompt reset or stop, long enough that idle connections cost nothing.
+pub(crate) const IDLE: Duration = Duration::from_millis(50);
 /// The largest read from a socket.
 const CHUNK: usize = 16 * 1024;
 /// Bytes read but not yet written (held by latency or bandwidth) above which a pump stops
@@ -204,6 +209,8 @@ struct Pump {
     link_free: Instant,
     sent: u64,
     eof: bool,
+    /// The source's read timeout as last set, to skip the syscall when it is the same.
+    read_timeout: Option<Duration>,
 }
 
 impl Pump {
@@ -217,6 +224,7 @@ impl Pump {
             link_free: now,
             sent: 0,
             eof: false,
+            read_timeout: None,
         }
     }
 
@@ -239,7 +247,7 @@ impl Pump {
             }
             let toxics = shared.toxics(self.dir);
             if toxics.blackhole {
-                shared.wait_for_change(TICK);
+                shared.wait_for_change(IDLE);
                 continue;
             }
             let wait_until = match self.write_due(shared, dst, toxics.bandwidth, toxics.limit_data)
@@ -253,8 +261,8 @@ impl Pump {
             }
             let now = Instant::now();
             let timeout = wait_until
-                .map_or(TICK, |t| t.saturating_duration_since(now))
-                .clamp(Duration::from_millis(1), TICK);
+                .map_or(IDLE, |t| t.saturating_duration_since(now))
+                .clamp(Duration::from_millis(1), IDLE);
             if self.eof || self.queued >= MAX_QUEUED {
                 std::thread::sleep(timeout);
                 continue;
@@ -340,8 +348,11 @@ impl Pump {
         timeout: Duration,
     ) -> Result<(), End> {
         let mut src = src;
-        if src.set_read_timeout(Some(timeout)).is_err() {
-            return Err(End::Reset);
+        if self.read_timeout != Some(timeout) {
+            if src.set_read_timeout(Some(timeout)).is_err() {
+                return Err(End::Reset);
+            }
+            self.read_timeout = Some(timeout);
         }
         match src.read(buf) {
             Ok(0) => self.eof = true,
