@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use lepus_testkit::proxy::{Direction, FaultProxy, Latency, Toxics};
+use lepus_testkit::proxy::{Direction, FaultProxy, Latency, Slicer, Toxics};
 use lepus_testkit::{shared_broker, unique_name};
 
 /// Echoes every connection back; counts the bytes it received.
@@ -268,6 +268,32 @@ fn reset_every_resets_each_connection_periodically() {
 }
 
 #[test]
+fn slicer_delivers_in_small_pieces_with_pauses() {
+    let echo = echo();
+    let proxy = FaultProxy::start(echo.addr).unwrap();
+    let mut client = connect(&proxy);
+    round_trip(&mut client, b"warm");
+    let delay = Duration::from_millis(5);
+    proxy.set_slicer(Direction::Downstream, Some(Slicer { size: 10, delay }));
+    let msg: Vec<u8> = (0..100u8).collect();
+    client.write_all(&msg).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut reads = Vec::new();
+    while got.len() < msg.len() {
+        let mut buf = [0u8; 256];
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        reads.push(n);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, msg);
+    assert!(reads.iter().all(|&n| n <= 10), "pieces {reads:?}");
+    // Ten pieces, nine pauses.
+    assert!(start.elapsed() >= delay * 9, "{:?}", start.elapsed());
+}
+
+#[test]
 fn limit_data_closes_after_n_bytes() {
     let echo = echo();
     let proxy = FaultProxy::start(echo.addr).unwrap();
@@ -343,7 +369,7 @@ fn stop_ends_every_thread_even_with_blackholed_connections() {
 }
 
 #[test]
-fn amqp_through_the_proxy_with_latency() {
+fn amqp_through_the_proxy_with_latency_and_fragments() {
     let broker = shared_broker().expect("a broker");
     let port: u16 = broker
         .url()
@@ -356,6 +382,14 @@ fn amqp_through_the_proxy_with_latency() {
     proxy.set_latency(
         Direction::Both,
         Some(Latency::new(Duration::from_millis(5)).with_jitter(Duration::from_millis(5))),
+    );
+    // Frames cut in pieces of 7 bytes each way: both ends must reassemble them.
+    proxy.set_slicer(
+        Direction::Both,
+        Some(Slicer {
+            size: 7,
+            delay: Duration::from_micros(200),
+        }),
     );
     let queue = unique_name("testkit-proxy");
     let mut amqp = common::connect_tcp(proxy.addr().port());

@@ -12,6 +12,7 @@
 //!   RST); clearing it resumes with nothing lost (see [`Toxics::blackhole`] for why it
 //!   holds instead of dropping);
 //! - **limit data**: close the connection after N bytes;
+//! - **slicer**: small writes with pauses between them ([`Slicer`]);
 //!
 //! and for the whole proxy: **reset** every connection now ([`FaultProxy::reset_all`],
 //! an RST through `SO_LINGER` 0) or periodically ([`FaultProxy::reset_every`]), and
@@ -64,7 +65,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use pump::{Conn, End, IDLE, TICK};
 use shared::{Shared, ThreadGuard};
-pub use toxics::{Direction, Latency, ProxyStats, Toxics};
+pub use toxics::{Direction, Latency, ProxyStats, Slicer, Toxics};
 
 /// How long [`FaultProxy::stop`] and [`FaultProxy::disable`] wait for threads.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -186,6 +187,11 @@ impl FaultProxy {
     /// Closes each connection once it has carried `bytes` in `dir` (`None`: no limit).
     pub fn set_limit_data(&self, dir: Direction, bytes: Option<u64>) {
         self.update(dir, |t| t.limit_data = bytes);
+    }
+
+    /// Sets or removes the slicer of `dir` (see [`Slicer`]).
+    pub fn set_slicer(&self, dir: Direction, slicer: Option<Slicer>) {
+        self.update(dir, |t| t.slicer = slicer);
     }
 
     /// Removes every toxic and the periodic reset: bytes flow freely again, and anything

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use super::shared::{Shared, ThreadGuard};
-use super::toxics::Direction;
+use super::toxics::{Direction, Toxics};
 
 /// The longest a write blocks, and so the worst error it adds to a chunk's arrival time.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -238,6 +238,9 @@ impl Pump {
         dst: &TcpStream,
     ) -> Option<End> {
         let mut buf = vec![0u8; CHUNK];
+        if dst.set_write_timeout(Some(TICK)).is_err() {
+            return Some(End::Reset);
+        }
         loop {
             if let Some(how) = conn.ending() {
                 return Some(how);
@@ -250,8 +253,7 @@ impl Pump {
                 shared.wait_for_change(IDLE);
                 continue;
             }
-            let wait_until = match self.write_due(shared, dst, toxics.bandwidth, toxics.limit_data)
-            {
+            let wait_until = match self.write_due(shared, dst, &toxics) {
                 Ok(wait_until) => wait_until,
                 Err(how) => return Some(how),
             };
@@ -273,14 +275,13 @@ impl Pump {
         }
     }
 
-    /// Writes every chunk whose time has come, as far as bandwidth and the destination
-    /// allow. Returns when to look again if something is held back on purpose.
+    /// Writes every chunk whose time has come, as far as bandwidth, slicing and the
+    /// destination allow. Returns when to look again if something is held back on purpose.
     fn write_due(
         &mut self,
         shared: &Shared,
         dst: &TcpStream,
-        bandwidth: Option<u64>,
-        limit: Option<u64>,
+        toxics: &Toxics,
     ) -> Result<Option<Instant>, End> {
         let mut dst = dst;
         while let Some(front) = self.queue.front_mut() {
@@ -288,18 +289,21 @@ impl Pump {
             if front.due > now {
                 return Ok(Some(front.due));
             }
+            if (toxics.bandwidth.is_some() || toxics.slicer.is_some()) && self.link_free > now {
+                return Ok(Some(self.link_free));
+            }
             let mut n = front.data.len().saturating_sub(front.offset);
-            if let Some(rate) = bandwidth {
-                if self.link_free > now {
-                    return Ok(Some(self.link_free));
-                }
+            if let Some(rate) = toxics.bandwidth {
                 // Pieces of about 20 ms of the rate keep the flow smooth.
                 let piece = usize::try_from(rate.max(1) / 50)
                     .unwrap_or(CHUNK)
                     .clamp(1, CHUNK);
                 n = n.min(piece);
             }
-            if let Some(limit) = limit {
+            if let Some(slicer) = toxics.slicer {
+                n = n.min(slicer.size.max(1));
+            }
+            if let Some(limit) = toxics.limit_data {
                 let left = limit.saturating_sub(self.sent);
                 if left == 0 {
                     return Err(End::Close);
@@ -309,9 +313,6 @@ impl Pump {
             let Some(bytes) = front.data.get(front.offset..front.offset + n) else {
                 return Err(End::Reset);
             };
-            if dst.set_write_timeout(Some(TICK)).is_err() {
-                return Err(End::Reset);
-            }
             match dst.write(bytes) {
                 Ok(0) => return Err(End::Reset),
                 Ok(written) => {
@@ -323,11 +324,14 @@ impl Pump {
                     let written = u64::try_from(written).unwrap_or(u64::MAX);
                     self.sent = self.sent.saturating_add(written);
                     shared.count_bytes(self.dir, written);
-                    if let Some(rate) = bandwidth {
+                    if let Some(rate) = toxics.bandwidth {
                         let secs = written as f64 / rate.max(1) as f64;
                         self.link_free = self.link_free.max(now) + Duration::from_secs_f64(secs);
                     }
-                    if limit.is_some_and(|limit| self.sent >= limit) {
+                    if let Some(slicer) = toxics.slicer {
+                        self.link_free = self.link_free.max(now + slicer.delay);
+                    }
+                    if toxics.limit_data.is_some_and(|limit| self.sent >= limit) {
                         return Err(End::Close);
                     }
                 }

@@ -110,6 +110,27 @@ pub struct Toxics {
     /// Close the connection (both directions, with FIN) once this many bytes have gone
     /// this way on it; the chunk that crosses the limit is cut to fit.
     pub limit_data: Option<u64>,
+    /// Cut what goes this way into small writes with a pause between them (see
+    /// [`Slicer`]).
+    pub slicer: Option<Slicer>,
+}
+
+/// Writes at most `size` bytes at a time and waits `delay` before the next piece, so the
+/// receiver gets frames in fragments, as over a congested or lossy path.
+///
+/// ```
+/// use std::time::Duration;
+/// use lepus_testkit::proxy::Slicer;
+///
+/// let crumbs = Slicer { size: 3, delay: Duration::from_millis(1) };
+/// assert_eq!(crumbs.size, 3);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slicer {
+    /// The largest piece written at once (0 is treated as 1).
+    pub size: usize,
+    /// The pause after each piece.
+    pub delay: Duration,
 }
 
 /// Counters of a proxy since it started.
