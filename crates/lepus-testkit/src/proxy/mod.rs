@@ -63,7 +63,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use pump::{Conn, End, IDLE, TICK};
+use pump::{Conn, End, IDLE, TICK, later};
 use shared::{Shared, ThreadGuard};
 pub use toxics::{Direction, Latency, ProxyStats, Slicer, Toxics};
 
@@ -215,7 +215,7 @@ impl FaultProxy {
     /// Resets every connection each `period` (the first time one period from now), until
     /// called with `None` or [`clear`](FaultProxy::clear).
     pub fn reset_every(&self, period: Option<Duration>) {
-        self.shared.lock().reset_every = period.map(|p| (p, Instant::now() + p));
+        self.shared.lock().reset_every = period.map(|p| (p, later(Instant::now(), p)));
         self.shared.wake_all();
     }
 
@@ -353,7 +353,7 @@ fn accept_loop(shared: &Arc<Shared>, upstream: SocketAddr, id: u64) {
             if let Some((period, next)) = state.reset_every.as_mut()
                 && now >= *next
             {
-                *next = (*next + *period).max(now);
+                *next = later(*next, *period).max(now);
                 fire = true;
             }
             (state.listener.clone(), fire)

@@ -326,10 +326,11 @@ impl Pump {
                     shared.count_bytes(self.dir, written);
                     if let Some(rate) = toxics.bandwidth {
                         let secs = written as f64 / rate.max(1) as f64;
-                        self.link_free = self.link_free.max(now) + Duration::from_secs_f64(secs);
+                        self.link_free =
+                            later(self.link_free.max(now), Duration::from_secs_f64(secs));
                     }
                     if let Some(slicer) = toxics.slicer {
-                        self.link_free = self.link_free.max(now + slicer.delay);
+                        self.link_free = self.link_free.max(later(now, slicer.delay));
                     }
                     if toxics.limit_data.is_some_and(|limit| self.sent >= limit) {
                         return Err(End::Close);
@@ -365,7 +366,7 @@ impl Pump {
                 // The latency in force now, not when the read began: a change made while
                 // this pump waited applies to the bytes that ended the wait.
                 let latency = shared.toxics(self.dir).latency;
-                let due = latency.map_or(arrived, |l| arrived + l.sample());
+                let due = latency.map_or(arrived, |l| later(arrived, l.sample()));
                 // Never before the chunk read earlier: TCP delivers in order.
                 let due = due.max(self.last_due);
                 self.last_due = due;
@@ -384,6 +385,45 @@ impl Pump {
     }
 }
 
+/// `t + d`, or a year after `t` when a caller's huge duration would overflow the clock.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    t.checked_add(d)
+        .or_else(|| t.checked_add(YEAR))
+        .unwrap_or(t)
+}
+
 fn is_timeout(kind: ErrorKind) -> bool {
     matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_duration_does_not_overflow_the_clock() {
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now + Duration::from_secs(3600));
+        assert_eq!(
+            later(now, Duration::from_millis(5)),
+            now + Duration::from_millis(5)
+        );
+    }
+
+    #[test]
+    fn jitter_only_adds() {
+        let latency = super::super::Latency::new(Duration::from_millis(10))
+            .with_jitter(Duration::from_millis(3));
+        for _ in 0..1000 {
+            let d = latency.sample();
+            assert!(d >= Duration::from_millis(10) && d <= Duration::from_millis(13));
+        }
+        assert_eq!(
+            super::super::Latency::new(Duration::MAX)
+                .with_jitter(Duration::MAX)
+                .sample(),
+            Duration::MAX
+        );
+    }
 }
