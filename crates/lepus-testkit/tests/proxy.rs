@@ -399,3 +399,10 @@ fn amqp_through_the_proxy_with_latency_and_fragments() {
     let stats = proxy.stats();
     assert!(stats.bytes_upstream > 0 && stats.bytes_downstream > 0);
 }
+
+#[test]
+fn a_proxy_can_be_shared_across_threads_and_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<FaultProxy>();
+    send_sync::<Toxics>();
+}
