@@ -17,6 +17,8 @@
 //!   nodes on fixed ports that outlive it and finds them again through a state file per
 //!   node; it shares every step (configuration, boot, wait, kill, restart, cluster join)
 //!   with [`Broker`].
+//! - [`proxy::FaultProxy`]: a TCP fault proxy to put between a client and a node, with
+//!   latency, bandwidth limits, blackholes, resets and closes switched at run time.
 //! - [`unique_name`]: a fresh queue or exchange name per test, so tests sharing a broker
 //!   never see each other's messages.
 //!
@@ -35,6 +37,7 @@ mod diagnose;
 mod error;
 mod node;
 mod process;
+pub mod proxy;
 mod shared;
 mod state;
 mod tls;
