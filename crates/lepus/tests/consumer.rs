@@ -348,7 +348,10 @@ async fn a_failing_move_is_retried_and_never_spends_the_delivery_limit() {
         Topology::new().queue(Queue::new(&q).quorum().delivery_limit(1)),
     );
     let calls = Arc::new(AtomicUsize::new(0));
+    // A window of two: the held message takes one place, so the others only keep
+    // flowing if their acks are not held back behind it.
     let consumer = Consumer::builder(&client, &q)
+        .prefetch(2)
         .retry(retry.clone())
         .build()
         .unwrap();
@@ -385,13 +388,15 @@ async fn a_failing_move_is_retried_and_never_spends_the_delivery_limit() {
         stats.move_failures.load(Ordering::SeqCst) >= 4
     })
     .await;
-    // Another message is handled meanwhile: the held one does not stall the consumer.
-    publisher
-        .publish(Message::new("", &q, "fine"))
-        .await
-        .unwrap();
-    wait_until("the next message handled", Duration::from_secs(10), || {
-        stats.acked.load(Ordering::SeqCst) == 1
+    // Other messages are handled meanwhile: the held one does not stall the consumer.
+    for _ in 0..3 {
+        publisher
+            .publish(Message::new("", &q, "fine"))
+            .await
+            .unwrap();
+    }
+    wait_until("the next messages handled", Duration::from_secs(10), || {
+        stats.acked.load(Ordering::SeqCst) == 3
     })
     .await;
     let durable = QueueDeclareOptions {
@@ -409,7 +414,7 @@ async fn a_failing_move_is_retried_and_never_spends_the_delivery_limit() {
     .await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        2,
+        4,
         "the poison message was delivered once, not requeued"
     );
     let dead = ch.basic_get(&dlq).await.unwrap().expect("in the DLQ");
