@@ -247,7 +247,10 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
         );
     }
     let runner = Runner::new(
-        args.amqp_url.iter().map(|u| Arc::from(u.as_str())).collect(),
+        args.amqp_url
+            .iter()
+            .map(|u| Arc::from(u.as_str()))
+            .collect(),
         args.queue_type,
         workload,
         args.queues as usize,
@@ -425,11 +428,16 @@ async fn conn_child(args: &Args, client: Client) -> Result<()> {
     let order = conns::child::Order {
         client,
         shape: args.conn_shape.context("--conn-child needs --conn-shape")?,
-        connections: usize::try_from(args.connections.context("--conn-child needs --connections")?)?,
+        connections: usize::try_from(
+            args.connections
+                .context("--conn-child needs --connections")?,
+        )?,
         url: first_url(args)?,
         settle: Duration::from_secs_f64(args.settle_secs.max(0.0)),
         window: Duration::from_secs_f64(args.window_secs.max(0.1)),
-        restart_watch: args.restart_watch_secs.map(|s| Duration::from_secs_f64(s.max(1.0))),
+        restart_watch: args
+            .restart_watch_secs
+            .map(|s| Duration::from_secs_f64(s.max(1.0))),
     };
     conns::child::run(order).await
 }

@@ -15,7 +15,10 @@ impl QueueType {
     pub fn arguments(self) -> FieldTable {
         let mut arguments = FieldTable::default();
         if self == QueueType::Quorum {
-            arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         arguments
     }
@@ -34,7 +37,7 @@ mod tests {
 
     #[test]
     fn only_quorum_queues_carry_an_argument() {
-        assert!(QueueType::Classic.arguments().is_empty());
-        assert_eq!(QueueType::Quorum.arguments().len(), 1);
+        assert!(QueueType::Classic.arguments().inner().is_empty());
+        assert_eq!(QueueType::Quorum.arguments().inner().len(), 1);
     }
 }

@@ -44,8 +44,15 @@ pub struct Order {
 #[allow(dead_code)]
 pub enum Held {
     LepusAmqp(lepus_amqp::Connection, Vec<lepus_amqp::Channel>),
-    Lepus(::lepus::Client, Vec<lepus_amqp::Channel>, Option<::lepus::Publisher>),
-    Amqprs(amqprs::connection::Connection, Vec<amqprs::channel::Channel>),
+    Lepus(
+        ::lepus::Client,
+        Vec<lepus_amqp::Channel>,
+        Option<::lepus::Publisher>,
+    ),
+    Amqprs(
+        amqprs::connection::Connection,
+        Vec<amqprs::channel::Channel>,
+    ),
     Lapin(lapin::Connection, Vec<lapin::Channel>),
 }
 
@@ -75,7 +82,11 @@ pub async fn run(order: Order) -> Result<()> {
     };
     tokio::time::sleep(order.settle).await;
     let rss_after = rss_kb()?;
-    let (cpu0, w0, p0) = (process_cpu()?, std::time::Instant::now(), published.load(Ordering::Relaxed));
+    let (cpu0, w0, p0) = (
+        process_cpu()?,
+        std::time::Instant::now(),
+        published.load(Ordering::Relaxed),
+    );
     tokio::time::sleep(order.window).await;
     let (cpu, wall) = (process_cpu()?.saturating_sub(cpu0), w0.elapsed());
     let sent = published.load(Ordering::Relaxed) - p0;
@@ -112,7 +123,7 @@ async fn open(client: Client, shape: Shape, url: &str, index: usize) -> Result<H
     let channels = if shape == Shape::Bare { 0 } else { CHANNELS };
     Ok(match client {
         Client::LepusAmqp => {
-            let conn = lepus_amqp::Connection::open(&url).await?;
+            let conn = lepus_amqp::Connection::open(url).await?;
             let mut chs = Vec::new();
             for _ in 0..channels {
                 chs.push(conn.open_channel().await?);
@@ -121,7 +132,7 @@ async fn open(client: Client, shape: Shape, url: &str, index: usize) -> Result<H
         }
         Client::Lepus => {
             let c = ::lepus::Client::builder()
-                .endpoint(&url)?
+                .endpoint(url)?
                 .name(format!("bench-{index}"))
                 .build()?;
             c.wait_connected(SETUP).await?;
@@ -132,16 +143,14 @@ async fn open(client: Client, shape: Shape, url: &str, index: usize) -> Result<H
                     chs.push(live.connection.open_channel().await?);
                 }
             }
-            let publisher = (shape == Shape::Publishing).then(|| {
-                ::lepus::Publisher::new(&c, ::lepus::PublisherOptions::default())
-            });
+            let publisher = (shape == Shape::Publishing)
+                .then(|| ::lepus::Publisher::new(&c, ::lepus::PublisherOptions::default()));
             Held::Lepus(c, chs, publisher)
         }
         Client::Amqprs => {
-            let conn = amqprs::connection::Connection::open(
-                &crate::clients::amqprs::open_arguments(&url)?,
-            )
-            .await?;
+            let conn =
+                amqprs::connection::Connection::open(&crate::clients::amqprs::open_arguments(url)?)
+                    .await?;
             let mut chs = Vec::new();
             for _ in 0..channels {
                 chs.push(conn.open_channel(None).await?);
@@ -150,7 +159,7 @@ async fn open(client: Client, shape: Shape, url: &str, index: usize) -> Result<H
         }
         Client::Lapin => {
             let props = lapin::ConnectionProperties::default().enable_auto_recover();
-            let conn = lapin::Connection::connect(&url, props).await?;
+            let conn = lapin::Connection::connect(url, props).await?;
             let mut chs = Vec::new();
             for _ in 0..channels {
                 chs.push(conn.create_channel().await?);
@@ -162,18 +171,18 @@ async fn open(client: Client, shape: Shape, url: &str, index: usize) -> Result<H
 
 /// One task per connection that publishes 10 msg/s on its first channel (confirm mode),
 /// each waiting for its confirm.
-fn start_publishing(
-    held: &[Held],
-    published: &Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_publishing(held: &[Held], published: &Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for (i, h) in held.iter().enumerate() {
         let published = Arc::clone(published);
         // Spread the connections over the 100 ms period.
-        let phase = Duration::from_micros((i as u64 * 100_000 / held.len().max(1) as u64) % 100_000);
+        let phase =
+            Duration::from_micros((i as u64 * 100_000 / held.len().max(1) as u64) % 100_000);
         let work: std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>> = match h {
             Held::LepusAmqp(_, chs) => {
-                let Some(ch) = chs.first().cloned() else { continue };
+                let Some(ch) = chs.first().cloned() else {
+                    continue;
+                };
                 Box::pin(async move {
                     use lepus_amqp::{BasicProperties, PublishOptions};
                     ch.confirm_select().await?;
@@ -201,24 +210,32 @@ fn start_publishing(
             }
             Held::Lepus(_, _, None) => continue,
             Held::Amqprs(_, chs) => {
-                let Some(ch) = chs.first().cloned() else { continue };
+                let Some(ch) = chs.first().cloned() else {
+                    continue;
+                };
                 Box::pin(async move {
                     use amqprs::channel::{BasicPublishArguments, ConfirmSelectArguments};
                     // No confirm future in amqprs: confirm mode, with the library's default
                     // callback taking the confirms, and no waiting for them.
-                    ch.register_callback(amqprs::callbacks::DefaultChannelCallback).await?;
+                    ch.register_callback(amqprs::callbacks::DefaultChannelCallback)
+                        .await?;
                     ch.confirm_select(ConfirmSelectArguments::default()).await?;
-                    let props = amqprs::BasicProperties::default().with_delivery_mode(2).finish();
+                    let props = amqprs::BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .finish();
                     let args = BasicPublishArguments::new("", NOWHERE);
                     tick(phase, &published, || async {
-                        ch.basic_publish(props.clone(), b"x".to_vec(), args.clone()).await?;
+                        ch.basic_publish(props.clone(), b"x".to_vec(), args.clone())
+                            .await?;
                         Ok(())
                     })
                     .await
                 })
             }
             Held::Lapin(_, chs) => {
-                let Some(ch) = chs.first().cloned() else { continue };
+                let Some(ch) = chs.first().cloned() else {
+                    continue;
+                };
                 Box::pin(async move {
                     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
                     ch.confirm_select(ConfirmSelectOptions::default()).await?;

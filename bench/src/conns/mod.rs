@@ -53,7 +53,8 @@ impl Shape {
 
 /// Resident memory of this process in KiB.
 pub fn rss_kb() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -85,7 +86,9 @@ pub struct Plan {
 /// `url` with `heartbeat=secs` in its query.
 pub fn with_heartbeat(url: &str, secs: u16) -> Result<String> {
     let mut parsed = url::Url::parse(url).context("bad --amqp-url")?;
-    parsed.query_pairs_mut().append_pair("heartbeat", &secs.to_string());
+    parsed
+        .query_pairs_mut()
+        .append_pair("heartbeat", &secs.to_string());
     Ok(parsed.to_string())
 }
 
@@ -122,28 +125,40 @@ pub async fn run(plan: &Plan) -> Result<Value> {
                 .context("starting a child")?;
             let stdout = child.stdout.take().context("the child's stdout")?;
             let mut lines = BufReader::new(stdout).lines();
-            let line = lines
-                .next_line()
-                .await?
-                .with_context(|| format!("{} {}: the child printed nothing", client.name(), shape.name()))?;
+            let line = lines.next_line().await?.with_context(|| {
+                format!(
+                    "{} {}: the child printed nothing",
+                    client.name(),
+                    shape.name()
+                )
+            })?;
             let figures: Value = serde_json::from_str(&line)
                 .with_context(|| format!("the child printed {line:?}"))?;
             let status = child.wait().await?;
             if !status.success() {
-                bail!("{} {}: the child failed ({status})", client.name(), shape.name());
+                bail!(
+                    "{} {}: the child failed ({status})",
+                    client.name(),
+                    shape.name()
+                );
             }
             eprintln!(
                 "{:<11} {:<10} {} connections: {:>7.1} KiB each, CPU {:>6.2}% (setup {:.1} s)",
                 client.name(),
                 shape.name(),
                 plan.connections,
-                figures["rss_per_connection_kb"].as_f64().unwrap_or(f64::NAN),
+                figures["rss_per_connection_kb"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
                 figures["cpu_pct"].as_f64().unwrap_or(f64::NAN),
                 figures["setup_s"].as_f64().unwrap_or(f64::NAN),
             );
             let (rss_key, cpu_key) = match shape {
                 Shape::Bare => ("rss_per_connection_kb", "idle_cpu_pct"),
-                Shape::Channels => ("rss_per_connection_kb_10_channels", "idle_cpu_pct_10_channels"),
+                Shape::Channels => (
+                    "rss_per_connection_kb_10_channels",
+                    "idle_cpu_pct_10_channels",
+                ),
                 Shape::Publishing => ("rss_per_connection_kb_publishing", "publishing_cpu_pct"),
             };
             entry.insert(rss_key.into(), figures["rss_per_connection_kb"].clone());
@@ -176,7 +191,11 @@ pub async fn run(plan: &Plan) -> Result<Value> {
 }
 
 fn targets(top: &Map<String, Value>) -> Value {
-    let get = |client: &str, key: &str| top.get(client).and_then(|e| e.get(key)).and_then(Value::as_f64);
+    let get = |client: &str, key: &str| {
+        top.get(client)
+            .and_then(|e| e.get(key))
+            .and_then(Value::as_f64)
+    };
     let leaner = |key: &str| {
         [get("amqprs", key), get("lapin", key)]
             .into_iter()
@@ -227,9 +246,16 @@ async fn restart_one(plan: &Plan, client: Client, cmd: &str) -> Result<Value> {
         }
     }
     if !ready {
-        bail!("{}: the child did not get its connections up", client.name());
+        bail!(
+            "{}: the child did not get its connections up",
+            client.name()
+        );
     }
-    eprintln!("{}: {} up; restarting the broker", client.name(), plan.connections);
+    eprintln!(
+        "{}: {} up; restarting the broker",
+        client.name(),
+        plan.connections
+    );
     let t_restart = monotonic_secs();
     let status = Command::new("sh")
         .arg("-c")
@@ -246,7 +272,8 @@ async fn restart_one(plan: &Plan, client: Client, cmd: &str) -> Result<Value> {
         .next_line()
         .await?
         .context("the child ended without its restart report")?;
-    let watched: Value = serde_json::from_str(&line).with_context(|| format!("the child printed {line:?}"))?;
+    let watched: Value =
+        serde_json::from_str(&line).with_context(|| format!("the child printed {line:?}"))?;
     let _ = child.wait().await;
     let floats = |key: &str| -> Vec<Option<f64>> {
         watched[key]

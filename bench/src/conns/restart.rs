@@ -59,7 +59,8 @@ async fn watch_lepus(client: &::lepus::Client, deadline: Duration) -> Outcome {
     let mut c = client.watch_state(Role::Consume);
     let mut outcome = Outcome::default();
     let up = |s: &ConnectionState| s.is_connected();
-    let over = |s: &ConnectionState| matches!(s, ConnectionState::Failed(_) | ConnectionState::Closed);
+    let over =
+        |s: &ConnectionState| matches!(s, ConnectionState::Failed(_) | ConnectionState::Closed);
     // Lost: either connection not up.
     let lost = tokio::time::timeout(LOSS_WAIT, async {
         loop {

@@ -80,7 +80,7 @@ async fn wait_subscribed<T>(
     };
     loop {
         let info = admin
-            .queue_declare(queue, passive.clone(), FieldTable::default())
+            .queue_declare(queue, passive, FieldTable::default())
             .await?;
         if info.consumer_count >= 1 {
             return Ok(());
@@ -165,8 +165,8 @@ impl Sender {
 
     /// Sleeps until message `seq` is due, stamps it, and returns its intended time.
     fn next(&mut self, seq: u64) -> u64 {
-        let intended = self.start_ns
-            + u64::try_from(self.plan.intended(seq).as_nanos()).unwrap_or(u64::MAX);
+        let intended =
+            self.start_ns + u64::try_from(self.plan.intended(seq).as_nanos()).unwrap_or(u64::MAX);
         let late = pace(self.clock.at(intended));
         if self.plan.recorded(seq) {
             record(
@@ -234,17 +234,25 @@ async fn publish_lepus_amqp(
     let ch = conn.open_channel().await?;
     ch.confirm_select().await?;
     let properties = BasicProperties::default().with_delivery_mode(2);
-    let (tx, task) = confirm_task(plan, clock, |c: lepus_amqp::Result<Confirmation>| {
-        match c? {
+    let (tx, task) = confirm_task(
+        plan,
+        clock,
+        |c: lepus_amqp::Result<Confirmation>| match c? {
             Confirmation::Ack => Ok(()),
             other => bail!("lepus-amqp: not acked: {other:?}"),
-        }
-    });
+        },
+    );
     let mut sender = Sender::new(plan, clock)?;
     for seq in 0..plan.count {
         let intended = sender.next(seq);
         let confirm = ch
-            .basic_publish("", queue, PublishOptions::default(), &properties, &sender.body)
+            .basic_publish(
+                "",
+                queue,
+                PublishOptions::default(),
+                &properties,
+                &sender.body,
+            )
             .await?;
         sent(&tx, (seq, intended, confirm))?;
     }
@@ -295,7 +303,10 @@ async fn publish_lepus(
     use ::lepus::{Message, Publisher, PublisherOptions};
     let client = lepus_client(url).await?;
     let window = plan.workload.confirm;
-    let publisher = Publisher::new(&client, PublisherOptions::default().window(window).buffer(window));
+    let publisher = Publisher::new(
+        &client,
+        PublisherOptions::default().window(window).buffer(window),
+    );
     let (tx, task) = confirm_task(plan, clock, |r: ::lepus::PublishResult| {
         r.map_err(|e| anyhow!("lepus: not acked: {e}"))
     });
@@ -353,7 +364,10 @@ async fn consume_lepus(url: &str, rec: Recorder) -> Result<Histogram<u64>> {
         return Err(err);
     }
     if !guard.0.done() {
-        bail!("lepus: the consumer stopped after {} messages", guard.0.received);
+        bail!(
+            "lepus: the consumer stopped after {} messages",
+            guard.0.received
+        );
     }
     Ok(guard.0.e2e.clone())
 }

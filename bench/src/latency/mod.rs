@@ -168,7 +168,14 @@ impl LatencyRunner {
         let clock = Clock::new();
         let result = tokio::time::timeout(
             self.timeout,
-            clients::run(client, Arc::clone(&self.url), queue.clone(), plan, clock, &ch),
+            clients::run(
+                client,
+                Arc::clone(&self.url),
+                queue.clone(),
+                plan,
+                clock,
+                &ch,
+            ),
         )
         .await
         .unwrap_or_else(|_| bail_timeout(client));
@@ -184,7 +191,8 @@ impl LatencyRunner {
             .await;
         let _ = ch.queue_delete(&queue, QueueDeleteOptions::default()).await;
         let _ = ch.close().await;
-        let measured = result.with_context(|| format!("{} failed in round {round}", client.name()))?;
+        let measured =
+            result.with_context(|| format!("{} failed in round {round}", client.name()))?;
         if let Ok(info) = info
             && info.message_count != 0
         {

@@ -60,7 +60,12 @@ impl LatencyResults {
 
     fn median(&self, client: Client, index: usize) -> Option<f64> {
         let (_, rounds) = self.rows.iter().find(|(c, _)| *c == client)?;
-        crate::report::median(rounds.iter().filter_map(|f| f.get(index).copied()).collect())
+        crate::report::median(
+            rounds
+                .iter()
+                .filter_map(|f| f.get(index).copied())
+                .collect(),
+        )
     }
 
     /// The peer (amqprs or lapin) with the lowest median of figure `index`.
@@ -123,7 +128,10 @@ impl LatencyResults {
         for (client, rounds) in &self.rows {
             let mut entry = Map::new();
             for (index, key) in KEYS.iter().enumerate() {
-                entry.insert((*key).into(), crate::report::number(self.median(*client, index)));
+                entry.insert(
+                    (*key).into(),
+                    crate::report::number(self.median(*client, index)),
+                );
             }
             let rounds: Vec<Value> = rounds
                 .iter()
