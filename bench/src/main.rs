@@ -1,5 +1,5 @@
-//! `bench`: lepus-amqp and lepus against amqprs and lapin, one workload, one broker, one
-//! process.
+//! `bench`: lepus-amqp and lepus against amqprs and lapin, one workload, one broker (or
+//! cluster), one process: throughput, latency at a fixed rate, and many connections.
 //!
 //! See `bench/README.md` for what is measured and how to read the output.
 
@@ -28,7 +28,9 @@ use report::{Results, Row};
 use run::Runner;
 
 /// Publishes, then consumes, the same persistent workload with each client, in rotating
-/// order over several rounds, and reports the median of each figure.
+/// order over several rounds, and reports the median of each figure; or, with
+/// `--latency`, end-to-end and confirm latency at a fixed rate; or, with `--connections`,
+/// memory and idle CPU per connection and a broker restart under many clients.
 #[derive(Debug, Parser)]
 #[command(name = "bench", version)]
 struct Args {
