@@ -236,7 +236,7 @@ impl Client {
 
     /// Waits until both connections are up, or fails if either gives up.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         for role in [Role::Publish, Role::Consume] {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.sup(role).live(left).await?;

@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Nacked,
     /// A bounded buffer is full.
     BufferFull,
+    /// A message is larger than the broker's `max_message_size` or the client's body
+    /// limit; see [`Error::amqp`] for which.
+    TooLarge,
 }
 
 /// The toolkit's error. Cheap to clone.
@@ -102,6 +105,11 @@ impl Error {
         self.amqp().is_some_and(|e| e.is_not_found())
     }
 
+    /// A message was over the broker's or the client's size limit.
+    pub fn is_too_large(&self) -> bool {
+        self.kind() == ErrorKind::TooLarge
+    }
+
     /// A deadline passed.
     pub fn is_timeout(&self) -> bool {
         self.kind() == ErrorKind::Timeout || self.amqp().is_some_and(|e| e.is_timeout())
@@ -119,6 +127,18 @@ impl Error {
             ErrorKind::Amqp => self.amqp().is_none_or(|e| e.is_recoverable()),
             ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked => true,
             _ => false,
+        }
+    }
+}
+
+impl Error {
+    /// A publish the engine refused before sending it: a body over the client's limit is
+    /// [`ErrorKind::TooLarge`], anything else the engine's error as is.
+    pub(crate) fn from_publish(err: lepus_amqp::Error) -> Self {
+        if err.kind() == lepus_amqp::ErrorKind::FrameTooLarge {
+            Self::with_amqp(ErrorKind::TooLarge, err.to_string(), err)
+        } else {
+            Self::from(err)
         }
     }
 }

@@ -20,6 +20,7 @@ pub use tokio_util::sync::CancellationToken;
 mod backoff;
 mod client;
 mod consumer;
+mod deadline;
 mod error;
 mod idempotency;
 mod message;
@@ -46,7 +47,7 @@ pub use idempotency::{
 pub use message::Message;
 pub use pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE, PooledChannel};
 pub use publisher::{
-    Confirm, DEFAULT_BUFFER, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW, PublishError, PublishResult,
+    Confirm, DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW, PublishError, PublishResult,
     Publisher, PublisherOptions, PublisherStats,
 };
 pub use supervisor::{ConnectionState, Live};

@@ -49,7 +49,7 @@ impl Pool {
     }
 
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<PooledChannel> {
-        let deadline = Instant::now() + self.acquire_timeout;
+        let deadline = crate::deadline::deadline_after(self.acquire_timeout);
         let permit = match tokio::time::timeout_at(
             deadline,
             Arc::clone(&self.permits).acquire_owned(),

@@ -473,7 +473,8 @@ impl Consumer {
                 linger.as_mut().reset(Instant::now() + ACK_LINGER);
                 linger_armed = true;
             }
-            let drain_deadline = draining.map(|since| since + cfg.shutdown_timeout);
+            let drain_deadline =
+                draining.map(|since| crate::deadline::deadline_from(since, cfg.shutdown_timeout));
             tokio::select! {
                 biased;
                 _ = &mut cancelled, if draining.is_none() => {
@@ -540,7 +541,7 @@ impl Consumer {
             // their timeout): their side effects complete and a success is recorded in
             // the idempotency store, so the broker's redelivery is recognised. Their acks
             // are refused (the channel closed), never applied to another message.
-            let deadline = Instant::now() + cfg.handler_timeout;
+            let deadline = crate::deadline::deadline_after(cfg.handler_timeout);
             while let Ok(Some(done)) = tokio::time::timeout_at(deadline, running.next()).await {
                 if matches!(done, Done::Handled { .. }) {
                     handlers_running -= 1;
