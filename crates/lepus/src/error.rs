@@ -70,6 +70,18 @@ impl Error {
         }
     }
 
+    /// The same failure underneath, told as `kind` with `message` (which should say what
+    /// this error's own message said).
+    pub(crate) fn context(&self, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                amqp: self.inner.amqp.clone(),
+            }),
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind

@@ -30,7 +30,9 @@ mod publisher;
 mod supervisor;
 mod topology;
 
-pub use backoff::{Backoff, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy};
+pub use backoff::{
+    Backoff, DEFAULT_HEALTHY_AFTER, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy,
+};
 pub use client::{Client, ClientBuilder, Role};
 pub use consumer::{
     ATTEMPTS_HEADER, BROKER_CONSUMER_TIMEOUT, CONSUMER_HEADER, Consumer, ConsumerBuilder,
