@@ -333,7 +333,7 @@ impl Publisher {
             inflight: VecDeque::new(),
             delayed: Vec::new(),
             probe: 0,
-            renew: false,
+            renew: None,
             channel: None,
             blocked: None,
             live: client.watch_connection(Role::Publish),

@@ -37,6 +37,9 @@ const NACK_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A message nacked this many times in a row goes out on a fresh channel: the old one
 /// may still point at a queue leader that is gone.
 const NACKS_BEFORE_NEW_CHANNEL: u32 = 2;
+/// The longest wait for a channel's in-flight confirms before replacing it anyway (its
+/// unconfirmed messages then go out again on the new one).
+const RENEW_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) struct Task {
     pub(super) rx: mpsc::UnboundedReceiver<Job>,
@@ -55,9 +58,9 @@ pub(super) struct Task {
     /// While above zero, messages go out one at a time, to learn which one of a batch
     /// made the broker close the channel.
     pub(super) probe: usize,
-    /// Set after repeated nacks: publish nothing more on this channel, and replace it
-    /// once its in-flight messages are settled.
-    pub(super) renew: bool,
+    /// Set (to when) after repeated nacks: publish nothing more on this channel, and
+    /// replace it once its in-flight messages are settled, or after [`RENEW_WAIT`].
+    pub(super) renew: Option<Instant>,
 }
 
 /// The channel in use and the connection it is on.
@@ -82,7 +85,10 @@ impl Task {
             self.settle_ready();
             self.release_delayed();
             self.ensure_channel().await;
-            self.publish_waiting().await;
+            if self.publish_waiting().await {
+                // The channel closed under a publish: a new one, now.
+                continue;
+            }
             self.expire();
             let event = self.next_event().await;
             match event {
@@ -112,6 +118,7 @@ impl Task {
             .into_iter()
             .chain(self.inflight.front().map(|(j, _)| j.deadline))
             .chain(self.delayed.iter().map(|(at, _)| *at))
+            .chain(self.renew.map(|since| since + RENEW_WAIT))
             .min();
         let inflight = &mut self.inflight;
         let front_confirm = std::future::poll_fn(|cx| match inflight.front_mut() {
@@ -248,7 +255,7 @@ impl Task {
             // The channel may hold stale state (a queue leader that moved): once what is
             // in flight on it is settled, the next attempt goes out on a fresh one.
             // Waiting for those confirms first sends nothing twice.
-            self.renew = true;
+            self.renew.get_or_insert(now);
         }
         self.shared
             .stats
@@ -330,6 +337,7 @@ impl Task {
 
     fn drop_channel(&mut self) -> Option<Open> {
         self.blocked = None;
+        self.renew = None;
         self.channel.take()
     }
 
@@ -343,6 +351,13 @@ impl Task {
     }
 
     async fn ensure_channel(&mut self) {
+        if let Some(since) = self.renew
+            && self.channel.is_some()
+            && (self.inflight.is_empty() || since.elapsed() >= RENEW_WAIT)
+        {
+            tracing::debug!("repeated nacks; publishing on a new channel");
+            self.channel_lost(None);
+        }
         if let Some(open) = &self.channel {
             if open.channel.is_open() {
                 return;
@@ -367,7 +382,6 @@ impl Task {
             Ok(channel) => {
                 tracing::debug!(generation = live.generation, "publisher channel open");
                 self.blocked = Some(live.connection.blocked());
-                self.renew = false;
                 self.channel = Some(Open {
                     channel,
                     connection: live.connection,
@@ -379,7 +393,9 @@ impl Task {
         }
     }
 
-    async fn publish_waiting(&mut self) {
+    /// Publishes waiting messages while the window and the broker allow. True if the
+    /// channel was found closed (and dropped) on the way.
+    async fn publish_waiting(&mut self) -> bool {
         loop {
             let window = if self.probe > 0 {
                 1
@@ -387,19 +403,18 @@ impl Task {
                 self.options.window
             };
             if self.inflight.len() >= window || self.is_blocked() {
-                return;
+                return false;
             }
-            if self.renew {
-                if self.inflight.is_empty() && self.channel.is_some() {
-                    tracing::debug!("repeated nacks; publishing on a new channel");
-                    self.renew = false;
-                    self.drop_channel();
-                }
-                return;
+            if self.renew.is_some() {
+                // Nothing more on this channel; `ensure_channel` replaces it once what
+                // is in flight on it is settled.
+                return false;
             }
-            let Some(open) = &self.channel else { return };
+            let Some(open) = &self.channel else {
+                return false;
+            };
             let Some(job) = self.waiting.pop_front() else {
-                return;
+                return false;
             };
             self.shared.buffered(-1);
             // One clock read serves the deadline and the confirm latency's start.
@@ -439,7 +454,7 @@ impl Task {
                     if self.channel.is_some() {
                         self.channel_lost(None);
                     }
-                    return;
+                    return true;
                 }
                 Err(err) => self.shared.fail(job, Error::from_publish(err)),
             }
