@@ -140,7 +140,10 @@ impl ClientBuilder {
                 .iter()
                 .map(|e| match &self.name {
                     Some(name) => Endpoint {
-                        options: e.options.clone().connection_name(format!("{name} ({role})")),
+                        options: e
+                            .options
+                            .clone()
+                            .connection_name(format!("{name} ({role})")),
                         label: e.label.clone(),
                     },
                     None => e.clone(),

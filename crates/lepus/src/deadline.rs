@@ -18,9 +18,7 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
 
 /// `start + timeout`, saturating like [`deadline_after`].
 pub(crate) fn deadline_from(start: Instant, timeout: Duration) -> Instant {
-    start
-        .checked_add(timeout.min(FAR_FUTURE))
-        .unwrap_or(start)
+    start.checked_add(timeout.min(FAR_FUTURE)).unwrap_or(start)
 }
 
 #[cfg(test)]

@@ -49,8 +49,8 @@ pub use idempotency::{
 pub use message::Message;
 pub use pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE, PooledChannel};
 pub use publisher::{
-    Confirm, DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW, PublishError, PublishResult,
-    Publisher, PublisherOptions, PublisherStats,
+    Confirm, DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW,
+    PublishError, PublishResult, Publisher, PublisherOptions, PublisherStats,
 };
 pub use supervisor::{ConnectionState, Live};
 pub use topology::{

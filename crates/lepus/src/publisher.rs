@@ -6,6 +6,11 @@
 //! and when the connection dies puts the unconfirmed ones back at the front of the queue,
 //! in order, so they go out again (before anything newer) on the next connection. A
 //! message therefore reaches the broker at least once; every failure hands it back.
+//!
+//! What counts as a failure is decided per cause (see `task`): a nack is retried with a
+//! growing pause until the publish timeout, a lost channel or connection is not a failure
+//! at all, and a publish the broker refuses (closing the channel over it) fails alone and
+//! at once, with the broker's reply.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -545,4 +550,3 @@ impl Publisher {
         &self.shared.stats
     }
 }
-

@@ -203,7 +203,10 @@ impl Supervised {
                                 err,
                             );
                             tracing::warn!(role = self.role, error = %err, "connection lost while declaring topology");
-                            if self.give_up_or_wait(&plan, &cancel, attempt, since, &mut delays, err).await {
+                            if self
+                                .give_up_or_wait(&plan, &cancel, attempt, since, &mut delays, err)
+                                .await
+                            {
                                 break;
                             }
                             continue;
@@ -238,7 +241,10 @@ impl Supervised {
                     let uptime = connected_at.elapsed();
                     let err = Error::with_amqp(
                         ErrorKind::Amqp,
-                        format!("{}: connection lost after {uptime:?}: {lost}", endpoint.label),
+                        format!(
+                            "{}: connection lost after {uptime:?}: {lost}",
+                            endpoint.label
+                        ),
                         lost,
                     );
                     tracing::warn!(role = self.role, error = %err, "connection lost; reconnecting");
@@ -276,10 +282,7 @@ impl Supervised {
     }
 
     fn set_last_error(&self, err: &Error) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
     }
 
     /// After failed attempt `attempt`: gives up (state `Failed`, returns true) if the

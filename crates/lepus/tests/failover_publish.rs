@@ -116,7 +116,10 @@ async fn publishing_through_a_leader_and_connection_failover_fails_nothing() {
             kill = Some(tokio::task::spawn_blocking(move || {
                 c.node(victim).unwrap().kill().unwrap()
             }));
-            println!("killed node {victim} at message {i}, {:?}", started.elapsed());
+            println!(
+                "killed node {victim} at message {i}, {:?}",
+                started.elapsed()
+            );
         }
         let msg = Message::new("", &q, "payload").message_id_str(&format!("m-{i}"));
         confirms.push(publisher.send(msg).await.unwrap());
@@ -140,7 +143,11 @@ async fn publishing_through_a_leader_and_connection_failover_fails_nothing() {
         stats.nacked.load(Ordering::Relaxed),
         stats.republished.load(Ordering::Relaxed)
     );
-    assert!(failed.is_empty(), "failed: {:?}", &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
     let survivor = cluster
         .nodes()
         .iter()

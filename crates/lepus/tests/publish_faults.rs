@@ -48,7 +48,10 @@ async fn a_publish_to_a_missing_exchange_fails_alone_and_at_once() {
     let missing = unique_name("no-such-exchange");
     let topology = Topology::new().queue(Queue::new(&q).durable(false).auto_delete(false));
     let client = client(broker.url(), topology);
-    client.wait_connected(Duration::from_secs(10)).await.unwrap();
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
     let publisher = Publisher::new(
         &client,
         PublisherOptions::default().publish_timeout(Duration::from_secs(10)),
@@ -227,7 +230,11 @@ fn queue_process(broker: &Broker, queue: &str, call: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_or_return_before_a_lost_connection_is_not_retried() {
     let broker = std::sync::Arc::new(blocking(|| Broker::start().unwrap()).await);
-    let (slow, full, later) = (unique_name("slow"), unique_name("full"), unique_name("later"));
+    let (slow, full, later) = (
+        unique_name("slow"),
+        unique_name("full"),
+        unique_name("later"),
+    );
     let topology = Topology::new()
         .queue(Queue::new(&slow).durable(false))
         .queue(
@@ -237,7 +244,10 @@ async fn a_nack_or_return_before_a_lost_connection_is_not_retried() {
                 .overflow(Overflow::RejectPublish),
         );
     let client = client(&broker.url(), topology);
-    client.wait_connected(Duration::from_secs(10)).await.unwrap();
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
     let publisher = Publisher::new(&client, PublisherOptions::default().nack_retries(0));
     publisher
         .publish(Message::new("", &full, "fills it"))
@@ -248,7 +258,10 @@ async fn a_nack_or_return_before_a_lost_connection_is_not_retried() {
     let b = broker.clone();
     let s = slow.clone();
     blocking(move || queue_process(&b, &s, "suspend")).await;
-    let first = publisher.send(Message::new("", &slow, "slow")).await.unwrap();
+    let first = publisher
+        .send(Message::new("", &slow, "slow"))
+        .await
+        .unwrap();
     let nacked = publisher
         .send(Message::new("", &full, "nacked"))
         .await
@@ -319,7 +332,10 @@ async fn a_body_over_the_brokers_max_message_size_fails_as_too_large() {
     let q = unique_name("sized");
     let topology = Topology::new().queue(Queue::new(&q).durable(false));
     let client = client(&broker.url(), topology);
-    client.wait_connected(Duration::from_secs(10)).await.unwrap();
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
     let publisher = Publisher::new(&client, PublisherOptions::default());
     let small = |i: usize| Message::new("", &q, "small").message_id_str(&format!("s-{i}"));
     let mut confirms = Vec::new();
@@ -335,10 +351,18 @@ async fn a_body_over_the_brokers_max_message_size_fails_as_too_large() {
         confirms.push(publisher.send(small(i)).await.unwrap());
     }
     let err = big.await.unwrap_err();
-    println!("oversized publish failed after {:?}: {}", sent.elapsed(), err.error);
+    println!(
+        "oversized publish failed after {:?}: {}",
+        sent.elapsed(),
+        err.error
+    );
     assert!(err.error.is_too_large(), "{:?}", err.error);
     assert_eq!(err.error.kind(), ErrorKind::TooLarge);
-    assert!(err.error.to_string().contains("message size 5000"), "{}", err.error);
+    assert!(
+        err.error.to_string().contains("message size 5000"),
+        "{}",
+        err.error
+    );
     assert_eq!(err.message.body().len(), 5000);
     assert!(sent.elapsed() < Duration::from_secs(5));
     for confirm in confirms {
@@ -346,5 +370,58 @@ async fn a_body_over_the_brokers_max_message_size_fails_as_too_large() {
     }
     let counts = count_ids(&broker.url(), &q).await;
     assert_eq!(counts.len(), 200, "every small one, and only those");
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_names_no_exchange_is_found_by_probing() {
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let q = unique_name("probed");
+    let topology = Topology::new().queue(Queue::new(&q).durable(false).auto_delete(false));
+    let client = client(broker.url(), topology);
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let publisher = Publisher::new(
+        &client,
+        PublisherOptions::default().publish_timeout(Duration::from_secs(10)),
+    );
+    let good = |i: usize| Message::new("", &q, "good").message_id_str(&format!("g-{i}"));
+    let mut confirms = Vec::new();
+    for i in 0..100 {
+        confirms.push(publisher.send(good(i)).await.unwrap());
+    }
+    // A user_id other than the login's: 406, and the text names neither exchange nor size.
+    let mut impostor = Message::new("", &q, "bad").message_id_str("impostor");
+    let props = std::mem::take(impostor.properties_mut()).with_user_id("someone-else".into());
+    *impostor.properties_mut() = props;
+    let sent = Instant::now();
+    let bad = publisher.send(impostor).await.unwrap();
+    for i in 100..200 {
+        confirms.push(publisher.send(good(i)).await.unwrap());
+    }
+    let err = bad.await.unwrap_err();
+    println!(
+        "probed refusal failed after {:?}: {}",
+        sent.elapsed(),
+        err.error
+    );
+    assert!(err.error.is_precondition_failed(), "{:?}", err.error);
+    assert!(err.error.to_string().contains("user_id"), "{}", err.error);
+    assert_eq!(err.message.message_id(), Some("impostor"));
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    for confirm in confirms {
+        confirm.await.unwrap();
+    }
+    let counts = count_ids(broker.url(), &q).await;
+    assert_eq!(counts.len(), 200, "every good one, and only those");
+    assert_eq!(
+        publisher
+            .stats()
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     client.close(Duration::from_secs(5)).await.unwrap();
 }

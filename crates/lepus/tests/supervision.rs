@@ -54,16 +54,16 @@ async fn a_declaration_that_kills_the_connection_backs_off_and_hits_the_attempt_
         .wait_connected(Duration::from_secs(20))
         .await
         .unwrap_err();
-    println!(
-        "limited: Failed after {:?}: {err}",
-        started.elapsed()
-    );
+    println!("limited: Failed after {:?}: {err}", started.elapsed());
     assert!(
         matches!(limited.state(Role::Publish), ConnectionState::Failed(_)),
         "{:?}",
         limited.state(Role::Publish)
     );
-    assert!(err.to_string().contains("gave up after 4 attempts"), "{err}");
+    assert!(
+        err.to_string().contains("gave up after 4 attempts"),
+        "{err}"
+    );
     assert!(err.to_string().contains("unknown exchange type"), "{err}");
     assert_eq!(limited.connect_attempts(Role::Publish), 4);
     let window = Duration::from_millis(1500);
@@ -101,7 +101,10 @@ async fn a_wrong_password_on_some_endpoints_does_not_stop_the_client() {
             .reconnect(ReconnectPolicy::default().max_attempts(1))
             .build()
             .unwrap();
-        client.wait_connected(Duration::from_secs(20)).await.unwrap();
+        client
+            .wait_connected(Duration::from_secs(20))
+            .await
+            .unwrap();
         client.close(Duration::from_secs(5)).await.unwrap();
     }
 }
@@ -137,8 +140,15 @@ async fn every_endpoint_refused_fails_naming_each_and_how() {
     ] {
         assert!(reason.to_string().contains(&shown), "{shown} in {reason}");
     }
-    assert_eq!(reason.to_string().matches("ACCESS_REFUSED").count(), 2, "{reason}");
-    assert!(!text.contains("wrong-one") && !text.contains("wrong-two"), "{text}");
+    assert_eq!(
+        reason.to_string().matches("ACCESS_REFUSED").count(),
+        2,
+        "{reason}"
+    );
+    assert!(
+        !text.contains("wrong-one") && !text.contains("wrong-two"),
+        "{text}"
+    );
     assert!(
         client
             .last_error(Role::Publish)
@@ -159,7 +169,10 @@ async fn a_returned_pooled_channel_is_not_handed_out_dirty() {
         .topology(Topology::new().queue(Queue::new(&q).durable(false).auto_delete(false)))
         .build()
         .unwrap();
-    client.wait_connected(Duration::from_secs(10)).await.unwrap();
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
     let ch = client.channel().await.unwrap();
     ch.basic_publish("", &q, Default::default(), &Default::default(), b"one")
         .await
@@ -196,7 +209,7 @@ async fn a_returned_pooled_channel_is_not_handed_out_dirty() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let info = clean
-            .queue_declare(&q, passive.clone(), FieldTable::default())
+            .queue_declare(&q, passive, FieldTable::default())
             .await
             .unwrap();
         if info.consumer_count == 0 && info.message_count == 2 {

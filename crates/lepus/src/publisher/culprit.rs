@@ -32,7 +32,11 @@ pub(super) fn find<'a>(
 ) -> Option<usize> {
     let text = err.message();
     if let Some(exchange) = quoted_after(text, "exchange '") {
-        return position(messages, |m| m.exchange == exchange);
+        // A topic permission refuses one routing key, not the whole exchange.
+        return match quoted_after(text, "topic '") {
+            Some(key) => position(messages, |m| m.exchange == exchange && m.routing_key == key),
+            None => position(messages, |m| m.exchange == exchange),
+        };
     }
     if is_size_refusal(err) {
         let size = number_after(text, "message size ")?;
@@ -43,9 +47,9 @@ pub(super) fn find<'a>(
 
 fn position<'a>(
     mut messages: impl Iterator<Item = &'a Message>,
-    matches: impl Fn(&Message) -> bool,
+    matches: impl FnMut(&Message) -> bool,
 ) -> Option<usize> {
-    messages.position(|m| matches(m))
+    messages.position(matches)
 }
 
 /// The text between `prefix` and the next `'` (RabbitMQ quotes names this way).
