@@ -34,12 +34,15 @@ pub enum ConnectionState {
     Reconnecting {
         /// Attempts since the last good connection, starting at 1.
         attempt: u32,
-        /// Why the last connection or attempt failed.
+        /// Why the last connection or attempt failed: for a refused attempt, each
+        /// endpoint (password masked) and how it failed.
         last_error: Error,
     },
     /// Closed by the application.
     Closed,
-    /// Gave up: an error retrying cannot fix, or the policy's limits were reached.
+    /// Gave up: every endpoint failed in a way retrying cannot fix (wrong credentials,
+    /// say), or the policy's limits were reached. The error names each endpoint and how
+    /// it failed.
     Failed(Error),
 }
 
