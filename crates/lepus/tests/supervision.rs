@@ -223,3 +223,70 @@ async fn a_returned_pooled_channel_is_not_handed_out_dirty() {
     drop(clean);
     client.close(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A TCP proxy to `target` that cuts every connection `after` it was accepted.
+async fn short_lived_proxy(target: String, after: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = tokio::time::timeout(
+                    after,
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound),
+                )
+                .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_soon_after_connecting_is_a_failed_attempt() {
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let url = broker.url().to_owned();
+    let authority = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let port = short_lived_proxy(authority.to_owned(), Duration::from_secs(1)).await;
+    let proxied = url.replacen(authority, &format!("127.0.0.1:{port}"), 1);
+    let client = Client::builder()
+        .endpoint(&proxied)
+        .unwrap()
+        .reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_millis(100))
+                .max_attempts(3),
+        )
+        .build()
+        .unwrap();
+    let mut states = client.watch_state(Role::Publish);
+    let started = Instant::now();
+    // Each connection lives 1 s, well short of `healthy_after` (5 s): three of them
+    // use up the attempts.
+    let failed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let ConnectionState::Failed(e) = &*states.borrow_and_update() {
+                return e.clone();
+            }
+            states.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the client gives up");
+    println!("Failed after {:?}: {failed}", started.elapsed());
+    assert!(
+        failed.to_string().contains("gave up after 3 attempts"),
+        "{failed}"
+    );
+    assert!(
+        failed.to_string().contains("connection lost after"),
+        "{failed}"
+    );
+    assert_eq!(client.connects(Role::Publish), 3);
+    assert_eq!(client.connect_attempts(Role::Publish), 3);
+}
