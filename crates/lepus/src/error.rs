@@ -31,6 +31,9 @@ pub enum ErrorKind {
     /// A message is larger than the broker's `max_message_size` or the client's body
     /// limit; see [`Error::amqp`] for which.
     TooLarge,
+    /// A store the toolkit keeps state in (the idempotency store) failed to read or
+    /// write; trying again may succeed.
+    Storage,
 }
 
 /// The toolkit's error. Cheap to clone.
@@ -137,7 +140,9 @@ impl Error {
     pub fn is_recoverable(&self) -> bool {
         match self.kind() {
             ErrorKind::Amqp => self.amqp().is_none_or(|e| e.is_recoverable()),
-            ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked => true,
+            ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked | ErrorKind::Storage => {
+                true
+            }
             _ => false,
         }
     }
