@@ -494,7 +494,8 @@ impl Consumer {
                 linger.as_mut().reset(Instant::now() + ACK_LINGER);
                 linger_armed = true;
             }
-            let drain_deadline = draining.map(|since| since + cfg.shutdown_timeout);
+            let drain_deadline =
+                draining.map(|since| crate::deadline::deadline_from(since, cfg.shutdown_timeout));
             tokio::select! {
                 biased;
                 _ = &mut cancelled, if draining.is_none() => {
@@ -559,7 +560,7 @@ impl Consumer {
             // recognised. Their acks are refused (the channel closed), never applied to
             // another message. A failed message's copy is not moved now (moves still
             // under way are dropped): the original comes back.
-            let deadline = Instant::now() + cfg.handler_timeout;
+            let deadline = crate::deadline::deadline_after(cfg.handler_timeout);
             while handlers_running > 0
                 && let Ok(Some(done)) = tokio::time::timeout_at(deadline, running.next()).await
             {
