@@ -622,19 +622,18 @@ async fn read_method(
             .await
             .map_err(|e| Error::io("handshake read failed", e))?;
         if n == 0 {
-            let hint = if during_login {
-                " (during login: the credentials were probably refused)"
+            // We announce `authentication_failure_close`, so a broker that refuses the
+            // credentials says so with connection.close 403 (handled above). A socket that
+            // simply ends, even right after start-ok, is a network or broker failure
+            // (a node shutting down, a proxy cutting in): worth another attempt.
+            let phase = if during_login {
+                " (after login, before tune: no connection.close came, so this is not a refused login)"
             } else {
                 ""
             };
-            let kind = if during_login {
-                ErrorKind::AuthFailure
-            } else {
-                ErrorKind::Io
-            };
             return Err(Error::new(
-                kind,
-                format!("the broker closed the socket during the handshake{hint}"),
+                ErrorKind::Io,
+                format!("the broker closed the socket during the handshake{phase}"),
             ));
         }
     }
