@@ -19,6 +19,7 @@ use crate::connection::ConnShared;
 use crate::consumer::{ConsumerEnd, ConsumerSlot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Confirmation, Delivery, GetMessage, PublishConfirm, Returned};
+use crate::returns::{self, Fingerprint};
 
 /// What a caller waiting on a synchronous method gets back.
 pub(crate) enum Reply {
@@ -44,7 +45,7 @@ struct PendingConfirm {
     seq: u64,
     tx: oneshot::Sender<Result<Confirmation>>,
     /// For `mandatory` publishes: what a `basic.return` is matched against.
-    mandatory: Option<Box<(String, String, Option<String>)>>,
+    mandatory: Option<Fingerprint>,
     returned: Option<Box<Returned>>,
 }
 
@@ -277,6 +278,8 @@ impl ChannelShared {
             ));
         }
         let frame_max = self.conn.frame_max;
+        let track_return = mandatory && st.confirm_mode;
+        let mut fingerprint = None;
         self.conn.out.push(|out, scratch| {
             codec::put_publish(
                 out,
@@ -288,7 +291,12 @@ impl ChannelShared {
                 properties,
                 body,
                 frame_max,
-            )
+            )?;
+            // `scratch` still holds the encoded properties.
+            if track_return {
+                fingerprint = Some(Fingerprint::new(exchange, routing_key, scratch, body));
+            }
+            Ok(())
         })?;
         if !st.confirm_mode {
             return Ok(PublishConfirm {
@@ -299,17 +307,10 @@ impl ChannelShared {
         let seq = st.next_seq;
         st.next_seq += 1;
         let (tx, rx) = oneshot::channel();
-        let mandatory = mandatory.then(|| {
-            Box::new((
-                exchange.to_owned(),
-                routing_key.to_owned(),
-                properties.message_id().as_ref().map(|m| m.to_string()),
-            ))
-        });
         st.pending.push_back(PendingConfirm {
             seq,
             tx,
-            mandatory,
+            mandatory: fingerprint,
             returned: None,
         });
         Ok(PublishConfirm {
@@ -612,10 +613,17 @@ impl ChannelShared {
         properties: BasicProperties,
         body: Bytes,
     ) {
-        let message_id = properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned());
+        let mut encoded = Vec::new();
+        let fingerprint = codec::encode_properties(&properties, &mut encoded)
+            .ok()
+            .map(|()| {
+                Fingerprint::new(
+                    ret.exchange.as_str(),
+                    ret.routing_key.as_str(),
+                    &encoded,
+                    &body,
+                )
+            });
         let returned = Box::new(Returned {
             reply_code: ret.reply_code,
             reply_text: ret.reply_text.to_string(),
@@ -624,14 +632,16 @@ impl ChannelShared {
             properties,
             body,
         });
-        // Returns come before the confirm of their message and in publish order, so the
-        // message is the earliest unconfirmed mandatory publish that matches.
-        let slot = st.pending.iter_mut().find(|p| {
-            p.returned.is_none()
-                && p.mandatory.as_ref().is_some_and(|m| {
-                    m.0 == returned.exchange && m.1 == returned.routing_key && m.2 == message_id
-                })
+        // See `returns`: matched by content, in publish order, not by the next ack.
+        let index = fingerprint.and_then(|f| {
+            returns::owner(
+                f,
+                st.pending
+                    .iter()
+                    .map(|p| (p.mandatory, p.returned.is_some())),
+            )
         });
+        let slot = index.and_then(|i| st.pending.get_mut(i));
         match slot {
             Some(p) => p.returned = Some(returned),
             None => tracing::warn!(

@@ -326,6 +326,16 @@ pub(crate) enum Settle {
     Reject { requeue: bool },
 }
 
+/// Encodes the property list of a content header (flags, then values) into `scratch`.
+pub(crate) fn encode_properties(properties: &BasicProperties, scratch: &mut Vec<u8>) -> Result<()> {
+    scratch.clear();
+    let ctx = WriteContext::from(std::mem::take(scratch));
+    let written = amq_protocol::protocol::basic::gen_properties(properties)(ctx)
+        .map_err(|e| Error::invalid(format!("cannot encode message properties: {e}")))?;
+    *scratch = written.into_inner().0;
+    Ok(())
+}
+
 /// Encodes a whole `basic.publish`: method, content header, body frames split at
 /// `frame_max`. `scratch` is a reusable buffer for the properties.
 #[allow(clippy::too_many_arguments)]
@@ -340,11 +350,7 @@ pub(crate) fn put_publish(
     body: &[u8],
     frame_max: usize,
 ) -> Result<()> {
-    scratch.clear();
-    let ctx = WriteContext::from(std::mem::take(scratch));
-    let written = amq_protocol::protocol::basic::gen_properties(properties)(ctx)
-        .map_err(|e| Error::invalid(format!("cannot encode message properties: {e}")))?;
-    *scratch = written.into_inner().0;
+    encode_properties(properties, scratch)?;
     if scratch.len() + 14 + FRAME_OVERHEAD > frame_max {
         return Err(Error::new(
             ErrorKind::FrameTooLarge,

@@ -49,6 +49,7 @@ mod error;
 mod message;
 mod options;
 mod outbox;
+mod returns;
 mod tables;
 mod transport;
 
