@@ -8,7 +8,7 @@
 //! supervisor's job one layer up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,10 @@ use crate::outbox::Outbox;
 use crate::transport::{self, ReadHalf, WriteHalf};
 
 const READ_CHUNK: usize = 64 * 1024;
+/// How long the socket tasks outlive a failed connection to flush its last frames (a
+/// `close-ok`, a `connection.close`). A writer blocked on a frozen peer is cut off here,
+/// and the socket goes with it.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Frames the broker may send before `tune` settles `frame_max`.
 const HANDSHAKE_FRAME_MAX: usize = 128 * 1024;
 
@@ -53,6 +57,24 @@ pub(crate) struct ConnShared {
     kill: watch::Sender<bool>,
     closing: AtomicBool,
     server_properties: FieldTable,
+    /// Socket tasks (reader, writer) still running.
+    io_tasks: Arc<AtomicUsize>,
+}
+
+/// Counts a socket task as alive until it ends, whichever way it ends.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Channels {
@@ -182,6 +204,7 @@ impl ConnShared {
             kill,
             closing: AtomicBool::new(false),
             server_properties: FieldTable::default(),
+            io_tasks: Arc::default(),
             opts: ConnectionOptions::default().max_body_size(max_body_size),
         })
     }
@@ -398,6 +421,13 @@ impl Connection {
         self.shared.blocked.subscribe()
     }
 
+    /// How many of the connection's socket tasks (reader, writer) still run: 2 while
+    /// open, 0 once the connection has failed or closed and its socket is gone. For tests.
+    #[doc(hidden)]
+    pub fn io_tasks_alive(&self) -> usize {
+        self.shared.io_tasks.load(Ordering::Acquire)
+    }
+
     /// What was settled during `tune`.
     pub fn negotiated(&self) -> Negotiated {
         self.shared.negotiated
@@ -520,11 +550,14 @@ async fn handshake(opts: ConnectionOptions) -> Result<Connection> {
         kill,
         closing: AtomicBool::new(false),
         server_properties: start.server_properties,
+        io_tasks: Arc::default(),
         opts,
     });
     let heartbeat = Duration::from_secs(u64::from(negotiated.heartbeat));
-    tokio::spawn(read_loop(Arc::clone(&shared), rd, buf, heartbeat));
-    tokio::spawn(write_loop(Arc::clone(&shared), wr, heartbeat));
+    let alive = Alive::new(&shared.io_tasks);
+    tokio::spawn(read_loop(Arc::clone(&shared), rd, buf, heartbeat, alive));
+    let alive = Alive::new(&shared.io_tasks);
+    tokio::spawn(write_loop(Arc::clone(&shared), wr, heartbeat, alive));
     let life = Arc::new(Lifeline {
         shared: Arc::clone(&shared),
     });
@@ -644,11 +677,14 @@ async fn read_loop(
     mut rd: ReadHalf,
     mut buf: BytesMut,
     heartbeat: Duration,
+    _alive: Alive,
 ) {
     let mut kill = shared.kill.subscribe();
+    let dead = failed_a_while_ago(&shared);
     let result = tokio::select! {
         r = read_frames(&shared, &mut rd, &mut buf, heartbeat) => r,
         _ = kill.wait_for(|k| *k) => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
+        () = dead => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
     };
     if let Err(err) = result {
         if err.kind() == ErrorKind::Protocol || err.kind() == ErrorKind::FrameTooLarge {
@@ -706,8 +742,28 @@ async fn read_frames(
     }
 }
 
-async fn write_loop(shared: Arc<ConnShared>, mut wr: WriteHalf, heartbeat: Duration) {
+/// Resolves [`CLOSE_LINGER`] after the connection failed: the socket tasks end then,
+/// whatever they are waiting on (a write to a peer that stopped reading never returns).
+fn failed_a_while_ago(shared: &ConnShared) -> impl std::future::Future<Output = ()> + use<> {
+    let mut closed = shared.closed.subscribe();
+    async move {
+        if closed.wait_for(|c| c.is_some()).await.is_ok() {
+            tokio::time::sleep(CLOSE_LINGER).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn write_loop(
+    shared: Arc<ConnShared>,
+    mut wr: WriteHalf,
+    heartbeat: Duration,
+    _alive: Alive,
+) {
     let mut kill = shared.kill.subscribe();
+    let dead = failed_a_while_ago(&shared);
+    tokio::pin!(dead);
     let mut spare: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let idle_limit = heartbeat / 2;
     let mut last_write = Instant::now();
@@ -727,6 +783,10 @@ async fn write_loop(shared: Arc<ConnShared>, mut wr: WriteHalf, heartbeat: Durat
                 _ = shared.out.writer_wait() => continue,
                 _ = beat => codec::put_heartbeat(&mut spare),
                 _ = kill.wait_for(|k| *k) => return,
+                () = &mut dead => {
+                    shared.out.discard();
+                    return;
+                }
             }
         }
         let write = async {
@@ -736,6 +796,11 @@ async fn write_loop(shared: Arc<ConnShared>, mut wr: WriteHalf, heartbeat: Durat
         let result = tokio::select! {
             r = write => r,
             _ = kill.wait_for(|k| *k) => return,
+            () = &mut dead => {
+                // Blocked on a peer that stopped reading: drop the socket mid-write.
+                shared.out.discard();
+                return;
+            }
         };
         if let Err(e) = result {
             shared.fail(Error::io("write failed", e));

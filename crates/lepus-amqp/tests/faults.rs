@@ -39,6 +39,69 @@ async fn a_frozen_broker_is_detected_by_missed_heartbeats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_blocked_on_a_frozen_broker_ends_with_its_connection() {
+    let broker = std::sync::Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let opts = ConnectionOptions::from_uri(&broker.url())
+        .unwrap()
+        .heartbeat(1)
+        .operation_timeout(Duration::from_secs(60));
+    let conn = Connection::connect(opts).await.unwrap();
+    assert_eq!(conn.io_tasks_alive(), 2);
+    let ch = conn.open_channel().await.unwrap();
+    let q = unique_name("frozen");
+    ch.queue_declare(&q, QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let b = broker.clone();
+    blocking(move || b.pause().unwrap()).await;
+    // Publish until the socket buffers on both sides are full and the writer is stuck in
+    // a write the frozen node will never read; the publisher then waits for buffer space.
+    let publisher = tokio::spawn({
+        let ch = ch.clone();
+        async move {
+            let body = vec![0u8; 256 * 1024];
+            let mut sent = 0usize;
+            loop {
+                let props = BasicProperties::default();
+                match ch
+                    .basic_publish("", &q, PublishOptions::default(), &props, &body)
+                    .await
+                {
+                    Ok(_) => sent += body.len(),
+                    Err(err) => return (sent, err),
+                }
+            }
+        }
+    });
+    let reason = tokio::time::timeout(Duration::from_secs(15), conn.closed()).await;
+    // Everything that was waiting learns the connection is gone...
+    let published = tokio::time::timeout(Duration::from_secs(5), publisher).await;
+    // ...and the socket tasks end although the node still does not read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while conn.io_tasks_alive() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let alive = conn.io_tasks_alive();
+    let b = broker.clone();
+    blocking(move || b.resume().unwrap()).await;
+    let reason = reason.expect("the silence was noticed");
+    assert_eq!(reason.kind(), ErrorKind::MissedHeartbeat, "{reason:?}");
+    let (sent, err) = published
+        .expect("the waiting publisher was released")
+        .unwrap();
+    // The publisher filled the whole write buffer: the writer had stopped draining it.
+    assert!(
+        sent >= DEFAULT_WRITE_BUFFER,
+        "only {sent} bytes queued: the writer never blocked"
+    );
+    assert!(err.is_closed(), "{err:?}");
+    assert_eq!(
+        alive, 0,
+        "socket tasks still running after the connection died"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_alarm_blocks_and_unblocks_the_connection() {
     let broker = std::sync::Arc::new(blocking(|| Broker::start().unwrap()).await);
     let conn = Connection::open(&broker.url()).await.unwrap();
