@@ -445,7 +445,7 @@ impl Channel {
             arguments: options.arguments,
         };
         let capacity = chan::consumer_buffer(self.shared().prefetch());
-        let (slot, rx, end) = consumer_pair(capacity);
+        let (slot, rx, end) = consumer_pair(capacity, options.no_ack);
         let reply = self
             .shared()
             .call(

@@ -98,6 +98,13 @@ pub(crate) enum Frame {
     },
     /// A content header: the body size and the properties.
     Header(u16, Box<AMQPContentHeader>),
+    /// A content header whose properties do not decode (or that the table guard refuses),
+    /// with the body size it announces: the message is refused, the connection goes on.
+    BadHeader {
+        channel: u16,
+        body_size: u64,
+        error: Error,
+    },
     /// A body frame, a slice of the read buffer.
     Body(u16, Bytes),
     Heartbeat,
@@ -152,16 +159,19 @@ pub(crate) fn decode_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Optio
 fn decode_payload(kind: u8, channel: u16, payload: Bytes) -> Result<Frame> {
     match kind {
         FRAME_METHOD => decode_method(channel, payload),
-        FRAME_HEADER => {
-            crate::tables::check_content_header(&payload)?;
-            let (rest, header) =
-                amq_protocol::frame::parsing::parse_content_header(&payload[..])
-                    .map_err(|e| Error::protocol(format!("malformed content header: {e}")))?;
-            if !rest.is_empty() {
-                return Err(Error::protocol("trailing bytes after a content header"));
-            }
-            Ok(Frame::Header(channel, Box::new(header)))
-        }
+        FRAME_HEADER => match decode_header(&payload) {
+            Ok(header) => Ok(Frame::Header(channel, Box::new(header))),
+            // The frame itself was well delimited: if its body size is readable, only this
+            // message is bad, and the channel can refuse it and skip its body.
+            Err(error) => match message_body_size(&payload) {
+                Some(body_size) => Ok(Frame::BadHeader {
+                    channel,
+                    body_size,
+                    error,
+                }),
+                None => Err(error),
+            },
+        },
         FRAME_BODY => Ok(Frame::Body(channel, payload)),
         FRAME_HEARTBEAT if channel == 0 => Ok(Frame::Heartbeat),
         FRAME_HEARTBEAT => Err(Error::protocol(format!(
@@ -169,6 +179,26 @@ fn decode_payload(kind: u8, channel: u16, payload: Bytes) -> Result<Frame> {
         ))),
         other => Err(Error::protocol(format!("unknown frame type {other}"))),
     }
+}
+
+fn decode_header(payload: &[u8]) -> Result<AMQPContentHeader> {
+    crate::tables::check_content_header(payload)?;
+    let (rest, header) = amq_protocol::frame::parsing::parse_content_header(payload)
+        .map_err(|e| Error::protocol(format!("malformed content header: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::protocol("trailing bytes after a content header"));
+    }
+    Ok(header)
+}
+
+/// The body size of a `basic` content header whose properties may not decode: class (2),
+/// weight (2), then the size (8). `None` if even that is not there.
+fn message_body_size(payload: &[u8]) -> Option<u64> {
+    let class = u16::from_be_bytes(payload.get(..2)?.try_into().ok()?);
+    if class != BASIC {
+        return None;
+    }
+    Some(u64::from_be_bytes(payload.get(4..12)?.try_into().ok()?))
 }
 
 /// A bounds-checked reader over a method payload.
@@ -522,10 +552,14 @@ mod nesting {
     fn deeply_nested_tables_do_not_overflow_the_stack() {
         let frame = nested_headers_frame(20_000);
         let mut check = BytesMut::from(&frame[..]);
-        assert_eq!(
-            decode_frame(&mut check, 1 << 20).unwrap_err().kind(),
-            ErrorKind::Protocol
-        );
+        match decode_frame(&mut check, 1 << 20).unwrap().unwrap() {
+            Frame::BadHeader {
+                channel: 1,
+                body_size: 0,
+                error,
+            } => assert_eq!(error.kind(), ErrorKind::Protocol),
+            other => panic!("expected a refused header, got {other:?}"),
+        }
         let mut buf = BytesMut::from(&frame[..]);
         let result = std::thread::Builder::new()
             .stack_size(2 * 1024 * 1024)

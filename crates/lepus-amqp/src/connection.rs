@@ -215,7 +215,7 @@ impl ConnShared {
         self: &Arc<Self>,
     ) -> Option<tokio::sync::mpsc::Receiver<crate::Delivery>> {
         let (one, two) = (self.allocate_channel().ok()?, self.allocate_channel().ok()?);
-        let (slot, rx, _) = crate::consumer::consumer_pair(16);
+        let (slot, rx, _) = crate::consumer::consumer_pair(16, false);
         one.insert_consumer("c", slot);
         two.set_confirm_mode();
         Some(rx)
@@ -307,7 +307,7 @@ impl Frame {
             | Frame::Deliver(c, _)
             | Frame::Header(c, _)
             | Frame::Body(c, _) => *c,
-            Frame::Confirm { channel, .. } => *channel,
+            Frame::Confirm { channel, .. } | Frame::BadHeader { channel, .. } => *channel,
             Frame::Heartbeat => 0,
         }
     }
@@ -315,7 +315,7 @@ impl Frame {
     fn name(&self) -> &'static str {
         match self {
             Frame::Method(..) | Frame::Deliver(..) | Frame::Confirm { .. } => "method",
-            Frame::Header(..) => "content header",
+            Frame::Header(..) | Frame::BadHeader { .. } => "content header",
             Frame::Body(..) => "body",
             Frame::Heartbeat => "heartbeat",
         }
