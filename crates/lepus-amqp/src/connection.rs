@@ -777,7 +777,11 @@ async fn write_loop(
                 if heartbeat.is_zero() {
                     std::future::pending::<()>().await;
                 }
-                tokio::time::sleep_until(last_write + idle_limit).await;
+                // Saturating: no deadline arithmetic may panic, whatever the limits.
+                match last_write.checked_add(idle_limit) {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
             };
             tokio::select! {
                 _ = shared.out.writer_wait() => continue,
