@@ -330,6 +330,23 @@ pub(crate) struct Lifeline {
 impl Drop for Lifeline {
     fn drop(&mut self) {
         self.shared.begin_close(200, "connection dropped");
+        // Nobody waits for the close-ok now. If it does not come within the operation
+        // timeout (a frozen broker, no heartbeats), fail the connection so that its
+        // socket tasks end instead of waiting on the peer for ever.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::clone(&self.shared);
+            runtime.spawn(async move {
+                let limit = shared.opts.operation_timeout;
+                let mut closed = shared.closed.subscribe();
+                let done = tokio::time::timeout(limit, closed.wait_for(|c| c.is_some())).await;
+                if done.is_err() {
+                    shared.fail(Error::timeout(
+                        "connection.close after the last handle dropped",
+                        limit,
+                    ));
+                }
+            });
+        }
     }
 }
 
@@ -426,6 +443,13 @@ impl Connection {
     #[doc(hidden)]
     pub fn io_tasks_alive(&self) -> usize {
         self.shared.io_tasks.load(Ordering::Acquire)
+    }
+
+    /// The live count behind [`Connection::io_tasks_alive`], readable after the
+    /// connection's handles are gone. For tests.
+    #[doc(hidden)]
+    pub fn io_task_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.shared.io_tasks)
     }
 
     /// What was settled during `tune`.

@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lepus_amqp::*;
@@ -47,6 +48,19 @@ async fn a_writer_blocked_on_a_frozen_broker_ends_with_its_connection() {
         .operation_timeout(Duration::from_secs(60));
     let conn = Connection::connect(opts).await.unwrap();
     assert_eq!(conn.io_tasks_alive(), 2);
+    // A second connection with the broker's long heartbeat (60 s), dropped while the node is
+    // frozen: nothing notices the silence within the test, so the close deadline has to
+    // end it.
+    let quiet = Connection::connect(
+        ConnectionOptions::from_uri(&broker.url())
+            .unwrap()
+            .heartbeat(600)
+            .operation_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    assert!(quiet.negotiated().heartbeat >= 30);
+    let quiet_tasks = quiet.io_task_counter();
     let ch = conn.open_channel().await.unwrap();
     let q = unique_name("frozen");
     ch.queue_declare(&q, QueueDeclareOptions::default(), FieldTable::default())
@@ -54,6 +68,7 @@ async fn a_writer_blocked_on_a_frozen_broker_ends_with_its_connection() {
         .unwrap();
     let b = broker.clone();
     blocking(move || b.pause().unwrap()).await;
+    drop(quiet);
     // Publish until the socket buffers on both sides are full and the writer is stuck in
     // a write the frozen node will never read; the publisher then waits for buffer space.
     let publisher = tokio::spawn({
@@ -82,8 +97,16 @@ async fn a_writer_blocked_on_a_frozen_broker_ends_with_its_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let alive = conn.io_tasks_alive();
+    while quiet_tasks.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quiet_alive = quiet_tasks.load(Ordering::Acquire);
     let b = broker.clone();
     blocking(move || b.resume().unwrap()).await;
+    assert_eq!(
+        quiet_alive, 0,
+        "a dropped connection's tasks outlived the close deadline"
+    );
     let reason = reason.expect("the silence was noticed");
     assert_eq!(reason.kind(), ErrorKind::MissedHeartbeat, "{reason:?}");
     let (sent, err) = published
