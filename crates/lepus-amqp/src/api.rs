@@ -93,7 +93,11 @@ pub struct ConsumeOptions {
 /// Options of `basic.publish`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishOptions {
-    /// Return the message if no queue is bound to take it.
+    /// Return the message if no queue is bound to take it. In confirm mode the publish's
+    /// confirm then resolves to [`Confirmation::Returned`](crate::Confirmation::Returned)
+    /// with the message, matched to exactly this publish even when others share its
+    /// exchange, routing key and message id. Without confirm mode there is nothing to
+    /// resolve: returns are logged and dropped.
     pub mandatory: bool,
 }
 

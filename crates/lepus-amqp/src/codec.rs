@@ -515,6 +515,46 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::FrameTooLarge);
     }
 
+    /// A content header frame on channel 1: class 60, body size 5, headers flag, `table`.
+    fn header_frame(table: &[u8]) -> BytesMut {
+        let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x20, 0x00];
+        payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        payload.extend_from_slice(table);
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_HEADER, 1, |o| o.extend_from_slice(&payload));
+        BytesMut::from(&out[..])
+    }
+
+    #[test]
+    fn an_undecodable_header_refuses_the_message_not_the_frame_stream() {
+        // An unknown field type 'Z' in the headers: the guard refuses it.
+        let mut buf = header_frame(&[1, b'k', b'Z', 0]);
+        buf.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+        match decode_frame(&mut buf, 4096).unwrap().unwrap() {
+            Frame::BadHeader {
+                channel: 1,
+                body_size: 5,
+                error,
+            } => assert_eq!(error.kind(), ErrorKind::Protocol),
+            other => panic!("expected a refused header, got {other:?}"),
+        }
+        // The stream is still in step: the next frame decodes.
+        assert!(matches!(
+            decode_frame(&mut buf, 4096).unwrap(),
+            Some(Frame::Heartbeat)
+        ));
+        // Too short to carry a body size: the framing is lost, a connection error.
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_HEADER, 1, |o| {
+            o.extend_from_slice(&[0, 60, 0])
+        });
+        let mut buf = BytesMut::from(&out[..]);
+        assert_eq!(
+            decode_frame(&mut buf, 4096).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+    }
+
     #[test]
     fn missing_frame_end_is_a_protocol_error() {
         let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCD][..]);
