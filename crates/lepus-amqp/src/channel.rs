@@ -557,8 +557,29 @@ impl ChannelShared {
                     exchange = %ret.exchange,
                     routing_key = %ret.routing_key,
                     error = %err,
-                    "returned message refused and dropped"
+                    "returned message cannot be decoded; its publish is reported returned without it"
                 );
+                // Its publish must still resolve as returned, not as acked; without the
+                // content only the route can say which one it was.
+                let returned = Box::new(Returned {
+                    reply_code: ret.reply_code,
+                    reply_text: ret.reply_text.to_string(),
+                    exchange: ret.exchange.to_string(),
+                    routing_key: ret.routing_key.to_string(),
+                    properties: BasicProperties::default(),
+                    body: Bytes::new(),
+                });
+                let route =
+                    Fingerprint::new(&returned.exchange, &returned.routing_key, &[], &[]).route;
+                let index = returns::owner_by_route(
+                    route,
+                    st.pending
+                        .iter()
+                        .map(|p| (p.mandatory, p.returned.is_some())),
+                );
+                if let Some(p) = index.and_then(|i| st.pending.get_mut(i)) {
+                    p.returned = Some(returned);
+                }
                 return self.skipped_if_empty(st, size);
             }
         };

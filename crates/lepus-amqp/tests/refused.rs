@@ -183,3 +183,38 @@ async fn undeliverable_messages_are_dead_lettered_and_the_connection_goes_on() {
     conn.close().await.unwrap();
     publisher.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_undecodable_return_still_reports_its_publish_returned() {
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let conn = Connection::open(broker.url()).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.confirm_select().await.unwrap();
+    let deep = BasicProperties::default().with_headers(nested_headers(40));
+    let mandatory = PublishOptions { mandatory: true };
+    let nowhere = unique_name("nowhere");
+    // Our own encoder nests as deep as asked; the broker hands it back as it is, and our
+    // decoder refuses it. The publish must not read as delivered.
+    let confirm = ch
+        .basic_publish("", &nowhere, mandatory, &deep, b"lost?")
+        .await
+        .unwrap();
+    match confirm.wait(Duration::from_secs(10)).await.unwrap() {
+        Confirmation::Returned(r) => {
+            assert_eq!(r.reply_code, 312);
+            assert_eq!(r.routing_key, nowhere);
+        }
+        other => panic!("expected a return, got {other:?}"),
+    }
+    assert!(conn.is_open() && ch.is_open(), "{:?}", conn.close_reason());
+    let confirm = ch
+        .basic_publish("", &nowhere, mandatory, &BasicProperties::default(), b"x")
+        .await
+        .unwrap();
+    let got = confirm.wait(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        matches!(got, Confirmation::Returned(ref r) if &r.body[..] == b"x"),
+        "{got:?}"
+    );
+    conn.close().await.unwrap();
+}
