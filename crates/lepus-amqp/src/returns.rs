@@ -21,8 +21,10 @@
 //! matched at all; they are logged and dropped.
 //!
 //! Cost: one pass of a small word hash over the names, the encoded properties and at most
-//! 64 body bytes per mandatory publish, no allocation (the former match key was three
-//! owned strings per publish).
+//! 64 body bytes per mandatory publish in confirm mode, and no allocation. Measured on a
+//! busy 2-core machine (60 bytes of properties, a 100-byte body): 110-130 ns, against
+//! 70-90 ns for the three owned strings the former match key allocated and freed, and
+//! 180-300 ns for std's SipHash over the same bytes.
 
 /// How many bytes from each end of the body go into the fingerprint.
 const BODY_EDGE: usize = 32;
@@ -56,8 +58,7 @@ impl Fingerprint {
     }
 }
 
-/// A small multiply-rotate hash over 8-byte words: a few nanoseconds for the hundred or
-/// so bytes of a fingerprint (SipHash took ten times as long). Not collision resistant
+/// A small multiply-rotate hash over 8-byte words (see the cost above). Not collision resistant
 /// against an adversary, which it need not be: a collision only matters between two
 /// unconfirmed publishes of the same sender.
 struct Mix(u64);
