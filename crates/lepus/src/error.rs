@@ -28,6 +28,9 @@ pub enum ErrorKind {
     Nacked,
     /// A bounded buffer is full.
     BufferFull,
+    /// A store the toolkit keeps state in (the idempotency store) failed to read or
+    /// write; trying again may succeed.
+    Storage,
 }
 
 /// The toolkit's error. Cheap to clone.
@@ -117,7 +120,9 @@ impl Error {
     pub fn is_recoverable(&self) -> bool {
         match self.kind() {
             ErrorKind::Amqp => self.amqp().is_none_or(|e| e.is_recoverable()),
-            ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked => true,
+            ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked | ErrorKind::Storage => {
+                true
+            }
             _ => false,
         }
     }
