@@ -19,6 +19,7 @@ pub mod deadletter;
 pub mod demo;
 pub mod events;
 pub mod httpc;
+pub mod idempotency;
 pub mod inventory;
 pub mod notify;
 pub mod order;

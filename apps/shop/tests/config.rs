@@ -36,7 +36,10 @@ fn help_names_an_environment_variable_for_every_flag() {
         flags.retain(|f| !f.contains("--help"));
         assert!(flags.len() >= 6, "shop {sub}: too few flags in\n{text}");
         for flag in flags {
-            assert!(flag.contains("[env: SHOP_"), "shop {sub}: no env for {flag}");
+            assert!(
+                flag.contains("[env: SHOP_"),
+                "shop {sub}: no env for {flag}"
+            );
         }
     }
     // The broker URL carries a password: its value is never echoed.
@@ -84,10 +87,17 @@ async fn the_order_service_is_configured_from_the_environment_alone() {
     // names.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = shop::httpc::request(addr, "GET", "/health/ready", None, &[], Duration::from_secs(2))
-            .await
-            .map(|r| r.status)
-            .unwrap_or(0);
+        let ready = shop::httpc::request(
+            addr,
+            "GET",
+            "/health/ready",
+            None,
+            &[],
+            Duration::from_secs(2),
+        )
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0);
         if ready == 200 {
             break;
         }
