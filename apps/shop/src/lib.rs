@@ -24,6 +24,7 @@ pub mod inventory;
 pub mod notify;
 pub mod order;
 pub mod outbox;
+pub mod queues;
 pub mod service;
 pub mod stock;
 pub mod system;
