@@ -136,6 +136,8 @@ async fn the_same_idempotency_key_is_one_order_answered_the_same_way() {
     let again = post(&system, &order("Ada"), &[("Idempotency-Key", "retry-1")]).await;
     assert_eq!(again.status, first.status);
     assert_eq!(again.body, first.body, "a replay is answered byte for byte");
+    assert_eq!(first.header("idempotent-replayed"), None);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(orders_and_events(&system, "retry-1"), (1, 1));
 
     // The same key with another order is refused, and makes nothing.
