@@ -73,7 +73,7 @@ async fn the_order_service_is_configured_from_the_environment_alone() {
     let _child = Running(
         Command::new(SHOP)
             .arg("order")
-            .env("SHOP_AMQP_URL", broker.url().to_string())
+            .env("SHOP_AMQP_URL", broker.url())
             .env("SHOP_LISTEN", addr.to_string())
             .env("SHOP_DATA_DIR", &data)
             .env("SHOP_NAMESPACE", lepus_testkit::unique_name("shopenv"))

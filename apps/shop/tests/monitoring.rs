@@ -253,7 +253,7 @@ async fn every_dashboard_query_names_metrics_the_services_export() {
         Running(
             Command::new(SHOP)
                 .arg(service)
-                .env("SHOP_AMQP_URL", broker.url().to_string())
+                .env("SHOP_AMQP_URL", broker.url())
                 .env("SHOP_LISTEN", addr.to_string())
                 .env("SHOP_DATA_DIR", dir.path().join("data"))
                 .env("SHOP_NAMESPACE", &namespace)
