@@ -178,8 +178,10 @@ fn validate(order: &NewOrder) -> Result<(), String> {
 }
 
 enum Placed {
-    /// A new order (or one from before keys were recorded with their answers).
+    /// A new order.
     New(OrderView),
+    /// The order of a key used before keys were stored with their answers.
+    Keyed(OrderView),
     /// The answer given to the first use of the key, again.
     Replayed(idempotency::Stored),
     /// The key was first used with a different request.
@@ -219,6 +221,15 @@ async fn place_order(
             tracing::info!(service = "order", trace_id = %view.trace_id, order_id = %view.order_id, "order accepted");
             Ok((StatusCode::CREATED, Json(view)).into_response())
         }
+        Placed::Keyed(view) => Ok((
+            StatusCode::CREATED,
+            [(
+                HeaderName::from_static(idempotency::REPLAYED_HEADER),
+                "true",
+            )],
+            Json(view),
+        )
+            .into_response()),
         Placed::Replayed(stored) => {
             metrics::counter!("shop_orders_replayed_total").increment(1);
             let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::CREATED);
@@ -275,7 +286,7 @@ fn insert_order(
         if let Some(id) = existing {
             drop(tx);
             return read_order(c, &id)?
-                .map(Placed::New)
+                .map(Placed::Keyed)
                 .ok_or(rusqlite::Error::QueryReturnedNoRows);
         }
     }
