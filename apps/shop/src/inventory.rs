@@ -210,6 +210,11 @@ impl InventoryService {
             &[(Role::Publish, "publish"), (Role::Consume, "consume")],
             cancel.clone(),
         ));
+        tasks.push(crate::queues::spawn_gauges(
+            client.clone(),
+            common.names.all_queues(),
+            cancel.clone(),
+        ));
 
         let admin = Router::new()
             .route("/admin/stock", get(get_stock_mode).post(set_stock_mode))

@@ -119,6 +119,11 @@ impl NotifyService {
             &[(Role::Publish, "publish"), (Role::Consume, "consume")],
             cancel.clone(),
         ));
+        tasks.push(crate::queues::spawn_gauges(
+            client.clone(),
+            common.names.all_queues(),
+            cancel.clone(),
+        ));
         let app = observability::router(Some(metrics_handle()), health.clone());
         let addr = observability::serve(listen, app, cancel.clone()).await?;
         tracing::info!(service = "notify", %addr, "notification service listening");

@@ -88,18 +88,23 @@ async fn orders_flow_through_all_three_services() {
         ids.push(view["order_id"].as_str().unwrap().to_string());
         traces.push(view["trace_id"].as_str().unwrap().to_string());
     }
-    // The same idempotency key again: the same order, not a new one.
+    // The same order under the same idempotency key again: the same order, not a new one
+    // (tests/api.rs covers the rest of idempotency).
     let again = shop::httpc::request(
         order_addr,
         "POST",
         "/orders",
-        Some(&serde_json::json!({"customer": "x", "email": "x@example.org", "lines": [{"sku": "mug", "qty": 1}]})),
+        Some(&serde_json::json!({
+            "customer": "customer 3",
+            "email": "c3@example.org",
+            "lines": [{"sku": "lamp", "qty": 1}, {"sku": "vase", "qty": 2}],
+        })),
         &[("idempotency-key", "key-3")],
         Duration::from_secs(10),
     )
     .await
     .unwrap();
-    assert_eq!(again.status, 200);
+    assert_eq!(again.status, 201);
     assert_eq!(again.json().unwrap()["order_id"], ids[3].as_str());
     // Invalid orders are refused.
     let bad = shop::httpc::request(
