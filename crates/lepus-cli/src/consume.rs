@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use lepus::{Role, Topology};
 
-use crate::connect::{ConnectArgs, parse_secs, wait_for};
+use crate::connect::{self, parse_secs, wait_for};
 use crate::render;
 use crate::subscription::{Next, Subscription};
 
@@ -30,8 +30,6 @@ pub enum AckMode {
 /// Options of `lepus consume`.
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// The queue to consume from (it must exist).
     #[arg(long, short = 'q')]
     queue: String,
@@ -73,11 +71,9 @@ fn settle(mode: AckMode, delivery: &lepus::amqp::Delivery) -> lepus::amqp::Resul
 
 /// Runs `lepus consume`.
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let client = args
-        .connect
-        .client("lepus consume", Topology::new(), true)?;
+    let client = connect::global().client("lepus consume", Topology::new(), true)?;
     let mut sub = Subscription::new(client.clone(), &args.queue, args.prefetch, args.timeout);
-    let started = match wait_for(&client, Role::Consume, args.timeout, &args.connect).await {
+    let started = match wait_for(&client, Role::Consume, args.timeout, connect::global()).await {
         Ok(()) => sub.start().await,
         Err(err) => Err(err),
     };

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use clap::Args;
 use lepus::{Confirm, Message, Publisher, PublisherOptions, Role, Topology};
 
-use crate::connect::{ConnectArgs, parse_secs, wait_for};
+use crate::connect::{self, parse_secs, wait_for};
 
 /// Confirms awaited at once; beyond it, sending waits for the oldest.
 const PIPELINE: usize = 1000;
@@ -22,8 +22,6 @@ const MAX_BODY: u64 = lepus::amqp::DEFAULT_MAX_BODY_SIZE as u64;
 /// Options of `lepus publish`.
 #[derive(Args, Debug)]
 pub struct PublishArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// Exchange to publish to (the default exchange routes by queue name).
     #[arg(long, short = 'e', default_value = "")]
     exchange: String,
@@ -131,10 +129,8 @@ fn report(id: &str, outcome: lepus::PublishResult) -> bool {
 /// Runs `lepus publish`.
 pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let body = read_body(&args)?;
-    let client = args
-        .connect
-        .client("lepus publish", Topology::new(), true)?;
-    wait_for(&client, Role::Publish, args.timeout, &args.connect).await?;
+    let client = connect::global().client("lepus publish", Topology::new(), true)?;
+    wait_for(&client, Role::Publish, args.timeout, connect::global()).await?;
     let publisher = Publisher::new(
         &client,
         PublisherOptions::default()

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::connect::{ConnectArgs, parse_secs};
+use crate::connect::{self, parse_secs};
 
 mod consumer;
 mod drain;
@@ -44,8 +44,6 @@ pub enum QueueKind {
 /// Options of `lepus bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// Producers, each with a publisher of its own.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     producers: u16,
@@ -180,10 +178,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         QueueKind::Quorum => QueueType::Quorum,
     };
     let topology = Topology::new().queue(Queue::new(queue.as_str()).queue_type(queue_type));
-    let client = args.connect.client("lepus bench", topology, false)?;
+    let client = connect::global().client("lepus bench", topology, false)?;
     if let Err(err) = client.wait_connected(args.publish_timeout).await {
         let _ = client.close(Duration::from_secs(2)).await;
-        return Err(err).with_context(|| format!("cannot connect to {}", args.connect.describe()));
+        return Err(err)
+            .with_context(|| format!("cannot connect to {}", connect::global().describe()));
     }
     if let Some(failure) = client.topology_report(Role::Publish).failures.first() {
         let _ = client.close(Duration::from_secs(2)).await;
@@ -210,7 +209,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             QueueKind::Classic => "classic",
             QueueKind::Quorum => "quorum",
         },
-        args.connect.describe()
+        connect::global().describe()
     );
 
     let stop_consumers = CancellationToken::new();

@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use lepus::{Client, RetryPolicy, Role, Topology};
 
-use crate::connect::{ConnectArgs, parse_secs, wait_for};
+use crate::connect::{self, parse_secs, wait_for};
 
 mod inspect;
 mod pace;
@@ -65,8 +65,6 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
 /// Which dead-letter queue, on which broker.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// The work queue whose dead-letter queue (`<queue>.dlq`) to use.
     #[arg(
         long,
@@ -97,8 +95,8 @@ impl Target {
     /// A client (one connection for everything) that is connected, or an error naming the
     /// broker.
     async fn connect(&self, name: &str) -> anyhow::Result<Client> {
-        let client = self.connect.client(name, Topology::new(), true)?;
-        if let Err(err) = wait_for(&client, Role::Consume, self.timeout, &self.connect).await {
+        let client = connect::global().client(name, Topology::new(), true)?;
+        if let Err(err) = wait_for(&client, Role::Consume, self.timeout, connect::global()).await {
             close(&client).await;
             return Err(err);
         }
