@@ -195,4 +195,29 @@ fn export_apply_export_gives_the_same_file_and_plan_names_an_inequivalent_queue(
         T,
     );
     assert_eq!(after.stdout, exported);
+
+    // The management API adds the tiers' delays and the broker's rates to `status`.
+    let status = lepus(
+        &[
+            "--amqp-url",
+            &b_url,
+            "--management-url",
+            &b_mgmt,
+            "status",
+            "-q",
+            "orders",
+            "--json",
+            "--sample",
+            "0.2",
+        ],
+        b"",
+        T,
+    );
+    assert!(status.ok, "{}", status.stderr);
+    let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    let rows = status["queues"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{status}");
+    assert_eq!(rows[1]["delay_ms"], 1000, "{status}");
+    assert_eq!(rows[2]["delay_ms"], 5000, "{status}");
+    assert!(rows[0]["in_per_s"].is_f64(), "{status}");
 }
