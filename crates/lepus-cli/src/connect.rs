@@ -30,6 +30,7 @@ static RESOLVED: OnceLock<ConnectArgs> = OnceLock::new();
 
 /// Where the broker is, and how to reach it.
 #[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Connection (any command; env vars and --profile too)")]
 pub struct ConnectArgs {
     /// Broker URL (amqp:// or amqps://); repeat the option, or separate with commas, for
     /// failover across several nodes [default: amqp://guest:guest@127.0.0.1:5672/%2f].

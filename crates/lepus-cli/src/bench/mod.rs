@@ -1,10 +1,16 @@
-//! `lepus bench`: producers and consumers on one queue, in the spirit of RabbitMQ's
-//! PerfTest, through the same `lepus::Client` and `lepus::Publisher` a service uses.
+//! `lepus bench`: producers and consumers on one or more queues, with RabbitMQ PerfTest's
+//! flags (`-x 2 -y 2 -s 1000 -z 10`), through the same `lepus::Client` and
+//! `lepus::Publisher` a service uses.
 //!
-//! A run: declare the queue (as the client's topology, so it is declared again after every
-//! reconnect), subscribe the consumers, publish, then drain: consumers go on until the
-//! queue has stayed empty for a moment after the producers finished, bounded by a deadline.
+//! A run: declare the queues (and an exchange with `-e`, each queue bound with `-k`) as the
+//! client's topology, so they are declared again after every reconnect; subscribe the
+//! consumers (spread over the queues), publish (without `-e`, producers are spread over
+//! the queues through the default exchange), then drain: consumers go on until the queues
+//! have stayed empty for a moment after the producers finished, bounded by a deadline.
 //! With `--verify`, every message is accounted for exactly (see [`verify`]).
+//!
+//! Defaults differ from PerfTest's where lepus's purpose does: messages are persistent
+//! and confirmed unless `--transient` and `-c 0` ask for PerfTest's defaults.
 //!
 //! Every wait is bounded by the publish timeout: with no broker the run fails with the
 //! reason instead of hanging.
@@ -16,7 +22,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use lepus::{Client, Queue, QueueType, Role, Topology};
+use lepus::amqp::ExchangeKind;
+use lepus::{Client, Exchange, Queue, QueueType, Role, Topology};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,43 +48,70 @@ pub enum QueueKind {
     Quorum,
 }
 
-/// Options of `lepus bench`.
+/// Options of `lepus bench`. The short flags are PerfTest's.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Producers, each with a publisher of its own.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, short = 'x', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     producers: u16,
-    /// Consumers, each on a channel of its own.
-    #[arg(long, default_value_t = 1)]
+    /// Consumers, each on a channel of its own (spread over the queues).
+    #[arg(long, short = 'y', default_value_t = 1)]
     consumers: u16,
     /// Message body size in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    #[arg(long, short = 's', value_name = "BYTES", default_value_t = 100)]
     size: usize,
-    /// Unconfirmed messages in flight per producer.
-    #[arg(long, value_name = "W", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Unconfirmed messages in flight per producer; 0 publishes without confirms
+    /// (PerfTest's default).
+    #[arg(long, short = 'c', value_name = "W", default_value_t = 1000)]
     confirm: u32,
-    /// Unacknowledged deliveries per consumer.
-    #[arg(long, value_name = "P", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Unacknowledged deliveries per consumer (basic.qos).
+    #[arg(long, short = 'q', value_name = "P", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
     prefetch: u16,
     /// Consumers ack with multiple=true every K deliveries.
-    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, short = 'A', value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
     multi_ack: u16,
+    /// Consumers do not acknowledge (the broker forgets a message once sent).
+    #[arg(long, short = 'a')]
+    autoack: bool,
     /// Messages per second across all producers; 0 for unlimited.
-    #[arg(long, value_name = "MSGS_PER_S", default_value_t = 0)]
+    #[arg(long, short = 'r', value_name = "MSGS_PER_S", default_value_t = 0)]
     rate: u64,
     /// Messages per producer [default: 100000].
-    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, short = 'C', conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Publish for this many seconds instead of a count.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, short = 'z', value_name = "SECS", value_parser = parse_secs)]
     duration: Option<Duration>,
     /// Queue type.
     #[arg(long, value_enum, default_value_t = QueueKind::Classic)]
     queue_type: QueueKind,
-    /// Queue name (durable); a fresh name by default.
-    #[arg(long, value_name = "NAME")]
-    queue: Option<String>,
-    /// Keep the queue at the end instead of deleting it.
+    /// Queue name (durable); repeat for several queues. A fresh name by default.
+    #[arg(long = "queue", short = 'u', value_name = "NAME")]
+    queues: Vec<String>,
+    /// This many queues with fresh names (when no --queue is given).
+    #[arg(long = "queues", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..), conflicts_with = "queues")]
+    queue_count: u16,
+    /// Queue arguments, e.g. x-max-length=1000,x-queue-mode=lazy (numbers become
+    /// integers).
+    #[arg(long, value_name = "K=V", value_delimiter = ',', value_parser = parse_queue_arg)]
+    queue_args: Vec<(String, lepus::amqp::AMQPValue)>,
+    /// Publish through this exchange (declared, and every queue bound to it with the
+    /// routing key). Default: the default exchange, producers spread over the queues.
+    #[arg(long, short = 'e', value_name = "NAME")]
+    exchange: Option<String>,
+    /// The exchange's type.
+    #[arg(long, short = 't', value_name = "TYPE", default_value = "direct")]
+    exchange_type: String,
+    /// Routing key with --exchange [default: the run's id].
+    #[arg(long, short = 'k', value_name = "KEY", requires = "exchange")]
+    routing_key: Option<String>,
+    /// Message flags: `persistent` (the default; see --transient) or `mandatory`.
+    #[arg(long = "flag", short = 'f', value_name = "FLAG", value_parser = ["persistent", "mandatory"])]
+    flags: Vec<String>,
+    /// Transient messages (PerfTest's default) instead of persistent ones.
+    #[arg(long, conflicts_with = "flags")]
+    transient: bool,
+    /// Keep the queues (and exchange) at the end instead of deleting them.
     #[arg(long)]
     keep_queue: bool,
     /// Count lost (confirmed, never consumed) and duplicated messages exactly; exit
@@ -87,10 +121,31 @@ pub struct BenchArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics (`lepus_*`) on this address while the run lasts, e.g.
+    /// 127.0.0.1:9090 (/metrics, /health).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Seconds a message may take from send to confirm; also bounds connecting and
     /// every wait for the broker.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     publish_timeout: Duration,
+}
+
+/// `key=value`: integers and booleans as such, anything else as a string.
+fn parse_queue_arg(s: &str) -> Result<(String, lepus::amqp::AMQPValue), String> {
+    use lepus::amqp::AMQPValue;
+    let (k, v) = s
+        .split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
+    let value = if let Ok(n) = v.parse::<i64>() {
+        AMQPValue::LongLongInt(n)
+    } else if let Ok(b) = v.parse::<bool>() {
+        AMQPValue::Boolean(b)
+    } else {
+        AMQPValue::LongString(v.into())
+    };
+    Ok((k.to_owned(), value))
 }
 
 /// What producers and consumers share.
@@ -100,6 +155,8 @@ pub struct Ctx {
     size: usize,
     verify: bool,
     counters: report::Counters,
+    /// End-to-end latencies since the last progress line.
+    interval_latency: Mutex<hdrhistogram::Histogram<u64>>,
     /// Per producer: sequence numbers handed out so far (ids at or past it are not ours).
     bounds: Vec<AtomicU64>,
     /// Cancelled when the run cannot go on (no broker within the timeout).
@@ -155,13 +212,122 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.verify && args.consumers == 0 {
         bail!("--verify needs at least one consumer");
     }
-    if args
-        .queue
-        .as_ref()
-        .is_some_and(|q| q.is_empty() || q.len() > 255)
-    {
+    if args.verify && args.confirm == 0 {
+        bail!(
+            "--verify needs confirms (--confirm above 0): lost is counted against what the broker confirmed"
+        );
+    }
+    if args.verify && args.autoack {
+        bail!("--verify needs acknowledgements (not --autoack)");
+    }
+    if args.verify && (args.queues.len() > 1 || args.queue_count > 1) && args.exchange.is_some() {
+        bail!("--verify with --exchange needs a single queue (each bound queue gets a copy)");
+    }
+    if args.queues.iter().any(|q| q.is_empty() || q.len() > 255) {
         bail!("--queue must be 1 to 255 bytes");
     }
+    if args
+        .exchange
+        .as_ref()
+        .is_some_and(|e| e.is_empty() || e.len() > 255)
+    {
+        bail!("--exchange must be 1 to 255 bytes");
+    }
+    Ok(())
+}
+
+/// Where messages go and where they are taken from.
+struct Layout {
+    queues: Vec<String>,
+    /// The exchange, when not the default one.
+    exchange: Option<String>,
+    routing_key: String,
+}
+
+impl Layout {
+    fn new(args: &BenchArgs, run_id: &str) -> Layout {
+        let queues = if args.queues.is_empty() {
+            if args.queue_count == 1 {
+                vec![format!("lepus-bench-{run_id}")]
+            } else {
+                (1..=args.queue_count)
+                    .map(|i| format!("lepus-bench-{run_id}-{i}"))
+                    .collect()
+            }
+        } else {
+            args.queues.clone()
+        };
+        Layout {
+            queues,
+            exchange: args.exchange.clone(),
+            routing_key: args
+                .routing_key
+                .clone()
+                .unwrap_or_else(|| format!("lepus-bench-{run_id}")),
+        }
+    }
+
+    /// Exchange and routing key of producer `i`.
+    fn target(&self, i: usize) -> (String, String) {
+        match &self.exchange {
+            Some(exchange) => (exchange.clone(), self.routing_key.clone()),
+            None => {
+                let n = self.queues.len().max(1);
+                let queue = self.queues.get(i % n).cloned().unwrap_or_default();
+                (String::new(), queue)
+            }
+        }
+    }
+
+    /// The queue consumer `i` takes from.
+    fn source(&self, i: usize) -> String {
+        let n = self.queues.len().max(1);
+        self.queues.get(i % n).cloned().unwrap_or_default()
+    }
+
+    fn topology(&self, args: &BenchArgs) -> Topology {
+        let queue_type = match args.queue_type {
+            QueueKind::Classic => QueueType::Classic,
+            QueueKind::Quorum => QueueType::Quorum,
+        };
+        let mut topology = Topology::new();
+        if let Some(exchange) = &self.exchange
+            && !exchange.starts_with("amq.")
+        {
+            let kind = match args.exchange_type.as_str() {
+                "direct" => ExchangeKind::Direct,
+                "fanout" => ExchangeKind::Fanout,
+                "topic" => ExchangeKind::Topic,
+                "headers" => ExchangeKind::Headers,
+                other => ExchangeKind::Custom(other.to_owned()),
+            };
+            topology = topology.exchange(Exchange::new(exchange.as_str(), kind));
+        }
+        for name in &self.queues {
+            let mut queue = Queue::new(name.as_str()).queue_type(queue_type);
+            for (k, v) in &args.queue_args {
+                queue = queue.argument(k, v.clone());
+            }
+            topology = topology.queue(queue);
+            if let Some(exchange) = &self.exchange {
+                topology = topology.bind(name, exchange, &self.routing_key);
+            }
+        }
+        topology
+    }
+}
+
+/// Serves `/metrics` while the run lasts.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    client: &Client,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    use lepus::observability;
+    let handle = observability::install_prometheus()?;
+    let router = observability::router(Some(handle), observability::Health::new(client));
+    let bound = observability::serve(addr, router, stop.clone()).await?;
+    eprintln!("lepus bench: metrics on http://{bound}/metrics");
     Ok(())
 }
 
@@ -169,16 +335,15 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
     let run_id = format!("{:08x}", rand::random::<u32>());
-    let queue = args
-        .queue
-        .clone()
-        .unwrap_or_else(|| format!("lepus-bench-{run_id}"));
-    let queue_type = match args.queue_type {
-        QueueKind::Classic => QueueType::Classic,
-        QueueKind::Quorum => QueueType::Quorum,
-    };
-    let topology = Topology::new().queue(Queue::new(queue.as_str()).queue_type(queue_type));
-    let client = connect::global().client("lepus bench", topology, false)?;
+    let layout = Layout::new(&args, &run_id);
+    let client = connect::global().client("lepus bench", layout.topology(&args), false)?;
+    let stop_metrics = CancellationToken::new();
+    if let Some(addr) = args.metrics_addr
+        && let Err(err) = serve_metrics(addr, &client, &stop_metrics).await
+    {
+        let _ = client.close(Duration::from_secs(2)).await;
+        return Err(err);
+    }
     if let Err(err) = client.wait_connected(args.publish_timeout).await {
         let _ = client.close(Duration::from_secs(2)).await;
         return Err(err)
@@ -186,7 +351,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(failure) = client.topology_report(Role::Publish).failures.first() {
         let _ = client.close(Duration::from_secs(2)).await;
-        bail!("cannot declare the bench queue: {failure}");
+        bail!("cannot declare the bench topology: {failure}");
     }
     let template = report::latency_histogram()?;
     let ctx = Arc::new(Ctx {
@@ -195,25 +360,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         size: args.size,
         verify: args.verify,
         counters: report::Counters::default(),
+        interval_latency: Mutex::new(template.clone()),
         bounds: (0..args.producers).map(|_| AtomicU64::new(0)).collect(),
         abort: CancellationToken::new(),
         abort_reason: Mutex::new(None),
         first_failure: Mutex::new(None),
     });
     eprintln!(
-        "lepus bench: {} producer(s), {} consumer(s), {} B messages, {} queue '{queue}' on {}",
+        "lepus bench: {} producer(s), {} consumer(s), {} B {} messages, {}, {} {} queue(s) {}{} on {}",
         args.producers,
         args.consumers,
         args.size,
+        if args.transient {
+            "transient"
+        } else {
+            "persistent"
+        },
+        if args.confirm == 0 {
+            "no confirms".to_owned()
+        } else {
+            format!("confirm window {}", args.confirm)
+        },
+        layout.queues.len(),
         match args.queue_type {
             QueueKind::Classic => "classic",
             QueueKind::Quorum => "quorum",
         },
+        layout.queues.join(", "),
+        layout
+            .exchange
+            .as_ref()
+            .map(|e| format!(" via exchange '{e}' ({})", layout.routing_key))
+            .unwrap_or_default(),
         connect::global().describe()
     );
 
     let stop_consumers = CancellationToken::new();
-    let consumers = start_consumers(&args, &ctx, &client, &queue, &template, &stop_consumers).await;
+    let consumers =
+        start_consumers(&args, &layout, &ctx, &client, &template, &stop_consumers).await;
 
     let stop_progress = CancellationToken::new();
     let progress = tokio::spawn(progress(
@@ -231,6 +415,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let producing_since = Instant::now();
     let producers: Vec<JoinHandle<producer::Outcome>> = (0..usize::from(args.producers))
         .map(|i| {
+            let (exchange, routing_key) = layout.target(i);
             let plan = producer::Plan {
                 count: match args.duration {
                     Some(_) => None,
@@ -239,7 +424,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 rate: args.rate as f64 / f64::from(args.producers),
                 window: usize::try_from(args.confirm).unwrap_or(usize::MAX),
                 timeout: args.publish_timeout,
-                queue: queue.clone(),
+                exchange,
+                routing_key,
+                persistent: !args.transient,
+                mandatory: args.flags.iter().any(|f| f == "mandatory"),
             };
             tokio::spawn(producer::run(
                 Arc::clone(&ctx),
@@ -257,7 +445,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     stop_producers.cancel();
     if args.consumers > 0 {
-        drain::drain(&ctx, &client, &queue, args.publish_timeout).await;
+        drain::drain(&ctx, &client, &layout.queues, args.publish_timeout).await;
     }
     stop_consumers.cancel();
     let mut consumed = Vec::new();
@@ -270,15 +458,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let duration = ctx.epoch.elapsed();
     if !args.keep_queue {
-        drain::delete_queue(&client, &queue).await;
+        for queue in &layout.queues {
+            drain::delete_queue(&client, queue).await;
+        }
+        if let Some(exchange) = layout.exchange.as_ref().filter(|e| !e.starts_with("amq.")) {
+            drain::delete_exchange(&client, exchange).await;
+        }
     }
     let reconnects =
         (client.connects(Role::Publish) + client.connects(Role::Consume)).saturating_sub(2);
+    stop_metrics.cancel();
     let _ = client.close(Duration::from_secs(5)).await;
 
     let summary = report::summarize(
         &ctx,
-        &queue,
+        &layout.queues.join(","),
         producing_since,
         &produced,
         consumed,
@@ -321,20 +515,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 async fn start_consumers(
     args: &BenchArgs,
+    layout: &Layout,
     ctx: &Arc<Ctx>,
     client: &Client,
-    queue: &str,
     template: &hdrhistogram::Histogram<u64>,
     stop: &CancellationToken,
 ) -> Vec<JoinHandle<consumer::Outcome>> {
     let mut handles = Vec::new();
     let mut readiness = Vec::new();
-    for _ in 0..args.consumers {
+    for i in 0..usize::from(args.consumers) {
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         let plan = consumer::Plan {
-            queue: queue.to_owned(),
+            queue: layout.source(i),
             prefetch: args.prefetch,
             multi_ack: args.multi_ack,
+            autoack: args.autoack,
             timeout: args.publish_timeout,
         };
         handles.push(tokio::spawn(consumer::run(
@@ -405,8 +600,17 @@ async fn progress(ctx: Arc<Ctx>, client: Client, stop: CancellationToken) {
                 note.push_str(&format!("  [{role}: {}]", state.name()));
             }
         }
+        let latency = {
+            let mut h = ctx
+                .interval_latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let line = report::latency_line(&h);
+            h.reset();
+            line
+        };
         eprintln!(
-            "{}",
+            "{}{latency}",
             report::progress_line(ctx.epoch.elapsed(), now, before, at.elapsed(), &note)
         );
         before = now;
