@@ -47,7 +47,8 @@ pub fn segment(s: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+/// Undoes `%XX` escapes (invalid ones stay as they are).
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -121,7 +122,13 @@ impl Management {
 
     /// GET `path` (below `/api`), parsed as JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let (status, body) = self.request("GET", path, None).await?;
+        Ok(self.get_dated(path).await?.0)
+    }
+
+    /// GET `path` (below `/api`) as JSON, with the server's clock from the `Date` header
+    /// (seconds since the epoch, if it sent one).
+    pub async fn get_dated(&self, path: &str) -> anyhow::Result<(Value, Option<i64>)> {
+        let Response { status, date, body } = self.request("GET", path, None).await?;
         if status != 200 {
             bail!(
                 "management API GET {path}: HTTP {status}: {}",
@@ -131,8 +138,9 @@ impl Management {
                     .collect::<String>()
             );
         }
-        serde_json::from_slice(&body)
-            .with_context(|| format!("management API GET {path}: not JSON"))
+        let value = serde_json::from_slice(&body)
+            .with_context(|| format!("management API GET {path}: not JSON"))?;
+        Ok((value, date.as_deref().and_then(http_date)))
     }
 
     async fn request(
@@ -140,7 +148,7 @@ impl Management {
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
+    ) -> anyhow::Result<Response> {
         tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
             .await
             .with_context(|| {
@@ -156,7 +164,7 @@ impl Management {
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
+    ) -> anyhow::Result<Response> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("cannot reach the management API at {}", self.address()))?;
@@ -234,8 +242,49 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(raw)
 }
 
-/// Status and body of an HTTP/1.1 response (Content-Length, chunked, or to the end).
-fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+/// What an HTTP request returned.
+struct Response {
+    status: u16,
+    /// The `Date` header.
+    date: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(s: &str) -> Option<i64> {
+    let mut parts = s.split_whitespace().skip(1);
+    let day: i64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    // Days from the civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+/// Status, date and body of an HTTP/1.1 response (Content-Length, chunked, or to the end).
+fn parse_response(raw: &[u8]) -> anyhow::Result<Response> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -250,6 +299,7 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         .context("management API: bad HTTP status line")?;
     let mut chunked = false;
     let mut length = None;
+    let mut date = None;
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
@@ -257,21 +307,23 @@ fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
                 chunked = true;
             } else if k == "content-length" {
                 length = v.parse::<usize>().ok();
+            } else if k == "date" {
+                date = Some(v.to_owned());
             }
         }
     }
-    if chunked {
-        return Ok((status, dechunk(body)?));
-    }
-    match length {
-        Some(n) => Ok((
-            status,
-            body.get(..n)
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        match length {
+            Some(n) => body
+                .get(..n)
                 .context("management API: response shorter than its Content-Length")?
                 .to_vec(),
-        )),
-        None => Ok((status, body.to_vec())),
-    }
+            None => body.to_vec(),
+        }
+    };
+    Ok(Response { status, date, body })
 }
 
 fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -320,14 +372,21 @@ mod tests {
 
     #[test]
     fn responses_parse_with_length_and_chunks() {
-        let (status, body) =
-            parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((status, body.as_slice()), (200, b"{}".as_slice()));
-        let (_, body) = parse_response(
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, b"{}".as_slice()));
+        assert_eq!(r.date.as_deref().and_then(http_date), Some(784_111_777));
+        assert_eq!(
+            http_date("Sat, 29 Feb 2020 00:00:00 GMT"),
+            Some(1_582_934_400)
+        );
+        let r = parse_response(
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n",
         )
         .unwrap();
-        assert_eq!(body, b"[1,2]");
+        assert_eq!(r.body, b"[1,2]");
         assert!(parse_response(b"HTTP/1.1 200").is_err());
     }
 }

@@ -22,7 +22,7 @@ use crate::connect::{self, parse_secs, wait_for};
 
 mod inspect;
 mod pace;
-mod record;
+pub(crate) mod record;
 mod scan;
 mod sink;
 mod transfer;
