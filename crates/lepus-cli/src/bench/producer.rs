@@ -275,7 +275,7 @@ async fn run_unconfirmed(
     );
     let started = Instant::now();
     let mut seq = 0u64;
-    while !plan.count.is_some_and(|count| seq >= count) && !stop.is_cancelled() {
+    while plan.count.is_none_or(|count| seq < count) && !stop.is_cancelled() {
         if !pace(&ctx, started, seq, plan.rate, &stop).await {
             break;
         }

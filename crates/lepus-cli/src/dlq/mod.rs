@@ -23,6 +23,7 @@ use crate::connect::{self, parse_secs, wait_for};
 mod inspect;
 mod pace;
 pub(crate) mod record;
+mod restore;
 mod scan;
 mod sink;
 mod transfer;
@@ -49,6 +50,10 @@ enum DlqCommand {
     Move(transfer::MoveArgs),
     /// Remove every message from the dead-letter queue (needs --yes).
     Purge(inspect::PurgeArgs),
+    /// Replay messages archived by `move --to-file` (one JSON object per line) to the
+    /// queues they failed on, or --to-queue.
+    #[command(visible_alias = "restore")]
+    ReplayFile(restore::ReplayFileArgs),
 }
 
 /// Runs `lepus dlq`.
@@ -59,6 +64,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
         DlqCommand::Replay(args) => transfer::replay(args).await,
         DlqCommand::Move(args) => transfer::move_messages(args).await,
         DlqCommand::Purge(args) => inspect::purge(args).await,
+        DlqCommand::ReplayFile(args) => restore::replay_file(args).await,
     }
 }
 
