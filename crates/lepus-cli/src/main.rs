@@ -44,6 +44,7 @@ enum Command {
     /// Check a connection the way a service makes it, check by check: DNS, TCP, TLS and
     /// the certificate, login, the broker, heartbeat and frame size, permissions, alarms,
     /// clock skew.
+    #[command(visible_alias = "tls-check")]
     Doctor(doctor::DoctorArgs),
     /// Show a lepus consumer's queues: the work queue, each retry tier and the
     /// dead-letter queue, with depth, consumers and rates.

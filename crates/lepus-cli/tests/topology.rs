@@ -220,4 +220,38 @@ fn export_apply_export_gives_the_same_file_and_plan_names_an_inequivalent_queue(
     assert_eq!(rows[1]["delay_ms"], 1000, "{status}");
     assert_eq!(rows[2]["delay_ms"], 5000, "{status}");
     assert!(rows[0]["in_per_s"].is_f64(), "{status}");
+
+    // doctor with the management API: the cluster's nodes, alarms and the clock.
+    let doctor = lepus(
+        &[
+            "--amqp-url",
+            &b_url,
+            "--management-url",
+            &b_mgmt,
+            "doctor",
+            "--json",
+        ],
+        b"",
+        T,
+    );
+    let report: serde_json::Value = serde_json::from_str(doctor.stdout.trim()).unwrap();
+    assert_eq!(doctor.code, Some(0), "{report:#}");
+    let cluster = report["cluster"].as_array().unwrap();
+    let status = |name: &str| {
+        cluster
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        status("cluster.nodes").as_deref(),
+        Some("pass"),
+        "{report:#}"
+    );
+    assert_eq!(
+        status("cluster.alarms").as_deref(),
+        Some("pass"),
+        "{report:#}"
+    );
+    assert_eq!(status("clock").as_deref(), Some("pass"), "{report:#}");
 }

@@ -525,6 +525,34 @@ pub async fn management(url: &str, args: &DoctorArgs) -> Vec<Check> {
 mod tests {
     use super::*;
 
+    fn cert(from_days: i64, to_days: i64) -> tls::CertInfo {
+        let now = now_secs();
+        tls::CertInfo {
+            subject: "CN=x".into(),
+            issuer: "CN=ca".into(),
+            names: vec![],
+            not_before: now + from_days * 86_400,
+            not_after: now + to_days * 86_400,
+        }
+    }
+
+    #[test]
+    fn expiry_warns_under_thirty_days_and_fails_when_expired() {
+        let c = expiry("tls.expiry", "it", &cert(-10, 400));
+        assert_eq!(c.status, super::super::Status::Pass, "{c:?}");
+        let c = expiry("tls.expiry", "it", &cert(-10, 10));
+        assert_eq!(c.status, super::super::Status::Warn, "{c:?}");
+        assert!(
+            c.detail.contains("expires in 9 days") || c.detail.contains("expires in 10 days"),
+            "{c:?}"
+        );
+        let c = expiry("tls.expiry", "it", &cert(-10, -1));
+        assert_eq!(c.status, super::super::Status::Fail, "{c:?}");
+        assert!(c.detail.contains("expired on"), "{c:?}");
+        let c = expiry("tls.expiry", "it", &cert(2, 400));
+        assert_eq!(c.status, super::super::Status::Fail, "{c:?}");
+    }
+
     #[test]
     fn urls_give_user_and_query_values() {
         let url = "amqps://app:s3cret@h:5671/%2f?cacertfile=/a%20b.pem&auth_mechanism=external";
