@@ -173,3 +173,68 @@ fn a_plain_node_passes_and_no_broker_is_its_own_exit_code() {
     assert!(detail.contains("login refused"), "{detail}");
     assert!(fix.contains("password"), "{fix}");
 }
+
+/// A node whose server certificate (from a CA of the test's own) has `validity`; the CA
+/// file for the client, and the node.
+fn node_with_cert(
+    dir: &std::path::Path,
+    validity: lepus_testkit::Validity,
+) -> (String, lepus_testkit::Broker) {
+    use lepus_testkit::{CertSpec, CertificateAuthority, ServerTls};
+    let ca = CertificateAuthority::new("doctor test CA").unwrap();
+    let server = ca
+        .issue(&CertSpec::server(["localhost", "127.0.0.1"]).validity(validity))
+        .unwrap();
+    let (ca_file, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    ca.write_cert(&ca_file).unwrap();
+    server.write(&cert, &key).unwrap();
+    let broker = lepus_testkit::Broker::builder()
+        .server_tls(ServerTls::new(&ca_file, &cert, &key))
+        .start()
+        .unwrap();
+    (ca_file.display().to_string(), broker)
+}
+
+#[test]
+fn an_expiring_certificate_warns_and_an_expired_one_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (soon_dir, old_dir) = (dir.path().join("soon"), dir.path().join("old"));
+    let soon = std::thread::spawn(move || {
+        node_with_cert(
+            &soon_dir,
+            lepus_testkit::Validity::expiring_in(Duration::from_secs(10 * 86_400)),
+        )
+    });
+    let old =
+        std::thread::spawn(move || node_with_cert(&old_dir, lepus_testkit::Validity::expired()));
+    let (soon_ca, soon) = soon.join().unwrap();
+    let (old_ca, old) = old.join().unwrap();
+
+    let url = amqps_localhost(&soon.amqps_url().unwrap());
+    let (run, report) = doctor(&["--amqp-url", &url, "--tls-ca", &soon_ca]);
+    assert_eq!(run.code, Some(3), "{report:#}");
+    let (status, detail, fix) = check(&report, "tls.expiry");
+    assert_eq!(status, "warn", "{report:#}");
+    assert!(
+        detail.contains("expires in 9 days") || detail.contains("expires in 10 days"),
+        "{detail}"
+    );
+    assert!(fix.contains("renew"), "{fix}");
+    // Everything else is fine: the warning is the only finding.
+    assert_eq!(check(&report, "tls.chain").0, "pass", "{report:#}");
+    assert_eq!(check(&report, "permissions").0, "pass", "{report:#}");
+
+    let url = amqps_localhost(&old.amqps_url().unwrap());
+    let (run, report) = doctor(&["--amqp-url", &url, "--tls-ca", &old_ca]);
+    assert_eq!(run.code, Some(4), "{report:#}");
+    let (status, detail, _) = check(&report, "tls.expiry");
+    assert_eq!(status, "fail", "{report:#}");
+    assert!(detail.contains("expired on"), "{detail}");
+    // Trust is judged apart from expiry: the chain itself is fine.
+    assert_eq!(check(&report, "tls.chain").0, "pass", "{report:#}");
+    assert_eq!(check(&report, "login").0, "fail", "{report:#}");
+}
