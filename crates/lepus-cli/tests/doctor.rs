@@ -238,3 +238,46 @@ fn an_expiring_certificate_warns_and_an_expired_one_fails() {
     assert_eq!(check(&report, "tls.chain").0, "pass", "{report:#}");
     assert_eq!(check(&report, "login").0, "fail", "{report:#}");
 }
+
+#[test]
+fn a_broker_that_requires_a_client_certificate_says_so() {
+    let broker = lepus_testkit::Broker::builder()
+        .tls(true)
+        .require_client_cert(true)
+        .start()
+        .unwrap();
+    let files = broker.tls_files().unwrap();
+    let url = amqps_localhost(&broker.amqps_url().unwrap());
+    let ca = files.ca().display().to_string();
+    let (run, report) = doctor(&["--amqp-url", &url, "--tls-ca", &ca]);
+    assert_eq!(run.code, Some(4), "{report:#}");
+    let (status, detail, fix) = check(&report, "tls.client-cert");
+    assert_eq!(status, "fail", "{report:#}");
+    assert!(
+        detail.contains("closed the connection after the handshake"),
+        "{detail}"
+    );
+    assert!(fix.contains("--tls-cert"), "{fix}");
+
+    let (cert, key) = (
+        files.client_cert().display().to_string(),
+        files.client_key().display().to_string(),
+    );
+    let (run, report) = doctor(&[
+        "--amqp-url",
+        &url,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    assert_eq!(run.code, Some(0), "{report:#}");
+    assert!(
+        check(&report, "tls.client-cert")
+            .1
+            .contains("CN=lepus-client accepted"),
+        "{report:#}"
+    );
+}
