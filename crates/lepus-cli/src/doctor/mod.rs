@@ -25,6 +25,7 @@ use crate::connect::{self, parse_secs};
 use crate::exit;
 
 mod checks;
+mod cluster;
 pub mod tls;
 
 /// Certificates expiring in fewer days than this are a warning.
@@ -148,7 +149,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         endpoints.push(checks::endpoint(&url, &args).await);
     }
     let cluster = match &global.management_url {
-        Some(url) => checks::management(url, &args).await,
+        Some(url) => cluster::management(url, &args).await,
         None => vec![
             Check::skip(
                 "cluster.nodes",
