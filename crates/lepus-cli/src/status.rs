@@ -306,6 +306,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut work_missing = false;
     let result = loop {
         let status = tokio::select! {
             _ = &mut ctrl_c => break Ok(()),
@@ -315,6 +316,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Ok(status) => status,
             Err(err) => break Err(err),
         };
+        work_missing = status.queues.first().is_some_and(|r| !r.exists);
         let text = if args.json {
             format!("{}\n", serde_json::to_string(&status)?)
         } else if args.watch {
@@ -335,5 +337,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let _ = probe.channel.close().await;
     let _ = client.close(Duration::from_secs(5)).await;
-    result.map(|()| ExitCode::SUCCESS)
+    result?;
+    if work_missing {
+        eprintln!("lepus: work queue '{}' does not exist", args.queue);
+        return Ok(ExitCode::from(exit::FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
 }

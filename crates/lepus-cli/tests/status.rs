@@ -166,6 +166,28 @@ fn status_shows_each_tier_with_its_depth() {
 }
 
 #[test]
+fn status_of_a_missing_work_queue_exits_4() {
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let queue = lepus_testkit::unique_name("nothing");
+    let run = lepus(
+        &[
+            "--amqp-url",
+            broker.url(),
+            "status",
+            "-q",
+            &queue,
+            "--sample",
+            "0.1",
+        ],
+        b"",
+        T,
+    );
+    assert_eq!(run.code, Some(4), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("(does not exist)"), "{}", run.stdout);
+    assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+}
+
+#[test]
 fn status_of_an_unreachable_broker_exits_5() {
     let run = lepus(
         &[
