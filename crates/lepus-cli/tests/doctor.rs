@@ -281,3 +281,18 @@ fn a_broker_that_requires_a_client_certificate_says_so() {
         "{report:#}"
     );
 }
+
+#[test]
+fn heartbeats_turned_off_are_a_warning() {
+    let broker = lepus_testkit::Broker::builder()
+        .config("heartbeat = 0")
+        .start()
+        .unwrap();
+    let url = format!("{}?heartbeat=0", broker.url());
+    let (run, report) = doctor(&["--amqp-url", &url]);
+    assert_eq!(run.code, Some(3), "{report:#}");
+    let (status, detail, fix) = check(&report, "heartbeat");
+    assert_eq!(status, "warn", "{report:#}");
+    assert!(detail.contains("heartbeats are off"), "{detail}");
+    assert!(fix.contains("heartbeat="), "{fix}");
+}
