@@ -23,6 +23,7 @@ pub mod inventory;
 pub mod notify;
 pub mod order;
 pub mod outbox;
+pub mod reconcile;
 pub mod service;
 pub mod stock;
 pub mod system;

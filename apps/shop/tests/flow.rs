@@ -155,6 +155,49 @@ async fn orders_flow_through_all_three_services() {
         ),
         0
     );
+    // 5000 lamps, one per reserved order: the stock moved once per order.
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT available FROM stock WHERE sku = 'lamp'"
+        ),
+        5000 - 30
+    );
+    // The effect logs have no unique key, so a duplicate would show: every order decided
+    // once, every deliverable one notified once.
+    for db in [common.inventory_db(), common.notify_db()] {
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM (SELECT order_id FROM effects
+                 GROUP BY order_id, effect HAVING COUNT(*) > 1)"
+            ),
+            0,
+            "an effect repeated in {}",
+            db.display()
+        );
+    }
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT COUNT(DISTINCT order_id) FROM effects"
+        ),
+        40
+    );
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT COUNT(*) FROM effects WHERE effect = 'stock-reserved'"
+        ),
+        30
+    );
+    assert_eq!(
+        count(
+            &common.notify_db(),
+            "SELECT COUNT(*) FROM effects WHERE effect = 'customer-notified'"
+        ),
+        39
+    );
     // One trace per order, across the three services.
     let traceparent = |path: &std::path::Path, table: &str, id: &str| -> String {
         shop::db::Db::open_read_only(path)
