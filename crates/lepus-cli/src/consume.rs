@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use lepus::{Role, Topology};
 
-use crate::connect::{ConnectArgs, parse_secs, wait_for};
+use crate::connect::{self, parse_secs, wait_for};
 use crate::render;
 use crate::subscription::{Next, Subscription};
 
@@ -32,8 +32,6 @@ pub enum AckMode {
 /// Options of `lepus consume`.
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// The queue to consume from (it must exist).
     #[arg(long, short = 'q')]
     queue: String,
@@ -86,12 +84,10 @@ fn window(args: &ConsumeArgs) -> u16 {
 
 /// Runs `lepus consume`.
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let client = args
-        .connect
-        .client("lepus consume", Topology::new(), true)?;
+    let client = connect::global().client("lepus consume", Topology::new(), true)?;
     let window = window(&args);
     let mut sub = Subscription::new(client.clone(), &args.queue, window, args.timeout);
-    let started = match wait_for(&client, Role::Consume, args.timeout, &args.connect).await {
+    let started = match wait_for(&client, Role::Consume, args.timeout, connect::global()).await {
         Ok(()) => sub.start().await,
         Err(err) => Err(err),
     };

@@ -54,5 +54,6 @@ pub use publisher::{
 };
 pub use supervisor::{ConnectionState, Live};
 pub use topology::{
-    Binding, Exchange, Overflow, Queue, QueueType, Topology, TopologyFailure, TopologyReport,
+    Binding, BindingDef, Definitions, Exchange, ExchangeDef, Overflow, Queue, QueueDef, QueueType,
+    Topology, TopologyFailure, TopologyReport, json_to_table, table_to_json,
 };
