@@ -145,7 +145,10 @@ fn unconfirmed_transient_messages_fan_out_to_several_queues_with_metrics_served(
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
         let text = scrape(&addr);
-        if text.contains("lepus_delivered_total") || Instant::now() > deadline {
+        // Consumers register their counters before the first publish is counted: wait
+        // for both families, not the first one to show up.
+        let both = text.contains("lepus_delivered_total") && text.contains("lepus_published_total");
+        if both || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(200));
