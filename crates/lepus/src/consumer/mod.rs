@@ -32,15 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use handler::{Handler, HandlerError, Incoming, IntoOutcome, Outcome};
-pub use retry::{
-    ATTEMPTS_HEADER, CONSUMER_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER, LAST_FAILURE_HEADER,
-    ORIGINAL_EXCHANGE_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER,
-    RETRIES_HEADER, RetryPolicy,
-};
+pub use retry::RetryPolicy;
 
 use crate::backoff::{Backoff, ReconnectPolicy};
 use crate::client::{Client, Role};
 use crate::error::{Error, ErrorKind, Result};
+use crate::failure::{self, REASON_REJECTED, REASON_RETRIES_EXHAUSTED};
 use crate::idempotency::IdempotencyStore;
 use crate::message::Message;
 use crate::observability::metrics::ConsumeMetrics;
@@ -48,7 +45,7 @@ use crate::publisher::{Publisher, PublisherOptions};
 use acker::Acker;
 use invocation::{Invocation, handle_span};
 use pause::Pauses;
-use retry::{Failure, failure_headers, header_u32};
+use retry::{Failure, failure_headers};
 
 /// Unacknowledged deliveries the broker may send ahead.
 pub const DEFAULT_PREFETCH: u16 = 100;
@@ -612,14 +609,19 @@ impl Consumer {
                 span,
             } => {
                 let headers = incoming.headers();
-                let failed_attempts = header_u32(headers, ATTEMPTS_HEADER).saturating_add(failures);
-                let retries = header_u32(headers, RETRIES_HEADER) as usize;
+                let failed_attempts = failure::count(headers, failure::ATTEMPTS_HEADER)
+                    .unwrap_or(0)
+                    .saturating_add(failures);
+                let retries =
+                    failure::count(headers, failure::RETRIES_HEADER).unwrap_or(0) as usize;
                 let (reason, error, tier) = match &outcome {
                     Outcome::Retry(error) if retries < cfg.retry.delays.len() => {
                         (None, error.clone(), retries)
                     }
-                    Outcome::Retry(error) => (Some("retries-exhausted"), error.clone(), retries),
-                    Outcome::DeadLetter(error) => (Some("rejected"), error.clone(), retries),
+                    Outcome::Retry(error) => {
+                        (Some(REASON_RETRIES_EXHAUSTED), error.clone(), retries)
+                    }
+                    Outcome::DeadLetter(error) => (Some(REASON_REJECTED), error.clone(), retries),
                     Outcome::Ack => (None, String::new(), retries),
                 };
                 let target = match reason {
