@@ -54,9 +54,9 @@ mod topology;
 pub use backoff::{Backoff, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy};
 pub use client::{Client, ClientBuilder, Role};
 pub use consumer::{
-    BROKER_CONSUMER_TIMEOUT, Consumer, ConsumerBuilder, ConsumerStats, DEFAULT_ACK_BATCH,
-    DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
-    Handler, HandlerError, Incoming, IntoOutcome, Outcome, RetryPolicy,
+    BROKER_CONSUMER_TIMEOUT, Consumer, ConsumerBuilder, ConsumerSnapshot, ConsumerStats,
+    DEFAULT_ACK_BATCH, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT, DEFAULT_PREFETCH,
+    DEFAULT_SHUTDOWN_TIMEOUT, Handler, HandlerError, Incoming, IntoOutcome, Outcome, RetryPolicy,
 };
 pub use failure::FailureRecord;
 // The header names live in `failure`; these root names stay for code written before it.

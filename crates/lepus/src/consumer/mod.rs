@@ -19,10 +19,11 @@ mod handler;
 mod invocation;
 mod pause;
 pub(crate) mod retry;
+mod stats;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -33,6 +34,7 @@ use tracing::Instrument;
 
 pub use handler::{Handler, HandlerError, Incoming, IntoOutcome, Outcome};
 pub use retry::RetryPolicy;
+pub use stats::{ConsumerSnapshot, ConsumerStats};
 
 use crate::backoff::{Backoff, ReconnectPolicy};
 use crate::client::{Client, Role};
@@ -67,53 +69,6 @@ pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const MOVE_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// The largest pause between attempts to move a failed message.
 pub const MOVE_RETRY_MAX_PAUSE: Duration = Duration::from_secs(5);
-
-/// Counters of a consumer.
-#[derive(Debug, Default)]
-pub struct ConsumerStats {
-    /// Deliveries received.
-    pub delivered: AtomicU64,
-    /// Messages acked after their handler succeeded.
-    pub acked: AtomicU64,
-    /// Messages sent to a wait queue, per tier.
-    pub retried: Vec<AtomicU64>,
-    /// Messages moved to the dead-letter queue.
-    pub dead_lettered: AtomicU64,
-    /// Handler invocations that failed (errors, panics and timeouts).
-    pub failures: AtomicU64,
-    /// Handler invocations that panicked.
-    pub panics: AtomicU64,
-    /// Handler invocations that ran past the handler timeout.
-    pub timeouts: AtomicU64,
-    /// Redeliveries skipped because the idempotency store had seen them.
-    pub deduplicated: AtomicU64,
-    /// Handlers running now.
-    pub in_flight: AtomicUsize,
-    /// Times the consumer subscribed (1 + resubscriptions after failures).
-    pub subscriptions: AtomicU64,
-    /// Whether the consumer is subscribed right now.
-    pub active: AtomicBool,
-    /// Acks or nacks the broker could not take (their channel had closed; the broker
-    /// requeued those messages).
-    pub stale_settles: AtomicU64,
-    /// Failed attempts to move a failed message to a wait queue or the dead-letter queue
-    /// (each is tried again after a pause, the original held unacknowledged).
-    pub move_failures: AtomicU64,
-}
-
-impl ConsumerStats {
-    fn new(tiers: usize) -> Self {
-        Self {
-            retried: (0..tiers).map(|_| AtomicU64::new(0)).collect(),
-            ..Self::default()
-        }
-    }
-
-    /// Messages retried through any tier.
-    pub fn retried_total(&self) -> u64 {
-        self.retried.iter().map(|r| r.load(Ordering::Relaxed)).sum()
-    }
-}
 
 /// Builds a [`Consumer`].
 #[derive(Clone)]
