@@ -116,7 +116,18 @@ pub(crate) fn set_parent_from(_span: &Span, _headers: Option<&FieldTable>) {}
 
 /// Whether `span` belongs to a trace (tracing is on and it has a valid context).
 pub(crate) fn in_trace(span: &Span) -> bool {
-    !span.is_disabled() && trace_id(span).is_some()
+    #[cfg(feature = "otel")]
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        !span.is_disabled() && span.context().span().span_context().is_valid()
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = span;
+        false
+    }
 }
 
 /// The trace id of `span`, if tracing is on (always `None` without the `otel` feature).
