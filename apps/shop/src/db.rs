@@ -84,13 +84,8 @@ impl Db {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+/// Milliseconds since the Unix epoch: lepus's clock, the one its failure headers use.
+pub use lepus::failure::now_ms;
 
 /// A table of named counters (duplicates suppressed, and the like).
 pub const COUNTERS_SCHEMA: &str = "

@@ -7,11 +7,7 @@
 
 use std::time::Duration;
 
-use lepus::amqp::AMQPValue;
-use lepus::{
-    Client, Consumer, HandlerError, Incoming, LAST_ERROR_HEADER, ORIGINAL_QUEUE_HEADER,
-    REASON_HEADER, RetryPolicy,
-};
+use lepus::{Client, Consumer, HandlerError, Incoming, RetryPolicy};
 use rusqlite::params;
 
 use crate::db::{Db, now_ms};
@@ -74,14 +70,6 @@ pub fn consumer(client: &Client, dlq: &str, service: &str) -> lepus::Result<Cons
         .build()
 }
 
-fn text_header(msg: &Incoming, key: &str) -> String {
-    match msg.header(key) {
-        Some(AMQPValue::LongString(s)) => s.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => String::new(),
-    }
-}
-
 /// Writes `msg` to the `dead_letters` table (once per message id).
 pub async fn record(db: &Db, service: &'static str, msg: Incoming) -> Result<(), HandlerError> {
     let message_id = msg
@@ -95,12 +83,11 @@ pub async fn record(db: &Db, service: &'static str, msg: Incoming) -> Result<(),
                 .and_then(|o| o.as_str())
                 .map(str::to_string)
         });
-    let mut reason = text_header(&msg, REASON_HEADER);
-    if reason.is_empty() {
-        reason = "unknown".into();
-    }
-    let error = text_header(&msg, LAST_ERROR_HEADER);
-    let queue = text_header(&msg, ORIGINAL_QUEUE_HEADER);
+    // lepus reads its failure headers; one missing (or mistyped) reads as unknown.
+    let failure = msg.failure();
+    let reason = failure.reason.unwrap_or_else(|| "unknown".into());
+    let error = failure.last_error.unwrap_or_default();
+    let queue = failure.original_queue.unwrap_or_default();
     let body: String = String::from_utf8_lossy(msg.body())
         .chars()
         .take(MAX_BODY)

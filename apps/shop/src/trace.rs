@@ -1,8 +1,13 @@
 //! W3C trace context (`traceparent`) carried in message headers, so one order keeps one
 //! trace id across the three services and their logs.
 //!
-//! lepus will propagate trace context itself; until it does, the services put the header
-//! on what they publish and read it from what they consume.
+//! lepus propagates trace context itself (its `otel` feature): a publish inside a sampled
+//! span carries that span's `traceparent`, and a handler runs inside a span whose parent
+//! is the message's. The shop still keeps a context of its own, for two things lepus's
+//! does not give it: every order gets a trace id in the logs and the store, sampled or
+//! not (lepus only writes headers for sampled traces), and the outbox publishes long
+//! after the request's span has ended, so the context is stored with the event and
+//! becomes the parent of the relay's span ([`relay_span`]).
 
 use std::collections::HashMap;
 

@@ -12,6 +12,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -25,10 +27,6 @@ use shop::topology::Names;
 use tokio_util::sync::CancellationToken;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// The text of the element with `id` in `dom` (up to its first child tag).
 fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
@@ -70,9 +68,7 @@ async fn the_dashboard_shows_live_figures_in_chromium() {
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run scripts/install-chromium (scripts/test does)"
     );
-    let broker = tokio::task::spawn_blocking(|| lepus_testkit::shared_broker().unwrap())
-        .await
-        .unwrap();
+    let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
     let names = Names::new(lepus_testkit::unique_name("shop"));
     let (tx, mut bound) = tokio::sync::mpsc::unbounded_channel();
@@ -84,9 +80,9 @@ async fn the_dashboard_shows_live_figures_in_chromium() {
                 quorum: false,
                 data_dir: dir.path().join("data"),
             },
-            order_listen: any_port(),
-            inventory_listen: any_port(),
-            notify_listen: any_port(),
+            order_listen: common::any_port(),
+            inventory_listen: common::any_port(),
+            notify_listen: common::any_port(),
             inventory: InventoryOptions::default(),
             notify: NotifyOptions::default(),
         },
@@ -95,7 +91,7 @@ async fn the_dashboard_shows_live_figures_in_chromium() {
         faults: false,
         outage: None,
         drain_timeout: Duration::from_secs(60),
-        dashboard: Some(any_port()),
+        dashboard: Some(common::any_port()),
         linger: Duration::from_secs(120),
         dashboard_bound: Some(tx),
     };
@@ -107,31 +103,23 @@ async fn the_dashboard_shows_live_figures_in_chromium() {
         .unwrap();
 
     // Wait until the state has figures (by the API), then let the browser render them.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = "20 accepted orders on the dashboard's API";
+    common::wait_until(what, Duration::from_secs(60), async || {
         let state =
             shop::httpc::request(addr, "GET", "/api/state", None, &[], Duration::from_secs(5))
                 .await
                 .unwrap()
                 .json()
                 .unwrap();
-        if state["totals"]["accepted"].as_u64().unwrap_or(0) >= 20 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no orders on the dashboard: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        state["totals"]["accepted"].as_u64().unwrap_or(0) >= 20
+    })
+    .await;
 
     let url = format!("http://{addr}/");
     let profile = dir.path().join("chromium-profile");
     let dump = {
         let (profile, url) = (profile.clone(), url.clone());
-        tokio::task::spawn_blocking(move || chromium(&profile, &["--dump-dom", &url]))
-            .await
-            .unwrap()
+        common::blocking(move || chromium(&profile, &["--dump-dom", &url])).await
     };
     assert!(
         dump.status.success(),
@@ -175,9 +163,7 @@ async fn the_dashboard_shows_live_figures_in_chromium() {
     // A screenshot, for people (and proof the page renders, not only its DOM).
     let shot = dir.path().join("dashboard.png");
     let arg = format!("--screenshot={}", shot.display());
-    let out = tokio::task::spawn_blocking(move || chromium(&profile, &[&arg, &url]))
-        .await
-        .unwrap();
+    let out = common::blocking(move || chromium(&profile, &[&arg, &url])).await;
     assert!(out.status.success());
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);

@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,15 +41,9 @@ impl BrokerControl for TestBroker {
     }
 }
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_through_broker_kill_connection_kill_and_stock_outage() {
-    let broker = tokio::task::spawn_blocking(|| Broker::start().unwrap())
-        .await
-        .unwrap();
+    let broker = common::blocking(|| Broker::start().unwrap()).await;
     let url = broker.url();
     let control = Arc::new(TestBroker(broker));
     let dir = tempfile::tempdir().unwrap();
@@ -60,9 +56,9 @@ async fn nothing_is_lost_through_broker_kill_connection_kill_and_stock_outage() 
                 quorum: false,
                 data_dir: dir.path().to_path_buf(),
             },
-            order_listen: any_port(),
-            inventory_listen: any_port(),
-            notify_listen: any_port(),
+            order_listen: common::any_port(),
+            inventory_listen: common::any_port(),
+            notify_listen: common::any_port(),
             inventory: InventoryOptions::default(),
             notify: NotifyOptions::default(),
         },

@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::time::Duration;
 
 use shop::inventory::InventoryOptions;
@@ -18,10 +20,6 @@ use shop::system::{System, SystemConfig};
 use shop::topology::Names;
 use tokio_util::sync::CancellationToken;
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
 fn count(path: &std::path::Path, sql: &str) -> i64 {
     let c = shop::db::Db::open_read_only(path).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -29,9 +27,7 @@ fn count(path: &std::path::Path, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_flow_through_all_three_services() {
-    let broker = tokio::task::spawn_blocking(|| lepus_testkit::shared_broker().unwrap())
-        .await
-        .unwrap();
+    let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
     let common = Common {
         amqp_urls: vec![broker.url().to_string()],
@@ -44,9 +40,9 @@ async fn orders_flow_through_all_three_services() {
     let system = System::start(
         SystemConfig {
             common: common.clone(),
-            order_listen: any_port(),
-            inventory_listen: any_port(),
-            notify_listen: any_port(),
+            order_listen: common::any_port(),
+            inventory_listen: common::any_port(),
+            notify_listen: common::any_port(),
             inventory: InventoryOptions::default(),
             notify: NotifyOptions {
                 gateway_failure_rate: 0.1,
@@ -119,20 +115,18 @@ async fn orders_flow_through_all_three_services() {
     .unwrap();
     assert_eq!(bad.status, 422);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let settled = || {
         let notified = count(&common.notify_db(), "SELECT COUNT(*) FROM notifications");
         let dead = count(&common.notify_db(), "SELECT COUNT(*) FROM dead_letters");
-        if notified + dead >= 40 {
-            assert_eq!((notified, dead), (39, 1));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {notified} notified and {dead} dead-lettered of 40"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (notified, dead)
+    };
+    let what = "40 orders notified or dead-lettered";
+    common::wait_until(what, Duration::from_secs(60), async || {
+        let (notified, dead) = settled();
+        notified + dead >= 40
+    })
+    .await;
+    assert_eq!(settled(), (39, 1));
     let reason: String = shop::db::Db::open_read_only(&common.notify_db())
         .unwrap()
         .query_row(

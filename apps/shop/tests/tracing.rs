@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::time::Duration;
 
 use shop::inventory::InventoryOptions;
@@ -18,18 +20,12 @@ use shop::system::{System, SystemConfig};
 use shop::topology::Names;
 use tokio_util::sync::CancellationToken;
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_one_trace_across_services_and_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("shop.log");
     let _telemetry = shop::telemetry::init_logging("shop-test", Some(&log)).unwrap();
-    let broker = tokio::task::spawn_blocking(|| lepus_testkit::shared_broker().unwrap())
-        .await
-        .unwrap();
+    let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
     let common = Common {
         amqp_urls: vec![broker.url().to_string()],
         names: Names::new(lepus_testkit::unique_name("shop")),
@@ -40,9 +36,9 @@ async fn one_order_one_trace_across_services_and_logs() {
     let system = System::start(
         SystemConfig {
             common: common.clone(),
-            order_listen: any_port(),
-            inventory_listen: any_port(),
-            notify_listen: any_port(),
+            order_listen: common::any_port(),
+            inventory_listen: common::any_port(),
+            notify_listen: common::any_port(),
             inventory: InventoryOptions::default(),
             notify: NotifyOptions {
                 gateway_failure_rate: 0.0,

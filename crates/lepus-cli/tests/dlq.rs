@@ -23,7 +23,7 @@ use lepus::{
     CancellationToken, Client, Consumer, ConsumerStats, Exchange, HandlerError, Incoming, Message,
     Publisher, PublisherOptions, Queue, ReconnectPolicy, RetryPolicy, Topology,
 };
-use lepus_testkit::{shared_broker, unique_name};
+use lepus_testkit::{shared_broker, unique_name, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -47,17 +47,6 @@ fn json_lines(stdout: &str) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn ready(client: &Client, queue: &str) -> u32 {

@@ -19,6 +19,8 @@
 //!   with [`Broker`].
 //! - [`proxy::FaultProxy`]: a TCP fault proxy to put between a client and a node, with
 //!   latency, bandwidth limits, blackholes, resets and closes switched at run time.
+//! - `wait_until` and `blocking` (the `tokio` feature): waiting in async tests on a
+//!   condition with a deadline, and on blocking work such as starting a node.
 //! - [`unique_name`]: a fresh queue or exchange name per test, so tests sharing a broker
 //!   never see each other's messages.
 //!
@@ -41,6 +43,8 @@ pub mod proxy;
 mod shared;
 mod state;
 mod tls;
+#[cfg(feature = "tokio")]
+mod wait;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_START_TIMEOUT};
 pub use certs::{CertSpec, CertificateAuthority, IssuedCert, Validity};
@@ -51,6 +55,8 @@ pub use shared::{
 };
 pub use state::STATE_FILE;
 pub use tls::{CLIENT_CERT_USER, ServerTls, TlsFiles};
+#[cfg(feature = "tokio")]
+pub use wait::{POLL_INTERVAL, blocking, wait_until};
 
 /// `prefix` followed by a random suffix, e.g. `orders-3f9a0c1d2b4e`: a queue or exchange
 /// name no other test uses.

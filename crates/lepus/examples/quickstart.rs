@@ -68,12 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // Wait until every order is acked or dead-lettered, then stop gracefully.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stats.acked.load(std::sync::atomic::Ordering::Relaxed) < 4
-        || stats
-            .dead_lettered
-            .load(std::sync::atomic::Ordering::Relaxed)
-            < 1
-    {
+    while stats.snapshot().acked < 4 || stats.snapshot().dead_lettered < 1 {
         if tokio::time::Instant::now() > deadline {
             eprintln!("timed out waiting for the orders");
             break;
@@ -82,12 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     shutdown.cancel();
     running.await??;
+    let done = stats.snapshot();
     println!(
         "acked {}, dead-lettered {} (see quickstart.orders.dlq)",
-        stats.acked.load(std::sync::atomic::Ordering::Relaxed),
-        stats
-            .dead_lettered
-            .load(std::sync::atomic::Ordering::Relaxed)
+        done.acked, done.dead_lettered
     );
     client.close(Duration::from_secs(5)).await?;
     Ok(())

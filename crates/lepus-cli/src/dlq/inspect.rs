@@ -184,7 +184,7 @@ fn full_text(dlq: &str, (n, of): (u32, u32), delivery: &Delivery) -> String {
         Some(s) => format!("'{}'", one_line(s)),
         None => "?".into(),
     };
-    let number = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    let number = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
     let now = record::now_ms();
     let time = |ms: Option<i64>| record::when(ms, now);
     let mut lines = vec![
@@ -194,27 +194,27 @@ fn full_text(dlq: &str, (n, of): (u32, u32), delivery: &Delivery) -> String {
             one_line(dlq),
             if dl.redelivered { ", redelivered" } else { "" }
         ),
-        format!("original queue:    {}", quoted(&dl.original_queue)),
+        format!("original queue:    {}", quoted(&dl.failure.original_queue)),
         format!(
             "original exchange: {}, routing key {}",
-            quoted(&dl.original_exchange),
-            quoted(&dl.original_routing_key)
+            quoted(&dl.failure.original_exchange),
+            quoted(&dl.failure.original_routing_key)
         ),
-        format!("reason:            {}", quoted(&dl.reason)),
+        format!("reason:            {}", quoted(&dl.failure.reason)),
         format!(
             "attempts:          {} ({} through delay tiers)",
-            number(dl.attempts),
-            number(dl.retries)
+            number(dl.failure.attempts),
+            number(dl.failure.retries)
         ),
-        format!("first failure:     {}", time(dl.first_failure_ms)),
-        format!("last failure:      {}", time(dl.last_failure_ms)),
-        format!("consumer:          {}", quoted(&dl.consumer)),
-        format!("last error:        {}", quoted(&dl.last_error)),
+        format!("first failure:     {}", time(dl.failure.first_failure_ms)),
+        format!("last failure:      {}", time(dl.failure.last_failure_ms)),
+        format!("consumer:          {}", quoted(&dl.failure.consumer)),
+        format!("last error:        {}", quoted(&dl.failure.last_error)),
     ];
-    if let Some(count) = dl.replay_count {
+    if let Some(count) = dl.failure.replays {
         lines.push(format!(
             "replayed:          {count} times, last at {}",
-            time(dl.replayed_at_ms)
+            time(dl.failure.replayed_at_ms)
         ));
     }
     if let Value::Object(map) = render::properties_json(props) {

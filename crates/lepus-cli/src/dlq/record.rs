@@ -2,22 +2,17 @@
 //! writes (`x-lepus-*`), read back into one summary, the filters that select messages by
 //! them, and how the summary prints.
 //!
-//! Header values are read leniently (any integer type for counts and times, any string
-//! type for text): a message that another tool dead-lettered, or whose headers were
-//! edited by hand, still lists, with the fields it lacks shown as unknown.
+//! The headers are read by [`FailureRecord`], leniently: a message that another tool
+//! dead-lettered, or whose headers were edited by hand, still lists, with the fields it
+//! lacks (or that hold a value of the wrong type) shown as unknown.
 
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use lepus::amqp::{AMQPValue, Delivery, FieldTable};
+use lepus::FailureRecord;
+use lepus::amqp::Delivery;
 use serde_json::{Map, Value, json};
 
-use crate::render;
-
-/// When the message was last replayed by `lepus dlq replay` (ms since the Unix epoch).
-pub const REPLAYED_AT_HEADER: &str = "x-lepus-replayed-at";
-/// How many times `lepus dlq replay` has replayed the message.
-pub const REPLAY_COUNT_HEADER: &str = "x-lepus-replay-count";
+pub use lepus::failure::now_ms;
 
 /// The longest error text shown in one line of `lepus dlq list`.
 const LIST_ERROR_CHARS: usize = 200;
@@ -26,18 +21,9 @@ const LIST_ERROR_CHARS: usize = 200;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetter {
     pub message_id: Option<String>,
-    pub original_exchange: Option<String>,
-    pub original_routing_key: Option<String>,
-    pub original_queue: Option<String>,
-    pub attempts: Option<i64>,
-    pub retries: Option<i64>,
-    pub reason: Option<String>,
-    pub last_error: Option<String>,
-    pub first_failure_ms: Option<i64>,
-    pub last_failure_ms: Option<i64>,
-    pub consumer: Option<String>,
-    pub replay_count: Option<i64>,
-    pub replayed_at_ms: Option<i64>,
+    /// The `x-lepus-*` headers, read by lepus (leniently: a field another tool left out
+    /// or mistyped is unknown).
+    pub failure: FailureRecord,
     pub body_size: usize,
     pub redelivered: bool,
 }
@@ -46,23 +32,9 @@ impl DeadLetter {
     /// Reads the record from a delivery's properties and headers.
     pub fn from_delivery(delivery: &Delivery) -> Self {
         let props = delivery.properties();
-        let headers = props.headers().as_ref();
-        let text = |key: &str| header_text(headers, key);
-        let int = |key: &str| header_int(headers, key);
         DeadLetter {
             message_id: props.message_id().as_ref().map(|m| m.as_str().to_owned()),
-            original_exchange: text(lepus::ORIGINAL_EXCHANGE_HEADER),
-            original_routing_key: text(lepus::ORIGINAL_ROUTING_KEY_HEADER),
-            original_queue: text(lepus::ORIGINAL_QUEUE_HEADER),
-            attempts: int(lepus::ATTEMPTS_HEADER),
-            retries: int(lepus::RETRIES_HEADER),
-            reason: text(lepus::REASON_HEADER),
-            last_error: text(lepus::LAST_ERROR_HEADER),
-            first_failure_ms: int(lepus::FIRST_FAILURE_HEADER),
-            last_failure_ms: int(lepus::LAST_FAILURE_HEADER),
-            consumer: text(lepus::CONSUMER_HEADER),
-            replay_count: int(REPLAY_COUNT_HEADER),
-            replayed_at_ms: int(REPLAYED_AT_HEADER),
+            failure: FailureRecord::from_headers(props.headers().as_ref()),
             body_size: delivery.body().len(),
             redelivered: delivery.redelivered(),
         }
@@ -81,20 +53,20 @@ impl DeadLetter {
     pub fn to_json(&self) -> Map<String, Value> {
         let value = json!({
             "message_id": self.message_id,
-            "original_exchange": self.original_exchange,
-            "original_routing_key": self.original_routing_key,
-            "original_queue": self.original_queue,
-            "attempts": self.attempts,
-            "retries": self.retries,
-            "reason": self.reason,
-            "last_error": self.last_error,
-            "first_failure_ms": self.first_failure_ms,
-            "first_failure": self.first_failure_ms.map(rfc3339_ms),
-            "last_failure_ms": self.last_failure_ms,
-            "last_failure": self.last_failure_ms.map(rfc3339_ms),
-            "consumer": self.consumer,
-            "replay_count": self.replay_count,
-            "replayed_at_ms": self.replayed_at_ms,
+            "original_exchange": self.failure.original_exchange,
+            "original_routing_key": self.failure.original_routing_key,
+            "original_queue": self.failure.original_queue,
+            "attempts": self.failure.attempts,
+            "retries": self.failure.retries,
+            "reason": self.failure.reason,
+            "last_error": self.failure.last_error,
+            "first_failure_ms": self.failure.first_failure_ms,
+            "first_failure": self.failure.first_failure_ms.map(rfc3339_ms),
+            "last_failure_ms": self.failure.last_failure_ms,
+            "last_failure": self.failure.last_failure_ms.map(rfc3339_ms),
+            "consumer": self.failure.consumer,
+            "replay_count": self.failure.replays,
+            "replayed_at_ms": self.failure.replayed_at_ms,
             "body_size": self.body_size,
             "redelivered": self.redelivered,
         });
@@ -122,32 +94,34 @@ impl DeadLetter {
         );
         out.push_str(&format!(
             "   from queue {} (exchange {}, routing key {}), consumer {}\n",
-            or_unknown(&self.original_queue),
-            or_unknown(&self.original_exchange),
-            or_unknown(&self.original_routing_key),
-            or_unknown(&self.consumer),
+            or_unknown(&self.failure.original_queue),
+            or_unknown(&self.failure.original_exchange),
+            or_unknown(&self.failure.original_routing_key),
+            or_unknown(&self.failure.consumer),
         ));
         out.push_str(&format!(
             "   {} after {} attempts; body {} bytes",
-            self.reason
+            self.failure
+                .reason
                 .as_deref()
                 .map(one_line)
                 .unwrap_or_else(|| "dead-lettered".into()),
-            self.attempts
+            self.failure
+                .attempts
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "?".into()),
             self.body_size,
         ));
-        if let Some(count) = self.replay_count {
+        if let Some(count) = self.failure.replays {
             out.push_str(&format!("; replayed {count} times before"));
         }
         out.push('\n');
         out.push_str(&format!(
             "   first failure {}, last failure {}\n",
-            when(self.first_failure_ms, now_ms),
-            when(self.last_failure_ms, now_ms),
+            when(self.failure.first_failure_ms, now_ms),
+            when(self.failure.last_failure_ms, now_ms),
         ));
-        let error = self.last_error.as_deref().unwrap_or("?");
+        let error = self.failure.last_error.as_deref().unwrap_or("?");
         out.push_str(&format!(
             "   last error: {}",
             one_line(&truncate(error, LIST_ERROR_CHARS))
@@ -178,51 +152,15 @@ impl Filter {
         let reason_ok = self
             .reason
             .as_ref()
-            .is_none_or(|r| dl.reason.as_ref() == Some(r));
+            .is_none_or(|r| dl.failure.reason.as_ref() == Some(r));
         let error_ok = self.error.as_ref().is_none_or(|needle| {
-            dl.last_error
+            dl.failure
+                .last_error
                 .as_ref()
                 .is_some_and(|e| e.contains(needle.as_str()))
         });
         id_ok && reason_ok && error_ok
     }
-}
-
-/// A header as text: strings as they are (bytes that are not UTF-8 escaped), other values
-/// as their JSON form.
-pub fn header_text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
-    let value = headers?.inner().get(key)?;
-    Some(match value {
-        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(text) => text.to_owned(),
-            Err(_) => render::escape(s.as_bytes()),
-        },
-        AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        other => render::value_json(other).to_string(),
-    })
-}
-
-/// A header as an integer, whatever integer type (or timestamp) carries it.
-pub fn header_int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
-    match headers?.inner().get(key)? {
-        AMQPValue::ShortShortInt(v) => Some((*v).into()),
-        AMQPValue::ShortShortUInt(v) => Some((*v).into()),
-        AMQPValue::ShortInt(v) => Some((*v).into()),
-        AMQPValue::ShortUInt(v) => Some((*v).into()),
-        AMQPValue::LongInt(v) => Some((*v).into()),
-        AMQPValue::LongUInt(v) => Some((*v).into()),
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
-        _ => None,
-    }
-}
-
-/// Now, in ms since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 /// `ms` since the Unix epoch as RFC 3339 in UTC with milliseconds
@@ -315,7 +253,6 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lepus::amqp::ShortString;
 
     #[test]
     fn times_print_as_rfc3339_in_utc() {
@@ -357,29 +294,14 @@ mod tests {
     }
 
     #[test]
-    fn headers_read_leniently() {
-        let mut h = FieldTable::default();
-        h.insert(ShortString::from("i"), AMQPValue::LongInt(-4));
-        h.insert(ShortString::from("u"), AMQPValue::LongUInt(7));
-        h.insert(ShortString::from("t"), AMQPValue::Timestamp(9));
-        h.insert(ShortString::from("s"), AMQPValue::LongString("boom".into()));
-        h.insert(ShortString::from("b"), AMQPValue::Boolean(true));
-        assert_eq!(header_int(Some(&h), "i"), Some(-4));
-        assert_eq!(header_int(Some(&h), "u"), Some(7));
-        assert_eq!(header_int(Some(&h), "t"), Some(9));
-        assert_eq!(header_int(Some(&h), "s"), None);
-        assert_eq!(header_int(None, "i"), None);
-        assert_eq!(header_text(Some(&h), "s").as_deref(), Some("boom"));
-        assert_eq!(header_text(Some(&h), "b").as_deref(), Some("true"));
-        assert_eq!(header_text(Some(&h), "missing"), None);
-    }
-
-    #[test]
     fn filters_combine_with_and() {
         let dl = DeadLetter {
             message_id: Some("m-1".into()),
-            reason: Some("rejected".into()),
-            last_error: Some("body is not the expected JSON".into()),
+            failure: FailureRecord {
+                reason: Some("rejected".into()),
+                last_error: Some("body is not the expected JSON".into()),
+                ..FailureRecord::default()
+            },
             ..DeadLetter::default()
         };
         assert!(Filter::default().matches(&dl));
@@ -406,10 +328,8 @@ mod tests {
             ..both.clone()
         };
         assert!(!wrong_reason.matches(&dl));
-        let no_error = DeadLetter {
-            last_error: None,
-            ..dl.clone()
-        };
+        let mut no_error = dl.clone();
+        no_error.failure.last_error = None;
         assert!(!both.matches(&no_error));
     }
 

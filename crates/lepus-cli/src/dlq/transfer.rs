@@ -16,12 +16,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args};
-use lepus::amqp::{AMQPValue, Delivery, FieldTable, ShortString};
+use lepus::amqp::{Delivery, FieldTable};
+use lepus::failure::{self, FailureRecord};
 use lepus::{CancellationToken, Client, Message, Publisher, PublisherOptions};
 use serde_json::json;
 
 use super::pace::{Pacer, parse_rate};
-use super::record::{self, DeadLetter, Filter, REPLAY_COUNT_HEADER, REPLAYED_AT_HEADER, one_line};
+use super::record::{self, DeadLetter, Filter, one_line};
 use super::scan::{self, Scan};
 use super::sink::{Archiving, Publishing, Report, Sink, Tally, WINDOW, archive_line};
 use super::{Target, close, out};
@@ -168,7 +169,10 @@ fn route(dest: &Dest, dl: &DeadLetter) -> Result<Route, String> {
         } => Ok(Route::queue(queue)),
         Dest::Replay {
             via_exchange: true, ..
-        } => match (&dl.original_exchange, &dl.original_routing_key) {
+        } => match (
+            &dl.failure.original_exchange,
+            &dl.failure.original_routing_key,
+        ) {
             (Some(exchange), Some(key)) => Ok(Route {
                 exchange: exchange.clone(),
                 routing_key: key.clone(),
@@ -180,17 +184,19 @@ fn route(dest: &Dest, dl: &DeadLetter) -> Result<Route, String> {
             }),
             _ => Err(format!(
                 "it has no {} or {} header",
-                lepus::ORIGINAL_EXCHANGE_HEADER,
-                lepus::ORIGINAL_ROUTING_KEY_HEADER
+                failure::ORIGINAL_EXCHANGE_HEADER,
+                failure::ORIGINAL_ROUTING_KEY_HEADER
             )),
         },
-        Dest::Replay { fallback, .. } => match dl.original_queue.as_ref().or(fallback.as_ref()) {
-            Some(queue) => Ok(Route::queue(queue)),
-            None => Err(format!(
-                "it has no {} header (give --queue or --to-queue)",
-                lepus::ORIGINAL_QUEUE_HEADER
-            )),
-        },
+        Dest::Replay { fallback, .. } => {
+            match dl.failure.original_queue.as_ref().or(fallback.as_ref()) {
+                Some(queue) => Ok(Route::queue(queue)),
+                None => Err(format!(
+                    "it has no {} header (give --queue or --to-queue)",
+                    failure::ORIGINAL_QUEUE_HEADER
+                )),
+            }
+        }
         Dest::File(path) => Ok(Route {
             exchange: String::new(),
             routing_key: String::new(),
@@ -205,23 +211,18 @@ fn replay_copy(delivery: &Delivery, route: &Route, now_ms: i64) -> Message {
     let props = delivery.properties();
     let old = props.headers().as_ref();
     let mut headers = old.map(|h| h.inner().clone()).unwrap_or_default();
-    headers.remove(lepus::ATTEMPTS_HEADER);
-    headers.remove(lepus::RETRIES_HEADER);
-    let count = record::header_int(old, REPLAY_COUNT_HEADER)
-        .unwrap_or(0)
-        .max(0)
-        .saturating_add(1);
-    headers.insert(
-        ShortString::from(REPLAY_COUNT_HEADER),
-        AMQPValue::LongLongInt(count),
-    );
-    headers.insert(
-        ShortString::from(REPLAYED_AT_HEADER),
-        AMQPValue::LongLongInt(now_ms),
-    );
+    headers.remove(failure::ATTEMPTS_HEADER);
+    headers.remove(failure::RETRIES_HEADER);
+    let mut headers = FieldTable::from(headers);
+    let replays = FailureRecord::from_headers(old).replays.unwrap_or(0);
+    let stamp = FailureRecord {
+        replays: Some(replays.saturating_add(1)),
+        replayed_at_ms: Some(now_ms),
+        ..FailureRecord::default()
+    };
+    stamp.write_into(&mut headers);
     let mut copy = archive_copy(delivery, route);
-    *copy.properties_mut() =
-        std::mem::take(copy.properties_mut()).with_headers(FieldTable::from(headers));
+    *copy.properties_mut() = std::mem::take(copy.properties_mut()).with_headers(headers);
     copy
 }
 
@@ -501,9 +502,12 @@ mod tests {
     fn dead_letter() -> DeadLetter {
         DeadLetter {
             message_id: Some("m-1".into()),
-            original_exchange: Some("shop".into()),
-            original_routing_key: Some("order.created".into()),
-            original_queue: Some("orders".into()),
+            failure: lepus::FailureRecord {
+                original_exchange: Some("shop".into()),
+                original_routing_key: Some("order.created".into()),
+                original_queue: Some("orders".into()),
+                ..lepus::FailureRecord::default()
+            },
             ..DeadLetter::default()
         }
     }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use lepus_amqp::{AMQPValue, BasicProperties, Delivery, FieldTable};
 use serde::de::DeserializeOwned;
 
-use super::retry::{ATTEMPTS_HEADER, header_u32};
+use crate::failure::{self, ATTEMPTS_HEADER, FailureRecord};
 
 /// What to do with a message after handling it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +98,8 @@ pub struct Incoming {
 
 impl Incoming {
     pub(crate) fn new(delivery: Delivery) -> Self {
-        let attempt = header_u32(delivery.properties().headers().as_ref(), ATTEMPTS_HEADER) + 1;
+        let failed = failure::count(delivery.properties().headers().as_ref(), ATTEMPTS_HEADER);
+        let attempt = failed.unwrap_or(0).saturating_add(1);
         Self {
             delivery: Arc::new(delivery),
             attempt,
@@ -130,6 +131,12 @@ impl Incoming {
     /// The headers (empty if none).
     pub fn headers(&self) -> Option<&FieldTable> {
         self.delivery.properties().headers().as_ref()
+    }
+
+    /// The failure record in the headers: how often and why this message failed before
+    /// (empty on a first delivery). A dead-letter queue's handler reads it here.
+    pub fn failure(&self) -> FailureRecord {
+        FailureRecord::from_headers(self.headers())
     }
 
     /// One header's value.

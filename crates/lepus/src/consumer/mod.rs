@@ -19,10 +19,11 @@ mod handler;
 mod invocation;
 mod pause;
 pub(crate) mod retry;
+mod stats;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -32,15 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use handler::{Handler, HandlerError, Incoming, IntoOutcome, Outcome};
-pub use retry::{
-    ATTEMPTS_HEADER, CONSUMER_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER, LAST_FAILURE_HEADER,
-    ORIGINAL_EXCHANGE_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER,
-    RETRIES_HEADER, RetryPolicy,
-};
+pub use retry::RetryPolicy;
+pub use stats::{ConsumerSnapshot, ConsumerStats};
 
 use crate::backoff::{Backoff, ReconnectPolicy};
 use crate::client::{Client, Role};
 use crate::error::{Error, ErrorKind, Result};
+use crate::failure::{self, REASON_REJECTED, REASON_RETRIES_EXHAUSTED};
 use crate::idempotency::IdempotencyStore;
 use crate::message::Message;
 use crate::observability::metrics::ConsumeMetrics;
@@ -48,7 +47,7 @@ use crate::publisher::{Publisher, PublisherOptions};
 use acker::Acker;
 use invocation::{Invocation, handle_span};
 use pause::Pauses;
-use retry::{Failure, failure_headers, header_u32};
+use retry::{Failure, failure_headers};
 
 /// Unacknowledged deliveries the broker may send ahead.
 pub const DEFAULT_PREFETCH: u16 = 100;
@@ -70,53 +69,6 @@ pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const MOVE_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// The largest pause between attempts to move a failed message.
 pub const MOVE_RETRY_MAX_PAUSE: Duration = Duration::from_secs(5);
-
-/// Counters of a consumer.
-#[derive(Debug, Default)]
-pub struct ConsumerStats {
-    /// Deliveries received.
-    pub delivered: AtomicU64,
-    /// Messages acked after their handler succeeded.
-    pub acked: AtomicU64,
-    /// Messages sent to a wait queue, per tier.
-    pub retried: Vec<AtomicU64>,
-    /// Messages moved to the dead-letter queue.
-    pub dead_lettered: AtomicU64,
-    /// Handler invocations that failed (errors, panics and timeouts).
-    pub failures: AtomicU64,
-    /// Handler invocations that panicked.
-    pub panics: AtomicU64,
-    /// Handler invocations that ran past the handler timeout.
-    pub timeouts: AtomicU64,
-    /// Redeliveries skipped because the idempotency store had seen them.
-    pub deduplicated: AtomicU64,
-    /// Handlers running now.
-    pub in_flight: AtomicUsize,
-    /// Times the consumer subscribed (1 + resubscriptions after failures).
-    pub subscriptions: AtomicU64,
-    /// Whether the consumer is subscribed right now.
-    pub active: AtomicBool,
-    /// Acks or nacks the broker could not take (their channel had closed; the broker
-    /// requeued those messages).
-    pub stale_settles: AtomicU64,
-    /// Failed attempts to move a failed message to a wait queue or the dead-letter queue
-    /// (each is tried again after a pause, the original held unacknowledged).
-    pub move_failures: AtomicU64,
-}
-
-impl ConsumerStats {
-    fn new(tiers: usize) -> Self {
-        Self {
-            retried: (0..tiers).map(|_| AtomicU64::new(0)).collect(),
-            ..Self::default()
-        }
-    }
-
-    /// Messages retried through any tier.
-    pub fn retried_total(&self) -> u64 {
-        self.retried.iter().map(|r| r.load(Ordering::Relaxed)).sum()
-    }
-}
 
 /// Builds a [`Consumer`].
 #[derive(Clone)]
@@ -613,14 +565,19 @@ impl Consumer {
                 span,
             } => {
                 let headers = incoming.headers();
-                let failed_attempts = header_u32(headers, ATTEMPTS_HEADER).saturating_add(failures);
-                let retries = header_u32(headers, RETRIES_HEADER) as usize;
+                let failed_attempts = failure::count(headers, failure::ATTEMPTS_HEADER)
+                    .unwrap_or(0)
+                    .saturating_add(failures);
+                let retries =
+                    failure::count(headers, failure::RETRIES_HEADER).unwrap_or(0) as usize;
                 let (reason, error, tier) = match &outcome {
                     Outcome::Retry(error) if retries < cfg.retry.delays.len() => {
                         (None, error.clone(), retries)
                     }
-                    Outcome::Retry(error) => (Some("retries-exhausted"), error.clone(), retries),
-                    Outcome::DeadLetter(error) => (Some("rejected"), error.clone(), retries),
+                    Outcome::Retry(error) => {
+                        (Some(REASON_RETRIES_EXHAUSTED), error.clone(), retries)
+                    }
+                    Outcome::DeadLetter(error) => (Some(REASON_REJECTED), error.clone(), retries),
                     Outcome::Ack => (None, String::new(), retries),
                 };
                 let target = match reason {

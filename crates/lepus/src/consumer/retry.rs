@@ -12,33 +12,13 @@
 //! recent versions differently for `reject` and `nack`), so the limit remains what it is
 //! meant to be: a backstop for messages that crash the consumer process itself.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use lepus_amqp::{AMQPValue, FieldTable};
+use lepus_amqp::FieldTable;
 
-use crate::message::short;
+use crate::clock::now_ms;
+use crate::failure::FailureRecord;
 use crate::topology::{Queue, QueueType, Topology};
-
-/// Failed handler invocations so far (all tiers).
-pub const ATTEMPTS_HEADER: &str = "x-lepus-attempts";
-/// Delay tiers passed so far.
-pub const RETRIES_HEADER: &str = "x-lepus-retries";
-/// When the first failure happened (ms since the Unix epoch).
-pub const FIRST_FAILURE_HEADER: &str = "x-lepus-first-failure-ms";
-/// When the last failure happened (ms since the Unix epoch).
-pub const LAST_FAILURE_HEADER: &str = "x-lepus-last-failure-ms";
-/// The last failure's text.
-pub const LAST_ERROR_HEADER: &str = "x-lepus-last-error";
-/// The exchange the message was first published to.
-pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-lepus-original-exchange";
-/// The routing key it was first published with.
-pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-lepus-original-routing-key";
-/// The work queue it failed on.
-pub const ORIGINAL_QUEUE_HEADER: &str = "x-lepus-original-queue";
-/// The consumer that gave up on it.
-pub const CONSUMER_HEADER: &str = "x-lepus-consumer";
-/// Why it was dead-lettered: `rejected` (a permanent failure) or `retries-exhausted`.
-pub const REASON_HEADER: &str = "x-lepus-dead-letter-reason";
 
 const MAX_ERROR_TEXT: usize = 1000;
 
@@ -157,30 +137,6 @@ impl RetryPolicy {
     }
 }
 
-pub(crate) fn header_u32(headers: Option<&FieldTable>, key: &str) -> u32 {
-    let Some(value) = headers.and_then(|h| h.inner().get(key)) else {
-        return 0;
-    };
-    let n: i128 = match value {
-        AMQPValue::ShortShortUInt(v) => (*v).into(),
-        AMQPValue::ShortUInt(v) => (*v).into(),
-        AMQPValue::LongUInt(v) => (*v).into(),
-        AMQPValue::ShortShortInt(v) => (*v).into(),
-        AMQPValue::ShortInt(v) => (*v).into(),
-        AMQPValue::LongInt(v) => (*v).into(),
-        AMQPValue::LongLongInt(v) => (*v).into(),
-        _ => 0,
-    };
-    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
 /// What the consumer knows about a failure, to write into the copy's headers.
 pub(crate) struct Failure<'a> {
     pub(crate) failed_attempts: u32,
@@ -193,43 +149,32 @@ pub(crate) struct Failure<'a> {
     pub(crate) dead_letter_reason: Option<&'a str>,
 }
 
-/// The headers of a failed message's copy: its old headers, updated.
+/// The headers of a failed message's copy: its old headers, with its failure record
+/// updated. Where the message came from and when it first failed are kept from the first
+/// failure; the rest describes this one.
 pub(crate) fn failure_headers(old: Option<&FieldTable>, f: &Failure<'_>) -> FieldTable {
-    let mut headers = old.cloned().unwrap_or_default();
+    let first = FailureRecord::from_headers(old);
     let now = now_ms();
-    let text = |s: &str| AMQPValue::LongString(s.into());
-    let set_once = |h: &mut FieldTable, key: &str, value: AMQPValue| {
-        if !h.inner().contains_key(key) {
-            h.insert(short(key), value);
-        }
+    let update = FailureRecord {
+        attempts: Some(f.failed_attempts),
+        retries: Some(f.retries),
+        first_failure_ms: Some(first.first_failure_ms.unwrap_or(now)),
+        last_failure_ms: Some(now),
+        last_error: Some(f.error.chars().take(MAX_ERROR_TEXT).collect()),
+        original_exchange: Some(first.original_exchange.unwrap_or_else(|| f.exchange.into())),
+        original_routing_key: Some(
+            first
+                .original_routing_key
+                .unwrap_or_else(|| f.routing_key.into()),
+        ),
+        original_queue: Some(f.queue.into()),
+        consumer: Some(f.consumer.into()),
+        reason: f.dead_letter_reason.map(Into::into),
+        replays: None,
+        replayed_at_ms: None,
     };
-    headers.insert(
-        short(ATTEMPTS_HEADER),
-        AMQPValue::LongLongInt(f.failed_attempts.into()),
-    );
-    headers.insert(
-        short(RETRIES_HEADER),
-        AMQPValue::LongLongInt(f.retries.into()),
-    );
-    set_once(
-        &mut headers,
-        FIRST_FAILURE_HEADER,
-        AMQPValue::LongLongInt(now),
-    );
-    headers.insert(short(LAST_FAILURE_HEADER), AMQPValue::LongLongInt(now));
-    let error: String = f.error.chars().take(MAX_ERROR_TEXT).collect();
-    headers.insert(short(LAST_ERROR_HEADER), text(&error));
-    set_once(&mut headers, ORIGINAL_EXCHANGE_HEADER, text(f.exchange));
-    set_once(
-        &mut headers,
-        ORIGINAL_ROUTING_KEY_HEADER,
-        text(f.routing_key),
-    );
-    headers.insert(short(ORIGINAL_QUEUE_HEADER), text(f.queue));
-    headers.insert(short(CONSUMER_HEADER), text(f.consumer));
-    if let Some(reason) = f.dead_letter_reason {
-        headers.insert(short(REASON_HEADER), text(reason));
-    }
+    let mut headers = old.cloned().unwrap_or_default();
+    update.write_into(&mut headers);
     headers
 }
 
@@ -265,20 +210,16 @@ mod tests {
                 ..f
             },
         );
-        let get = |k: &str| again.inner().get(k).cloned();
-        assert_eq!(
-            get(ORIGINAL_EXCHANGE_HEADER),
-            Some(AMQPValue::LongString("shop".into()))
+        let (first, again) = (
+            FailureRecord::from_headers(Some(&first)),
+            FailureRecord::from_headers(Some(&again)),
         );
-        assert_eq!(
-            get(ORIGINAL_ROUTING_KEY_HEADER),
-            Some(AMQPValue::LongString("order.created".into()))
-        );
-        assert_eq!(header_u32(Some(&again), ATTEMPTS_HEADER), 3);
-        assert_eq!(
-            get(FIRST_FAILURE_HEADER),
-            first.inner().get(FIRST_FAILURE_HEADER).cloned()
-        );
+        assert_eq!(again.original_exchange.as_deref(), Some("shop"));
+        assert_eq!(again.original_routing_key.as_deref(), Some("order.created"));
+        assert_eq!(again.attempts, Some(3));
+        assert_eq!(again.reason, None);
+        assert!(first.first_failure_ms.is_some());
+        assert_eq!(again.first_failure_ms, first.first_failure_ms);
     }
 
     #[test]

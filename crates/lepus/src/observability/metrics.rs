@@ -1,14 +1,12 @@
 //! Metric names and the handles lepus records through the `metrics` facade.
 //!
-//! Without a recorder installed (see [`install_prometheus`]) every call is a no-op. Labels
+//! Without a recorder installed (the `prometheus` feature's `install_prometheus`, or
+//! any other `metrics` recorder the application installs) every call is a no-op. Labels
 //! are exchange, queue, role and tier names: bounded by the application's topology, never
 //! message ids. Handles are registered once per exchange or queue and reused, so the hot
 //! path is an atomic add.
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::error::{Error, ErrorKind, Result};
 
 /// Messages written to a channel (republishes included), by exchange.
 pub const PUBLISHED: &str = "lepus_published_total";
@@ -52,45 +50,6 @@ pub const CONNECT_ATTEMPTS: &str = "lepus_connect_attempts_total";
 pub const RECOVERY: &str = "lepus_recovery_seconds";
 /// 1 while the broker blocks the connection (memory or disk alarm), by role.
 pub const BLOCKED: &str = "lepus_blocked";
-
-/// How often recorded histogram samples are folded into their buckets.
-const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Installs a Prometheus recorder for this process and returns the handle whose
-/// `render()` is the scrape text. Histograms are exported with buckets suited to
-/// messaging latencies (100 µs to 30 s). A background thread folds samples into their
-/// buckets every few seconds, so memory stays bounded even if nothing scrapes.
-pub fn install_prometheus() -> Result<PrometheusHandle> {
-    let buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        5.0, 10.0, 30.0,
-    ];
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("cannot install the Prometheus recorder: {e}"),
-            )
-        })?;
-    let upkeep = handle.clone();
-    std::thread::Builder::new()
-        .name("lepus-metrics-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
-                upkeep.run_upkeep();
-            }
-        })
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("cannot start metrics upkeep: {e}"),
-            )
-        })?;
-    Ok(handle)
-}
 
 /// A publisher's handles for one exchange.
 #[derive(Clone)]

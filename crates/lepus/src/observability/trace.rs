@@ -1,4 +1,4 @@
-//! Distributed tracing through message headers, and one-call log setup.
+//! Distributed tracing through message headers.
 //!
 //! Spans are `tracing` spans bridged to OpenTelemetry by `tracing-opentelemetry`. On
 //! publish, the W3C `traceparent` (and a non-empty `tracestate`) of a sampled publish span
@@ -7,60 +7,64 @@
 //! publishes continues the same trace. Without a subscriber (or without the OpenTelemetry
 //! layer) spans are disabled and nothing is injected: tracing costs nothing when it is off.
 //!
-//! Sampling is decided at the head of a trace (see [`tracer_provider`]), and only sampled
+//! Sampling is decided at the head of a trace (see `tracer_provider`), and only sampled
 //! traces travel in headers: a header costs the broker real work on every message, and an
 //! unsampled trace would carry one only to say that it is not recorded. A consumer of an
 //! untraced message therefore makes a sampling decision of its own; with the same ratio
 //! everywhere that starts a few traces at a consumer instead of at the publisher.
+//!
+//! Without the `otel` feature the functions here keep their signatures and do nothing, so
+//! the publisher and the consumer call them unconditionally.
 
-use lepus_amqp::{AMQPValue, FieldTable};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, ShouldSample};
-use tracing::{Span, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::FilterFn;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
+use lepus_amqp::FieldTable;
+use tracing::Span;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::message::short;
+#[cfg(feature = "otel")]
+mod w3c {
+    use lepus_amqp::{AMQPValue, FieldTable};
+    use opentelemetry::propagation::{Extractor, Injector};
 
-struct HeaderInjector<'a>(&'a mut FieldTable);
+    use crate::message::short;
 
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // An empty `tracestate` means the same as none, and costs a header.
-        if value.is_empty() {
-            return;
-        }
-        self.0
-            .insert(short(key), AMQPValue::LongString(value.into()));
-    }
-}
+    pub(super) struct HeaderInjector<'a>(pub(super) &'a mut FieldTable);
 
-struct HeaderExtractor<'a>(&'a FieldTable);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match self.0.inner().get(key)? {
-            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-            AMQPValue::ShortString(s) => Some(s.as_str()),
-            _ => None,
+    impl Injector for HeaderInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            // An empty `tracestate` means the same as none, and costs a header.
+            if value.is_empty() {
+                return;
+            }
+            self.0
+                .insert(short(key), AMQPValue::LongString(value.into()));
         }
     }
 
-    fn keys(&self) -> Vec<&str> {
-        self.0.inner().keys().map(|k| k.as_str()).collect()
+    pub(super) struct HeaderExtractor<'a>(pub(super) &'a FieldTable);
+
+    impl Extractor for HeaderExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match self.0.inner().get(key)? {
+                AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+                AMQPValue::ShortString(s) => Some(s.as_str()),
+                _ => None,
+            }
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.inner().keys().map(|k| k.as_str()).collect()
+        }
     }
 }
 
 /// If `span` is sampled, a copy of `headers` (or a new table) with the span's trace
 /// context written in; `None` if tracing is off or the trace is not sampled.
+#[cfg(feature = "otel")]
 pub(crate) fn injected(span: &Span, headers: Option<&FieldTable>) -> Option<FieldTable> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
     if span.is_disabled() {
         return None;
     }
@@ -69,8 +73,14 @@ pub(crate) fn injected(span: &Span, headers: Option<&FieldTable>) -> Option<Fiel
         return None;
     }
     let mut headers = headers.cloned().unwrap_or_default();
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut headers));
+    TraceContextPropagator::new().inject_context(&cx, &mut w3c::HeaderInjector(&mut headers));
     Some(headers)
+}
+
+/// Without `otel` nothing is injected.
+#[cfg(not(feature = "otel"))]
+pub(crate) fn injected(_span: &Span, _headers: Option<&FieldTable>) -> Option<FieldTable> {
+    None
 }
 
 /// Makes the trace context in `headers` (if any) the parent of `span`.
@@ -82,299 +92,58 @@ pub(crate) fn extract_into(span: &Span, headers: Option<&FieldTable>) {
 }
 
 /// Makes the trace context in `headers` (if any) the parent of `span`.
+#[cfg(feature = "otel")]
 pub(crate) fn set_parent_from(span: &Span, headers: Option<&FieldTable>) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
     if let Some(headers) = headers {
         if !headers.inner().contains_key("traceparent") {
             return;
         }
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let parent = TraceContextPropagator::new().extract(&w3c::HeaderExtractor(headers));
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
     }
 }
 
+/// Without `otel` a message's trace context is left in its headers, unread.
+#[cfg(not(feature = "otel"))]
+pub(crate) fn set_parent_from(_span: &Span, _headers: Option<&FieldTable>) {}
+
 /// Whether `span` belongs to a trace (tracing is on and it has a valid context).
 pub(crate) fn in_trace(span: &Span) -> bool {
-    !span.is_disabled() && span.context().span().span_context().is_valid()
-}
-
-/// The trace id of `span`, if tracing is on.
-pub fn trace_id(span: &Span) -> Option<String> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
-}
-
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum LogFormat {
-    /// One JSON object per line (for services).
-    Json,
-    /// Human-readable (for terminals).
-    Pretty,
-    /// JSON unless standard error is a terminal.
-    #[default]
-    Auto,
-}
-
-/// Keeps tracing running; flushes exported spans when dropped.
-#[must_use = "dropping the guard stops span export"]
-pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
-}
-
-impl Drop for TelemetryGuard {
-    fn drop(&mut self) {
-        let _ = self.provider.shutdown();
-    }
-}
-
-impl std::fmt::Debug for TelemetryGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TelemetryGuard")
-    }
-}
-
-/// The share of new traces sampled when neither the code nor `OTEL_TRACES_SAMPLER` says
-/// otherwise: one in a hundred. A child span follows its parent's decision.
-///
-/// Every sampled publish puts a `traceparent` header on its message, which costs the
-/// broker as much as the rest of lepus's tracing costs the client; tracing every message
-/// of a busy queue takes away about a third of its throughput (bench/README.md has the
-/// measurements). Traces that start elsewhere (an HTTP request, say) and arrive sampled
-/// are always continued.
-pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
-
-/// Sets up logging and tracing for a service in one call: `RUST_LOG`-style filtering
-/// (default `info`), JSON or pretty lines (JSON lines inside a span carry its
-/// `trace_id` and `span_id`), and OpenTelemetry spans with W3C propagation, sampled as
-/// [`tracer_provider`] says. With the `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT`
-/// set, spans are exported over OTLP. [`Telemetry`] has the other options.
-pub fn init_telemetry(service: &str, format: LogFormat) -> Result<TelemetryGuard> {
-    Telemetry::new(service).format(format).init()
-}
-
-/// Like [`init_telemetry`], writing log lines to `writer` (a file, say) instead of
-/// standard error.
-pub fn init_telemetry_with_writer<W>(
-    service: &str,
-    format: LogFormat,
-    writer: W,
-) -> Result<TelemetryGuard>
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    Telemetry::new(service).format(format).writer(writer).init()
-}
-
-/// Logging and tracing for a service, with every option: [`init_telemetry`] is
-/// `Telemetry::new(service).format(format).init()`.
-///
-/// ```no_run
-/// use lepus::observability::{LogFormat, Telemetry};
-///
-/// // Record every trace (a low-traffic service, or while debugging).
-/// let _telemetry = Telemetry::new("billing")
-///     .format(LogFormat::Json)
-///     .sample_ratio(1.0)
-///     .init()?;
-/// # Ok::<(), lepus::Error>(())
-/// ```
-#[must_use = "nothing is set up until init() is called"]
-pub struct Telemetry<W = fn() -> std::io::Stderr> {
-    service: String,
-    format: LogFormat,
-    sample_ratio: Option<f64>,
-    writer: W,
-}
-
-impl Telemetry {
-    /// Telemetry for `service` (its OpenTelemetry `service.name`): JSON or pretty lines
-    /// on standard error as [`LogFormat::Auto`] decides, sampled as [`tracer_provider`]
-    /// says.
-    pub fn new(service: &str) -> Self {
-        Telemetry {
-            service: service.to_owned(),
-            format: LogFormat::Auto,
-            sample_ratio: None,
-            writer: std::io::stderr,
-        }
-    }
-}
-
-impl<W> Telemetry<W>
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    /// How lines look.
-    pub fn format(mut self, format: LogFormat) -> Self {
-        self.format = format;
-        self
-    }
-
-    /// The share of new traces to sample, from 0.0 to 1.0 (clamped), instead of
-    /// `OTEL_TRACES_SAMPLER` or [`DEFAULT_SAMPLE_RATIO`]. Children follow their parent.
-    pub fn sample_ratio(mut self, ratio: f64) -> Self {
-        self.sample_ratio = Some(ratio);
-        self
-    }
-
-    /// Where lines go (a file, say) instead of standard error.
-    pub fn writer<W2>(self, writer: W2) -> Telemetry<W2>
-    where
-        W2: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    #[cfg(feature = "otel")]
     {
-        Telemetry {
-            service: self.service,
-            format: self.format,
-            sample_ratio: self.sample_ratio,
-            writer,
-        }
-    }
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    /// Installs the global subscriber and the W3C propagator. Fails if a global
-    /// subscriber is already installed.
-    pub fn init(self) -> Result<TelemetryGuard> {
-        let provider = match self.sample_ratio {
-            Some(ratio) => tracer_provider_with(&self.service, ratio_sampler(ratio))?,
-            None => tracer_provider(&self.service)?,
-        };
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let json = match self.format {
-            LogFormat::Json => true,
-            LogFormat::Pretty => false,
-            LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        };
-        let registry = tracing_subscriber::registry()
-            .with(filter)
-            .with(otel_layer(provider.tracer("lepus")));
-        let result = if json {
-            registry.with(json_log_layer(self.writer)).try_init()
-        } else {
-            registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_writer(self.writer)
-                        .with_filter(not_publish_span()),
-                )
-                .try_init()
-        };
-        result.map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("cannot install the tracing subscriber: {e}"),
-            )
-        })?;
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        Ok(TelemetryGuard { provider })
+        !span.is_disabled() && span.context().span().span_context().is_valid()
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = span;
+        false
     }
 }
 
-impl<W> std::fmt::Debug for Telemetry<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry")
-            .field("service", &self.service)
-            .field("format", &self.format)
-            .field("sample_ratio", &self.sample_ratio)
-            .finish_non_exhaustive()
+/// The trace id of `span`, if tracing is on (always `None` without the `otel` feature).
+pub fn trace_id(span: &Span) -> Option<String> {
+    #[cfg(feature = "otel")]
+    {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| sc.trace_id().to_string())
     }
-}
-
-/// The layer that writes lepus's JSON lines to `writer`, for a subscriber of your own:
-/// one object per line with the event's fields, the current span's name and fields,
-/// and its OpenTelemetry `trace_id` and `span_id` when [`otel_layer`] is installed too.
-///
-/// lepus's `publish` span is left out: it lives from `send` to the broker's confirm but
-/// is never entered, so no line is ever written inside it, and formatting its fields for
-/// every message would be work for nothing.
-pub fn json_log_layer<S, W>(writer: W) -> impl Layer<S>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    super::json::layer(writer).with_filter(not_publish_span())
-}
-
-/// A filter for log layers that passes everything but lepus's `publish` span.
-fn not_publish_span() -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
-    FilterFn::new(|meta| {
-        !(meta.is_span()
-            && meta.name() == crate::publisher::PUBLISH_SPAN
-            && meta.target() == crate::publisher::SPAN_TARGET)
-    })
-}
-
-/// The OpenTelemetry layer as lepus sets it up, for a subscriber of your own: spans
-/// become OpenTelemetry spans of `tracer`, without source locations, thread names or
-/// busy/idle timings (each costs time on every message and tells little about it).
-pub fn otel_layer<S>(tracer: SdkTracer) -> impl Layer<S>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-}
-
-/// A parent-based sampler that samples `ratio` (clamped to 0.0..=1.0) of new traces.
-pub fn ratio_sampler(ratio: f64) -> Sampler {
-    let ratio = if ratio.is_nan() {
-        0.0
-    } else {
-        ratio.clamp(0.0, 1.0)
-    };
-    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
-}
-
-/// A tracer provider that assigns ids (and exports, with the `otlp` feature). It samples
-/// as `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` say, the OpenTelemetry
-/// convention, or else [`DEFAULT_SAMPLE_RATIO`] of new traces.
-pub fn tracer_provider(service: &str) -> Result<SdkTracerProvider> {
-    if std::env::var_os("OTEL_TRACES_SAMPLER").is_some() {
-        // The SDK reads the variables itself.
-        provider(service, None::<Sampler>)
-    } else {
-        provider(service, Some(ratio_sampler(DEFAULT_SAMPLE_RATIO)))
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = span;
+        None
     }
-}
-
-/// A tracer provider that samples with `sampler` (and exports, with the `otlp` feature).
-pub fn tracer_provider_with(
-    service: &str,
-    sampler: impl ShouldSample + 'static,
-) -> Result<SdkTracerProvider> {
-    provider(service, Some(sampler))
-}
-
-fn provider(
-    service: &str,
-    sampler: Option<impl ShouldSample + 'static>,
-) -> Result<SdkTracerProvider> {
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service.to_owned())
-        .build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(sampler) = sampler {
-        builder = builder.with_sampler(sampler);
-    }
-    #[cfg(feature = "otlp")]
-    let builder = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("cannot build the OTLP exporter: {e}"),
-                )
-            })?;
-        builder.with_batch_exporter(exporter)
-    } else {
-        builder
-    };
-    Ok(builder.build())
 }

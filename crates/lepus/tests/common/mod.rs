@@ -1,6 +1,6 @@
 //! Helpers shared by lepus's integration tests. Each test binary uses some of them.
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use lepus::{Client, ReconnectPolicy, Topology};
 
-/// Runs blocking work (starting or killing a node) off the runtime's threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
+pub use lepus_testkit::blocking;
 
 /// A client of `url` that declares `topology` and reconnects quickly (50 ms to 500 ms).
 pub fn client(url: &str, topology: Topology) -> Client {
@@ -28,16 +25,10 @@ pub fn client(url: &str, topology: Topology) -> Client {
         .unwrap()
 }
 
-/// Waits until `f` holds, failing the test with `what` after `timeout`.
+/// Waits until `f` (a plain condition) holds, failing the test with `what` after
+/// `timeout`: [`lepus_testkit::wait_until`] for conditions that need no `.await`.
 pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    lepus_testkit::wait_until(what, timeout, async || f()).await;
 }
 
 /// A log writer that keeps what it is given.
