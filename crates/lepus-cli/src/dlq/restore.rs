@@ -22,9 +22,10 @@ use lepus::{Confirm, Message, Publisher, PublisherOptions, Role, Topology};
 use serde_json::{Map, Value, json};
 
 use super::out;
-use super::record::{REPLAY_COUNT_HEADER, REPLAYED_AT_HEADER, now_ms, one_line};
+use super::record::{now_ms, one_line};
 use super::sink::WINDOW;
 use crate::connect::{self, parse_secs, wait_for};
+use lepus::failure::{REPLAY_COUNT_HEADER, REPLAYED_AT_HEADER};
 
 /// Options of `lepus dlq replay-file`.
 #[derive(Args, Debug)]
