@@ -8,6 +8,8 @@
 //!   stop, restart on the same ports with its data, pause (SIGSTOP, for heartbeat tests),
 //!   or drive with `rabbitmqctl`.
 //! - [`Cluster`]: several such nodes joined into one cluster, for failover tests.
+//! - [`Lab`]: a cluster with each node in a zone of its own (a network namespace on a
+//!   private bridge), for partitions: a zone cut off, two zones cut apart, healed again.
 //! - [`shared_broker`] / [`shared_tls_broker`]: for tests that only need *a* broker. They
 //!   use the node `scripts/test` starts once for the whole run when its URL is in the
 //!   environment, and otherwise start a node of their own.
@@ -29,6 +31,7 @@ mod node;
 mod process;
 mod shared;
 mod tls;
+pub mod zones;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_START_TIMEOUT};
 pub use cluster::Cluster;
@@ -37,6 +40,7 @@ pub use shared::{
     AMQP_URL_ENV, AMQPS_URL_ENV, SharedBroker, TLS_DIR_ENV, shared_broker, shared_tls_broker,
 };
 pub use tls::{CLIENT_CERT_USER, TlsFiles};
+pub use zones::{Endpoint, Lab, LabBuilder};
 
 /// `prefix` followed by a random suffix, e.g. `orders-3f9a0c1d2b4e`: a queue or exchange
 /// name no other test uses.
