@@ -1,0 +1,186 @@
+//! The drill's world: one [`Lab`] of three zones for the whole run, brought back to a
+//! healthy cluster between scenarios, and the clients each scenario uses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use lepus::{Client, ConnectionState, Queue, ReconnectPolicy, Role, Topology};
+use lepus_testkit::Lab;
+
+/// Nodes (and zones) in the drill's cluster.
+pub const NODES: usize = 3;
+/// How long the cluster may take to be whole again between scenarios.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Classic or quorum: the queue a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// A durable classic queue: it lives on one node.
+    Classic,
+    /// A quorum queue replicated on all three nodes.
+    Quorum,
+}
+
+impl QueueKind {
+    /// `classic` or `quorum`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Classic => "classic",
+            QueueKind::Quorum => "quorum",
+        }
+    }
+}
+
+/// The lab and the client settings of a run.
+#[derive(Debug)]
+pub struct Env {
+    lab: Arc<Lab>,
+    heartbeat: u16,
+}
+
+/// Runs a blocking lab operation off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    lab: &Arc<Lab>,
+    op: impl FnOnce(&Lab) -> Result<T, lepus_testkit::Error> + Send + 'static,
+) -> anyhow::Result<T> {
+    let lab = Arc::clone(lab);
+    Ok(tokio::task::spawn_blocking(move || op(&lab)).await??)
+}
+
+impl Env {
+    /// Starts the lab: three zones, a node in each, clustered.
+    pub async fn start(heartbeat: u16) -> anyhow::Result<Env> {
+        let lab = tokio::task::spawn_blocking(|| Lab::start(NODES))
+            .await?
+            .context("starting the lab (3 zones)")?;
+        Ok(Env {
+            lab: Arc::new(lab),
+            heartbeat,
+        })
+    }
+
+    /// The lab.
+    pub fn lab(&self) -> &Arc<Lab> {
+        &self.lab
+    }
+
+    /// Node `i`'s URL with the drill's heartbeat, straight across the bridge.
+    pub fn url(&self, node: usize) -> anyhow::Result<String> {
+        let ip = self
+            .lab
+            .zone_ip(node)
+            .with_context(|| format!("no zone {node}"))?;
+        Ok(format!(
+            "amqp://guest:guest@{ip}:5672/%2f?heartbeat={}",
+            self.heartbeat
+        ))
+    }
+
+    /// Every node's URL, in node order.
+    pub fn urls(&self) -> anyhow::Result<Vec<String>> {
+        (0..NODES).map(|i| self.url(i)).collect()
+    }
+
+    /// A client on `urls`, reconnecting quickly (at most half a second apart).
+    pub fn client(&self, name: &str, urls: &[String]) -> anyhow::Result<Client> {
+        let mut builder = Client::builder().name(name).reconnect(
+            ReconnectPolicy::default()
+                .initial_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(500)),
+        );
+        for url in urls {
+            builder = builder.endpoint(url)?;
+        }
+        Ok(builder.build()?)
+    }
+
+    /// The node a connected `host` (`ip:port`) belongs to.
+    pub fn node_of(&self, host: &str) -> Option<usize> {
+        (0..NODES).find(|&i| {
+            self.lab
+                .zone_ip(i)
+                .is_some_and(|ip| host.starts_with(&format!("{ip}:")))
+        })
+    }
+
+    /// The node `client`'s `role` connection is on, once connected.
+    pub async fn connected_node(&self, client: &Client, role: Role) -> anyhow::Result<usize> {
+        let live = client.connection(role, Duration::from_secs(60)).await?;
+        drop(live);
+        match client.state(role) {
+            ConnectionState::Connected { host } => self
+                .node_of(&host)
+                .with_context(|| format!("{host} is none of the lab's nodes")),
+            other => bail!("{role:?} connection is {}", other.name()),
+        }
+    }
+
+    /// Declares `queue` through a connection to node `leader` only, so that its leader
+    /// (quorum) or its home (classic) is that node. Returns the leader reported by the
+    /// broker for a quorum queue.
+    pub async fn declare(
+        &self,
+        queue: &str,
+        kind: QueueKind,
+        leader: usize,
+    ) -> anyhow::Result<usize> {
+        let q = match kind {
+            QueueKind::Classic => Queue::new(queue),
+            QueueKind::Quorum => Queue::new(queue).quorum(),
+        };
+        let url = self.url(leader)?;
+        let mut builder = Client::builder()
+            .name("drill-admin")
+            .topology(Topology::new().queue(q));
+        builder = builder.endpoint(&url)?;
+        let admin = builder.build()?;
+        let up = admin.wait_connected(Duration::from_secs(60)).await;
+        let _ = admin.close(Duration::from_secs(5)).await;
+        up.with_context(|| format!("declaring {queue} on node {leader}"))?;
+        if kind == QueueKind::Classic {
+            return Ok(leader);
+        }
+        let name = queue.to_owned();
+        let out = blocking(&self.lab, move |lab| {
+            lab.node(leader)
+                .ok_or_else(|| lepus_testkit::Error::State("no such node".into()))?
+                .rabbitmqctl(&["-q", "list_queues", "name", "leader", "--no-table-headers"])
+        })
+        .await?;
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+            .with_context(|| format!("{queue} not listed: {out}"))?;
+        let node = line.split_whitespace().nth(1).unwrap_or_default();
+        (0..NODES)
+            .find(|&i| {
+                self.lab
+                    .node(i)
+                    .is_some_and(|n| n.node_name() == node)
+            })
+            .with_context(|| format!("leader {node} of {queue} is none of the lab's nodes"))
+    }
+
+    /// Back to a whole cluster: every cut healed, every node resumed and running, each
+    /// seeing all three, each accepting connections.
+    pub async fn settle(&self) -> anyhow::Result<()> {
+        blocking(&self.lab, |lab| {
+            lab.heal()?;
+            for zone in 0..NODES {
+                let running = lab.node(zone).is_some_and(|n| n.is_running());
+                if running {
+                    lab.resume(zone)?;
+                } else {
+                    lab.restart(zone)?;
+                }
+            }
+            for zone in 0..NODES {
+                lab.wait_running_nodes(zone, NODES, SETTLE_TIMEOUT)?;
+            }
+            Ok(())
+        })
+        .await
+        .context("bringing the cluster back to three running nodes")
+    }
+}
