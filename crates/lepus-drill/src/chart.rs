@@ -77,7 +77,10 @@ pub fn svg(title: &str, snap: &Snapshot, window: Window, rate: u32) -> String {
         r##"<rect x="{xs:.1}" y="{TOP}" width="{:.1}" height="{plot_h}" fill="#e45756" fill-opacity="0.12"/>"##,
         (xe - xs).max(1.0)
     );
-    for (x, label) in [(xs, format!("fault {fs:.1}s")), (xe, format!("end {fe:.1}s"))] {
+    for (x, label) in [
+        (xs, format!("fault {fs:.1}s")),
+        (xe, format!("end {fe:.1}s")),
+    ] {
         let _ = write!(
             out,
             r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#e45756" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#e45756">{label}</text>"##,

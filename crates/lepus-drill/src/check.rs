@@ -164,7 +164,13 @@ mod tests {
         };
         let row = check("x", &snap, window, false);
         assert_eq!(
-            (row.sent, row.confirmed, row.failed, row.lost, row.duplicates),
+            (
+                row.sent,
+                row.confirmed,
+                row.failed,
+                row.lost,
+                row.duplicates
+            ),
             (5, 3, 1, 1, 1)
         );
         assert_eq!((row.unanswered, row.failed_but_delivered), (1, 1));

@@ -154,11 +154,7 @@ impl Env {
             .with_context(|| format!("{queue} not listed: {out}"))?;
         let node = line.split_whitespace().nth(1).unwrap_or_default();
         (0..NODES)
-            .find(|&i| {
-                self.lab
-                    .node(i)
-                    .is_some_and(|n| n.node_name() == node)
-            })
+            .find(|&i| self.lab.node(i).is_some_and(|n| n.node_name() == node))
             .with_context(|| format!("leader {node} of {queue} is none of the lab's nodes"))
     }
 

@@ -153,7 +153,11 @@ impl Fault {
             }
         }
         let end = rec.now();
-        let recover_from = if self.majority_reachable() { start } else { end };
+        let recover_from = if self.majority_reachable() {
+            start
+        } else {
+            end
+        };
         Ok(Window {
             start,
             end,

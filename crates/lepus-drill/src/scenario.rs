@@ -45,16 +45,36 @@ pub fn catalog() -> Vec<Scenario> {
     use QueueKind::{Classic, Quorum};
     let s = |name, fault, queue| Scenario { name, fault, queue };
     vec![
-        s("kill-client-node", Fault::KillClientNode { down: secs(10) }, Quorum),
-        s("kill-client-node", Fault::KillClientNode { down: secs(10) }, Classic),
-        s("kill-leader-node", Fault::KillLeaderNode { down: secs(10) }, Quorum),
+        s(
+            "kill-client-node",
+            Fault::KillClientNode { down: secs(10) },
+            Quorum,
+        ),
+        s(
+            "kill-client-node",
+            Fault::KillClientNode { down: secs(10) },
+            Classic,
+        ),
+        s(
+            "kill-leader-node",
+            Fault::KillLeaderNode { down: secs(10) },
+            Quorum,
+        ),
         s(
             "kill-client-and-leader-node",
             Fault::KillClientAndLeaderNode { down: secs(10) },
             Quorum,
         ),
-        s("pause-node-60s", Fault::PauseNode { hold: secs(60) }, Quorum),
-        s("cut-client-zone", Fault::CutClientZone { hold: secs(20) }, Quorum),
+        s(
+            "pause-node-60s",
+            Fault::PauseNode { hold: secs(60) },
+            Quorum,
+        ),
+        s(
+            "cut-client-zone",
+            Fault::CutClientZone { hold: secs(20) },
+            Quorum,
+        ),
         s(
             "isolate-broker-zone",
             Fault::IsolateBrokerZone { hold: secs(20) },

@@ -12,7 +12,8 @@
 //! processes can also get zones of their own ([`LabBuilder::client_zones`],
 //! [`Lab::command_in`]).
 //!
-//! Nodes run with `cluster_partition_handling = pause_minority` and a short Erlang
+//! Nodes let `guest` log in from the bridge (`loopback_users.guest = false`), and run
+//! with `cluster_partition_handling = pause_minority` and a short Erlang
 //! `net_ticktime` (default [`DEFAULT_NET_TICKTIME`] seconds), so a node cut off from the
 //! majority notices within seconds and stops serving clients until it sees the majority
 //! again.
@@ -112,6 +113,8 @@ impl LabBuilder {
                     .clone()
                     .tls(false)
                     .config("cluster_partition_handling = pause_minority")
+                    // Clients come across the bridge, not from loopback.
+                    .config("loopback_users.guest = false")
                     .net_ticktime(self.net_ticktime)
                     .placement(Placement {
                         netns: net.netns(zone),
