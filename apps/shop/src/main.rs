@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use shop::demo::DemoOptions;
-use shop::demo::faults::{BrokerControl, ScriptBroker};
+use shop::demo::faults::{BrokerControl, NodeBroker};
 use shop::demo::report::render;
 use shop::inventory::{InventoryOptions, InventoryService};
 use shop::notify::{NotifyOptions, NotifyService};
@@ -97,11 +97,9 @@ struct DemoArgs {
     /// The share of notifications the simulated mail gateway fails (retried).
     #[arg(long, default_value_t = 0.02)]
     gateway_failure_rate: f64,
-    /// scripts/broker, for the forced connection close.
-    #[arg(long, default_value = "scripts/broker")]
-    broker_script: PathBuf,
-    /// The broker node's directory (as made by scripts/broker, e.g. target/rabbitmq/n1):
-    /// enables the broker kill and connection close. Without it those are skipped.
+    /// The broker node's directory (as made by scripts/broker, e.g. target/rabbitmq/n1,
+    /// holding its lepus-node.state): enables the broker kill and connection close.
+    /// Without it those are skipped.
     #[arg(long)]
     broker_node_dir: Option<PathBuf>,
 }
@@ -276,10 +274,10 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<std::
     let _telemetry = shop::telemetry::init_logging("shop-demo", Some(&log_file))?;
     let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
     println!("logs (JSON): {}", log_file.display());
-    let broker: Option<Arc<dyn BrokerControl>> = args
-        .broker_node_dir
-        .as_ref()
-        .map(|dir| Arc::new(ScriptBroker::new(&args.broker_script, dir)) as Arc<dyn BrokerControl>);
+    let broker: Option<Arc<dyn BrokerControl>> = match &args.broker_node_dir {
+        Some(dir) => Some(Arc::new(NodeBroker::attach(dir)?) as Arc<dyn BrokerControl>),
+        None => None,
+    };
     let options = DemoOptions {
         system: SystemConfig {
             common: args.common.common(),

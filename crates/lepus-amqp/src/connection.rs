@@ -436,15 +436,22 @@ impl Connection {
 
 async fn handshake(opts: ConnectionOptions) -> Result<Connection> {
     let (mut rd, mut wr) = transport::connect(&opts).await?;
-    wr.write_all(codec::PROTOCOL_HEADER)
-        .await
-        .map_err(|e| Error::io("cannot send the protocol header", e))?;
-    wr.flush()
-        .await
-        .map_err(|e| Error::io("cannot send the protocol header", e))?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let sent = async {
+        wr.write_all(codec::PROTOCOL_HEADER).await?;
+        wr.flush().await
+    }
+    .await;
+    if let Err(e) = sent {
+        let err = transport::tls_io_error(&opts, "sending the protocol header", e);
+        return Err(refusal_alert(&opts, &mut rd, &mut buf).await.unwrap_or(err));
+    }
 
-    let start = match read_method(&mut rd, &mut buf, false).await? {
+    // The first read: on TLS 1.3 it is where a server's refusal of our certificate shows.
+    let first = read_method(&mut rd, &mut buf, false)
+        .await
+        .map_err(|e| first_read_error(&opts, e))?;
+    let start = match first {
         AMQPClass::Connection(connection::AMQPMethod::Start(start)) => start,
         other => return Err(unexpected("connection.start", &other)),
     };
@@ -566,6 +573,38 @@ fn client_properties(opts: &ConnectionOptions) -> FieldTable {
         props.insert("connection_name".into(), text(name));
     }
     props
+}
+
+/// After a failed write on a fresh TLS connection: the alert a server that refused our
+/// certificate sent before it reset the connection, if it is there to read (TLS 1.3
+/// ends the client's handshake before the server has judged the client certificate).
+async fn refusal_alert(
+    opts: &ConnectionOptions,
+    rd: &mut ReadHalf,
+    buf: &mut BytesMut,
+) -> Option<Error> {
+    opts.tls.as_ref()?;
+    let read = tokio::time::timeout(Duration::from_secs(1), read_method(rd, buf, false)).await;
+    match read {
+        Ok(Err(err)) => Some(first_read_error(opts, err)).filter(|e| e.kind() == ErrorKind::Tls),
+        _ => None,
+    }
+}
+
+/// A failed first read on a TLS connection, typed when rustls says why (see
+/// [`transport::tls_io_error`]).
+fn first_read_error(opts: &ConnectionOptions, err: Error) -> Error {
+    if opts.tls.is_none() || err.kind() != ErrorKind::Io {
+        return err;
+    }
+    let rustls_err = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_err {
+        Some(rustls_err) => transport::tls_error(opts, "reading connection.start", rustls_err),
+        None => err,
+    }
 }
 
 fn unexpected(wanted: &str, got: &AMQPClass) -> Error {

@@ -56,6 +56,55 @@ pub enum ErrorKind {
     ConsumerCancelled,
 }
 
+/// Why a TLS handshake failed, for an error of kind [`ErrorKind::Tls`]
+/// ([`Error::tls_failure`]).
+///
+/// None of these goes away by connecting to the same endpoint again (the certificates
+/// will be the same), so TLS errors are not [recoverable](Error::is_recoverable); another
+/// endpoint, with certificates of its own, may still work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The server's certificate is not signed by a CA we trust (`ca_file`).
+    UnknownIssuer,
+    /// The server's certificate does not cover the name we verify it against (the host,
+    /// or `server_name`).
+    NotValidForName,
+    /// The server's certificate has expired.
+    Expired,
+    /// The server's certificate is not valid yet.
+    NotValidYet,
+    /// The server's certificate is unusable for another reason (bad signature, revoked,
+    /// not meant for a server, unreadable).
+    BadCertificate,
+    /// The server refused our side of the handshake with an alert: our client certificate
+    /// (missing, from a CA it does not trust, or otherwise unacceptable). With TLS 1.3 this
+    /// arrives on the first read after the handshake.
+    RejectedByPeer,
+    /// Some other handshake failure (no common protocol version or cipher suite, a
+    /// malformed message).
+    Handshake,
+}
+
+/// The source of a [`ErrorKind::Tls`] error: the classified reason and what rustls said.
+#[derive(Debug)]
+pub(crate) struct TlsError {
+    pub(crate) failure: TlsFailure,
+    pub(crate) source: rustls::Error,
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// The engine's error: a kind, a message, and the broker's reply code and text when the
 /// broker closed something.
 ///
@@ -148,6 +197,13 @@ impl Error {
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind
+    }
+
+    /// Why the TLS handshake failed, for an error of kind [`ErrorKind::Tls`] that came
+    /// from the handshake (not from reading certificate files).
+    pub fn tls_failure(&self) -> Option<TlsFailure> {
+        let source = self.inner.source.as_deref()?;
+        source.downcast_ref::<TlsError>().map(|tls| tls.failure)
     }
 
     /// The reply code the broker sent when it closed the channel or connection, if it did.

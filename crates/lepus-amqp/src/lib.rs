@@ -61,7 +61,7 @@ pub use api::{
 pub use codec::ShortStr;
 pub use connection::{Connection, Negotiated};
 pub use consumer::Consumer;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, TlsFailure};
 pub use message::{Confirmation, Delivery, GetMessage, PublishConfirm, Returned};
 pub use options::{
     AuthMechanism, ConnectionOptions, DEFAULT_CHANNEL_MAX, DEFAULT_CONNECTION_TIMEOUT,

@@ -174,6 +174,11 @@ async fn an_untrusted_server_certificate_is_a_tls_error() {
     let opts = ConnectionOptions::from_uri(broker.amqps_url().unwrap()).unwrap();
     let err = Connection::connect(opts).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls, "{err:?}");
+    assert_eq!(
+        err.tls_failure(),
+        Some(TlsFailure::UnknownIssuer),
+        "{err:?}"
+    );
     assert!(!err.is_recoverable());
 }
 

@@ -8,7 +8,7 @@ use tempfile::TempDir;
 
 use crate::error::Error;
 use crate::node::{self, Node, Placement, Ports};
-use crate::tls::TlsFiles;
+use crate::tls::{ServerTls, TlsFiles};
 
 /// How long [`BrokerBuilder::start`] waits for a node by default. A node starts in about
 /// five seconds on an idle two-core machine; the margin is for a machine busy compiling.
@@ -20,6 +20,10 @@ const PORT_ATTEMPTS: usize = 4;
 
 /// A RabbitMQ node of its own: free ports on 127.0.0.1, a temporary directory, a unique
 /// node name and Erlang cookie. Dropping it kills the node and deletes the directory.
+///
+/// [`Broker::attach`] instead takes hold of a node another process started (such as
+/// `scripts/broker start`) through the state file in its directory; dropping that one
+/// leaves the node as it is.
 ///
 /// All methods block; call them from `tokio::task::spawn_blocking` inside async tests if
 /// the runtime must keep running meanwhile.
@@ -37,8 +41,20 @@ const PORT_ATTEMPTS: usize = 4;
 pub struct Broker {
     node: Node,
     start_timeout: Duration,
-    // Deleted after `Drop::drop` has killed the node.
-    _dir: TempDir,
+    tls_files: Option<TlsFiles>,
+    owner: Owner,
+}
+
+/// Whether dropping the [`Broker`] ends the node.
+#[derive(Debug)]
+enum Owner {
+    /// Started here: killed on drop, then the directory is deleted.
+    Temp {
+        /// Deleted after `Drop::drop` has killed the node.
+        _dir: TempDir,
+    },
+    /// Found through its state file: left running on drop.
+    Attached,
 }
 
 /// Options for [`Broker`], from [`Broker::builder`].
@@ -46,6 +62,8 @@ pub struct Broker {
 #[must_use]
 pub struct BrokerBuilder {
     tls: bool,
+    server_tls: Option<ServerTls>,
+    require_client_cert: bool,
     management: bool,
     config: Vec<String>,
     start_timeout: Duration,
@@ -57,6 +75,8 @@ impl Default for BrokerBuilder {
     fn default() -> Self {
         BrokerBuilder {
             tls: false,
+            server_tls: None,
+            require_client_cert: false,
             management: false,
             config: Vec::new(),
             start_timeout: DEFAULT_START_TIMEOUT,
@@ -68,10 +88,27 @@ impl Default for BrokerBuilder {
 
 impl BrokerBuilder {
     /// Also open an amqps listener (TLS 1.2 and 1.3 only) with certificates made by
-    /// `scripts/broker certs`, EXTERNAL login enabled and a `lepus-client` user for the
+    /// [`TlsFiles::generate`], EXTERNAL login enabled and a `lepus-client` user for the
     /// client certificate. Default: off.
     pub fn tls(mut self, on: bool) -> Self {
         self.tls = on;
+        self
+    }
+
+    /// Open an amqps listener with these files instead of generated ones: a node with an
+    /// expired certificate, one for another host, one from a CA the client does not
+    /// trust. Implies [`tls`](Self::tls); [`Broker::tls_files`] is then `None`.
+    pub fn server_tls(mut self, tls: ServerTls) -> Self {
+        self.tls = true;
+        self.server_tls = Some(tls);
+        self
+    }
+
+    /// Refuse TLS clients that present no certificate the node's CA signed
+    /// (`ssl_options.fail_if_no_peer_cert = true`). Default: off (a client certificate is
+    /// optional, and verified when sent).
+    pub fn require_client_cert(mut self, on: bool) -> Self {
+        self.require_client_cert = on;
         self
     }
 
@@ -122,11 +159,18 @@ impl BrokerBuilder {
             .prefix("lepus-node-")
             .tempdir()
             .map_err(|e| Error::io("creating a temporary directory for a node", e))?;
-        let tls = if self.tls {
-            Some(TlsFiles::generate(&dir.path().join("tls"))?)
-        } else {
-            None
+        let tls_files = match (&self.server_tls, self.tls) {
+            (None, true) => Some(TlsFiles::generate(dir.path().join("tls"))?),
+            _ => None,
         };
+        let tls = self
+            .server_tls
+            .clone()
+            .or_else(|| tls_files.as_ref().map(TlsFiles::server_tls))
+            .map(|tls| {
+                let required = tls.require_client_cert || self.require_client_cert;
+                tls.require_client_cert(required)
+            });
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -155,7 +199,8 @@ impl BrokerBuilder {
                     return Ok(Broker {
                         node,
                         start_timeout: self.start_timeout,
-                        _dir: dir,
+                        tls_files,
+                        owner: Owner::Temp { _dir: dir },
                     });
                 }
                 Err(failure) if failure.retry && attempt < PORT_ATTEMPTS => {
@@ -188,6 +233,30 @@ impl Broker {
     /// Options for a node: TLS, management, extra configuration.
     pub fn builder() -> BrokerBuilder {
         BrokerBuilder::default()
+    }
+
+    /// The node whose directory is `dir`, started by another process (`scripts/broker
+    /// start`, i.e. `lepus-broker`, or another test kit), found through its state file
+    /// (see [`STATE_FILE`](crate::STATE_FILE)). It may be running or not; [`kill`],
+    /// [`restart`] and [`rabbitmqctl`] act on it as on a node of one's own. Dropping the
+    /// returned value leaves the node as it is.
+    ///
+    /// [`kill`]: Broker::kill
+    /// [`restart`]: Broker::restart
+    /// [`rabbitmqctl`]: Broker::rabbitmqctl
+    pub fn attach(dir: impl AsRef<Path>) -> Result<Broker, Error> {
+        let node = crate::state::load(dir.as_ref())?;
+        let tls_files = node
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca.parent())
+            .and_then(|tls_dir| TlsFiles::in_dir(tls_dir).ok());
+        Ok(Broker {
+            node,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            tls_files,
+            owner: Owner::Attached,
+        })
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (a node in a zone: its zone's address).
@@ -231,8 +300,15 @@ impl Broker {
             .map(|port| format!("http://127.0.0.1:{port}/"))
     }
 
-    /// The CA and client certificate files if the node was built with TLS.
+    /// The CA and client certificate files if the node was built with generated TLS
+    /// files (not with [`BrokerBuilder::server_tls`]).
     pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls_files.as_ref()
+    }
+
+    /// What the amqps listener uses (certificate, key, CA, client certificate required),
+    /// if the node has one.
+    pub fn server_tls(&self) -> Option<&ServerTls> {
         self.node.tls.as_ref()
     }
 
@@ -294,6 +370,12 @@ impl Broker {
         self.node.stop()
     }
 
+    /// Joins this node to the cluster of the running node `first` (its Erlang name):
+    /// `rabbitmqctl stop_app`, `join_cluster`, `start_app`. Both must share the cookie.
+    pub fn join_cluster(&self, first: &str) -> Result<(), Error> {
+        self.node.join(first)
+    }
+
     /// Starts the node again on the same directory, name and ports, after stopping it
     /// gracefully if it still runs, and waits until it is ready. Durable queues and
     /// persistent messages survive.
@@ -348,9 +430,12 @@ impl Broker {
 }
 
 impl Drop for Broker {
-    /// Kills the node (its data is deleted right after, so a graceful stop would only
-    /// cost time) and waits until the process is gone.
+    /// Kills a node started here (its data is deleted right after, so a graceful stop
+    /// would only cost time) and waits until the process is gone. An attached node is
+    /// left running.
     fn drop(&mut self) {
-        self.node.kill_leftovers();
+        if let Owner::Temp { .. } = self.owner {
+            self.node.kill_leftovers();
+        }
     }
 }

@@ -53,9 +53,7 @@ impl Cluster {
             .ok_or_else(|| Error::State("a cluster needs at least one node".to_owned()))?;
         // One at a time: concurrent joins contend for the same schema change.
         for node in cluster.nodes.iter().skip(1) {
-            node.rabbitmqctl(&["-q", "stop_app"])?;
-            node.rabbitmqctl(&["-q", "join_cluster", &first])?;
-            node.rabbitmqctl(&["-q", "start_app"])?;
+            node.join_cluster(&first)?;
         }
         Ok(cluster)
     }

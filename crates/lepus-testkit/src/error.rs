@@ -56,6 +56,9 @@ pub enum Error {
         /// Its standard output and error.
         output: String,
     },
+    /// A test certificate or key could not be made.
+    #[error("{0}")]
+    Certificate(String),
     /// The node is not running, or some other state makes the call impossible.
     #[error("{0}")]
     State(String),

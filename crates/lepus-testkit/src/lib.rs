@@ -13,6 +13,14 @@
 //! - [`shared_broker`] / [`shared_tls_broker`]: for tests that only need *a* broker. They
 //!   use the node `scripts/test` starts once for the whole run when its URL is in the
 //!   environment, and otherwise start a node of their own.
+//! - [`CertificateAuthority`]: test certificates (a CA, server and client certificates,
+//!   expired or for the wrong host) for TLS tests, made in process.
+//! - `lepus-broker` ([`cli`]): the command line behind `scripts/broker`, which starts
+//!   nodes on fixed ports that outlive it and finds them again through a state file per
+//!   node; it shares every step (configuration, boot, wait, kill, restart, cluster join)
+//!   with [`Broker`].
+//! - [`proxy::FaultProxy`]: a TCP fault proxy to put between a client and a node, with
+//!   latency, bandwidth limits, blackholes, resets and closes switched at run time.
 //! - [`unique_name`]: a fresh queue or exchange name per test, so tests sharing a broker
 //!   never see each other's messages.
 //!
@@ -24,22 +32,28 @@
 //! A node takes about five seconds to start on a two-core machine.
 
 mod broker;
+mod certs;
+pub mod cli;
 mod cluster;
 mod diagnose;
 mod error;
 mod node;
 mod process;
+pub mod proxy;
 mod shared;
+mod state;
 mod tls;
 pub mod zones;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_START_TIMEOUT};
+pub use certs::{CertSpec, CertificateAuthority, IssuedCert, Validity};
 pub use cluster::Cluster;
 pub use error::Error;
 pub use shared::{
     AMQP_URL_ENV, AMQPS_URL_ENV, SharedBroker, TLS_DIR_ENV, shared_broker, shared_tls_broker,
 };
-pub use tls::{CLIENT_CERT_USER, TlsFiles};
+pub use state::STATE_FILE;
+pub use tls::{CLIENT_CERT_USER, ServerTls, TlsFiles};
 pub use zones::{Endpoint, Lab, LabBuilder};
 
 /// `prefix` followed by a random suffix, e.g. `orders-3f9a0c1d2b4e`: a queue or exchange

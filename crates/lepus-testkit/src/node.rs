@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use crate::diagnose::{diagnose, last_lines, read_from};
 use crate::error::Error;
 use crate::process;
-use crate::tls::TlsFiles;
+use crate::tls::ServerTls;
 
 const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 /// Longest a `rabbitmqctl` call may take before it is killed.
@@ -90,7 +90,7 @@ pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) cookie: String,
     pub(crate) ports: Ports,
-    pub(crate) tls: Option<TlsFiles>,
+    pub(crate) tls: Option<ServerTls>,
     pub(crate) config: Vec<String>,
     /// Extra arguments for the node's Erlang VM (and for `rabbitmqctl`'s), such as
     /// `-kernel net_ticktime 5`.
@@ -208,7 +208,8 @@ impl Node {
         cmd
     }
 
-    /// Writes the cookie, rabbitmq.conf, enabled_plugins and, with TLS, the definitions.
+    /// Writes the state file, the cookie, rabbitmq.conf, enabled_plugins and, with TLS,
+    /// the definitions.
     pub(crate) fn write_files(&self) -> Result<(), Error> {
         std::fs::create_dir_all(self.dir.join("log"))
             .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
@@ -235,7 +236,66 @@ impl Node {
         }
         write_file(&self.dir.join("rabbitmq.conf"), conf.as_bytes())?;
         let plugins = format!("[{}].\n", plugins.join(","));
-        write_file(&self.dir.join("enabled_plugins"), plugins.as_bytes())
+        write_file(&self.dir.join("enabled_plugins"), plugins.as_bytes())?;
+        self.save_state(None)
+    }
+
+    /// Joins this running node to the cluster of node `first`: `stop_app`,
+    /// `join_cluster`, `start_app`.
+    pub(crate) fn join(&self, first: &str) -> Result<(), Error> {
+        self.ctl(&["-q", "stop_app"])?;
+        self.ctl(&["-q", "join_cluster", first])?;
+        self.ctl(&["-q", "start_app"]).map(drop)
+    }
+
+    /// Fails, naming the port and who holds it, unless every port of the node is free
+    /// on 127.0.0.1. For fixed ports, where a taken one is a setup mistake to report,
+    /// not a race to retry.
+    pub(crate) fn require_free_ports(&self) -> Result<(), Error> {
+        let ports = [
+            ("amqp", Some(self.ports.amqp)),
+            ("management", self.ports.management),
+            ("dist", Some(self.ports.dist)),
+            ("amqps", self.ports.amqps),
+        ];
+        for (what, port) in ports {
+            let Some(port) = port else { continue };
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+                let owner = port_owner(port)
+                    .map(|owner| format!(" by {owner}"))
+                    .unwrap_or_default();
+                return Err(Error::State(format!(
+                    "cannot start {}: port {port} ({what}) on 127.0.0.1 is already in use{owner}; \
+                     stop that process or set LEPUS_BROKER_PORT_OFFSET",
+                    self.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `rabbitmqctl -n <node> <args>` with the node's environment, not yet run: for a
+    /// caller that hands the terminal to it.
+    pub(crate) fn ctl_command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = self.command("rabbitmqctl");
+        cmd.arg("-n").arg(&self.name).args(args);
+        cmd
+    }
+
+    /// Writes the state file: what a later process needs to find, watch and restart
+    /// this node (see [`crate::state`]).
+    pub(crate) fn save_state(&self, pid: Option<i32>) -> Result<(), Error> {
+        let text = crate::state::render(self, pid);
+        let path = self.dir.join(crate::state::STATE_FILE);
+        let staged = self.dir.join(format!("{}.tmp", crate::state::STATE_FILE));
+        write_file(&staged, text.as_bytes())?;
+        std::fs::rename(&staged, &path)
+            .map_err(|e| Error::io(format!("renaming into {}", path.display()), e))
     }
 
     /// Removes what a previous failed attempt left, so the next start is from scratch.
@@ -281,7 +341,10 @@ impl Node {
             ));
         }
         match self.wait_booted(timeout) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.save_state(self.pid())?;
+                Ok(())
+            }
             Err(observed) => {
                 let failure = self.failure(log_offset, observed);
                 self.kill_leftovers();
@@ -451,6 +514,16 @@ impl Node {
             retry: port_conflict || unexplained,
         }
     }
+}
+
+/// Who listens on `port`, as `ss` tells it (`"beam.smp",pid=123,fd=4`), if it can.
+fn port_owner(port: u16) -> Option<String> {
+    let mut cmd = Command::new("ss");
+    cmd.args(["-Hltnp", &format!("sport = :{port}")]);
+    let out = process::run(&mut cmd, Duration::from_secs(5), "ss").ok()?;
+    let line = out.stdout.lines().next()?.to_owned();
+    let users = line.split("users:((").nth(1)?;
+    Some(users.trim_end().trim_end_matches("))").to_owned()).filter(|u| !u.is_empty())
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {

@@ -3,9 +3,7 @@
 //! started again with its data. Each waits for the system to recover from the previous
 //! one, so their effects can be told apart in the report and on the dashboard.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,180 +28,38 @@ pub trait BrokerControl: Send + Sync + 'static {
     fn close_all_connections(&self) -> anyhow::Result<()>;
 }
 
-/// Where RabbitMQ's programs are (Debian's package).
-pub const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
-
-/// A node started by `scripts/broker`: found through its directory (pid file), closed
-/// through `scripts/broker ctl`, restarted with the exact environment it ran with.
-///
-/// `scripts/broker start` starts a stopped node from empty data, which would throw away
-/// the queued messages the demo means to show surviving; so the restart reads the killed
-/// node's environment from `/proc/<pid>/environ` before the kill and starts
-/// `rabbitmq-server -detached` again with it: same name, ports, cookie and data.
-pub struct ScriptBroker {
-    script: PathBuf,
-    node_dir: PathBuf,
-    saved: Mutex<Option<SavedNode>>,
+/// A node started by `scripts/broker` (the test kit's `lepus-broker`), found through the
+/// state file in its directory: killed with SIGKILL, started again on its data with the
+/// same name, ports and cookie, and driven with `rabbitmqctl`, all by the test kit's own
+/// node code.
+pub struct NodeBroker {
+    node: lepus_testkit::Broker,
 }
 
-struct SavedNode {
-    env: Vec<(OsString, OsString)>,
-    cwd: PathBuf,
-    pid_file: PathBuf,
-    node_name: String,
-}
-
-impl ScriptBroker {
-    /// Node 1 of `scripts/broker` (`script`), living in `node_dir` (for example
-    /// `target/rabbitmq/n1`). The script's `LEPUS_BROKER_*` environment must be the one
-    /// the node was started with.
-    pub fn new(script: impl Into<PathBuf>, node_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            script: script.into(),
-            node_dir: node_dir.into(),
-            saved: Mutex::new(None),
-        }
-    }
-
-    fn pid(&self) -> anyhow::Result<u32> {
-        let file = self.node_dir.join("pid");
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading the broker's pid file {}", file.display()))?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("{} holds no pid", file.display()))
+impl NodeBroker {
+    /// The node living in `node_dir` (for example `target/rabbitmq/shop-demo-1`).
+    pub fn attach(node_dir: impl AsRef<Path>) -> anyhow::Result<Self> {
+        let node_dir = node_dir.as_ref();
+        let node = lepus_testkit::Broker::attach(node_dir)
+            .with_context(|| format!("finding the broker node in {}", node_dir.display()))?;
+        Ok(Self { node })
     }
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("State:"))
-                .map(|state| {
-                    let state = state.trim_start();
-                    !(state.starts_with('Z') || state.starts_with('X'))
-                })
-                .unwrap_or(false)
-        })
-        .unwrap_or(false)
-}
-
-fn read_environ(pid: u32) -> anyhow::Result<Vec<(OsString, OsString)>> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let raw = std::fs::read(format!("/proc/{pid}/environ"))
-        .with_context(|| format!("reading the environment of pid {pid}"))?;
-    Ok(raw
-        .split(|b| *b == 0)
-        .filter_map(|entry| {
-            let at = entry.iter().position(|b| *b == b'=')?;
-            let (k, v) = (entry.get(..at)?, entry.get(at + 1..)?);
-            Some((
-                std::ffi::OsStr::from_bytes(k).to_os_string(),
-                std::ffi::OsStr::from_bytes(v).to_os_string(),
-            ))
-        })
-        .collect())
-}
-
-fn run_quiet(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-impl BrokerControl for ScriptBroker {
+impl BrokerControl for NodeBroker {
     fn kill(&self) -> anyhow::Result<()> {
-        let pid = self.pid()?;
-        let env = read_environ(pid)?;
-        let lookup = |key: &str| {
-            env.iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.to_string_lossy().into_owned())
-        };
-        let node_name =
-            lookup("RABBITMQ_NODENAME").context("the broker has no RABBITMQ_NODENAME")?;
-        let pid_file = lookup("RABBITMQ_PID_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.node_dir.join("pid"));
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or(self.node_dir.clone());
-        run_quiet(
-            Command::new("kill").args(["-KILL", &pid.to_string()]),
-            "kill -KILL",
-        )?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while alive(pid) {
-            if std::time::Instant::now() >= deadline {
-                bail!("broker pid {pid} survived SIGKILL for 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !self.node.is_running() {
+            bail!("broker {} is not running", self.node.node_name());
         }
-        // The stale pid file would make `rabbitmqctl wait` watch a dead process.
-        let _ = std::fs::remove_file(&pid_file);
-        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(SavedNode {
-            env,
-            cwd,
-            pid_file,
-            node_name,
-        });
-        Ok(())
+        Ok(self.node.kill()?)
     }
 
     fn restart(&self) -> anyhow::Result<()> {
-        let saved = self
-            .saved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .context("restart without a kill first")?;
-        let bin = Path::new(RABBITMQ_BIN);
-        let log = std::fs::File::create(self.node_dir.join("restart.log"))
-            .context("creating the restart log")?;
-        let status = Command::new(bin.join("rabbitmq-server"))
-            .arg("-detached")
-            .env_clear()
-            .envs(saved.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&saved.cwd)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()
-            .context("starting rabbitmq-server")?;
-        if !status.success() {
-            bail!("rabbitmq-server -detached failed ({status})");
-        }
-        run_quiet(
-            Command::new(bin.join("rabbitmqctl"))
-                .args(["-n", &saved.node_name, "wait", "--timeout", "120"])
-                .arg(&saved.pid_file)
-                .env_clear()
-                .envs(saved.env.iter().map(|(k, v)| (k, v)))
-                .current_dir(&saved.cwd),
-            "rabbitmqctl wait",
-        )
+        Ok(self.node.restart()?)
     }
 
     fn close_all_connections(&self) -> anyhow::Result<()> {
-        run_quiet(
-            Command::new(&self.script).args([
-                "ctl",
-                "-q",
-                "close_all_connections",
-                "--global",
-                "closed by the shop demo",
-            ]),
-            "scripts/broker ctl close_all_connections",
-        )
+        Ok(self.node.close_all_connections()?)
     }
 }
 
