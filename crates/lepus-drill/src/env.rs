@@ -7,9 +7,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use lepus::{Client, ConnectionState, Queue, ReconnectPolicy, Role, Topology};
 use lepus_testkit::Lab;
+use lepus_testkit::proxy::FaultProxy;
 
 /// Nodes (and zones) in the drill's cluster.
 pub const NODES: usize = 3;
+/// How long the client waits for one connection attempt (lepus's default is 10 s): a
+/// blackholed node then costs a reconnect 3 s, not 10, before the next node is tried.
+pub const CONNECT_TIMEOUT_MS: u32 = 3_000;
 /// How long the cluster may take to be whole again between scenarios.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -32,9 +36,11 @@ impl QueueKind {
     }
 }
 
-/// The lab and the client settings of a run.
+/// The lab, a fault proxy in front of each node, and the client settings of a run.
 #[derive(Debug)]
 pub struct Env {
+    // Dropped first: their connections go before the nodes do.
+    proxies: Vec<FaultProxy>,
     lab: Arc<Lab>,
     heartbeat: u16,
 }
@@ -49,15 +55,53 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 impl Env {
-    /// Starts the lab: three zones, a node in each, clustered.
+    /// Starts the lab (three zones, a node in each, clustered) and a fault proxy on
+    /// 127.0.0.1 in front of each node.
     pub async fn start(heartbeat: u16) -> anyhow::Result<Env> {
         let lab = tokio::task::spawn_blocking(|| Lab::start(NODES))
             .await?
             .context("starting the lab (3 zones)")?;
+        let mut proxies = Vec::new();
+        for node in 0..NODES {
+            let ip = lab
+                .zone_ip(node)
+                .with_context(|| format!("no zone {node}"))?;
+            proxies.push(
+                FaultProxy::start((ip, 5672).into())
+                    .with_context(|| format!("a proxy in front of node {node}"))?,
+            );
+        }
         Ok(Env {
+            proxies,
             lab: Arc::new(lab),
             heartbeat,
         })
+    }
+
+    /// The fault proxy in front of node `node`.
+    pub fn proxy(&self, node: usize) -> anyhow::Result<&FaultProxy> {
+        self.proxies
+            .get(node)
+            .with_context(|| format!("no proxy for node {node}"))
+    }
+
+    /// Every proxy, in node order.
+    pub fn proxies(&self) -> &[FaultProxy] {
+        &self.proxies
+    }
+
+    /// Every node's URL through its proxy, in node order.
+    pub fn proxy_urls(&self) -> Vec<String> {
+        self.proxies
+            .iter()
+            .map(|p| {
+                format!(
+                    "amqp://guest:guest@{}/%2f?heartbeat={}&connection_timeout={CONNECT_TIMEOUT_MS}",
+                    p.addr(),
+                    self.heartbeat
+                )
+            })
+            .collect()
     }
 
     /// The lab.
@@ -72,7 +116,7 @@ impl Env {
             .zone_ip(node)
             .with_context(|| format!("no zone {node}"))?;
         Ok(format!(
-            "amqp://guest:guest@{ip}:5672/%2f?heartbeat={}",
+            "amqp://guest:guest@{ip}:5672/%2f?heartbeat={}&connection_timeout={CONNECT_TIMEOUT_MS}",
             self.heartbeat
         ))
     }
@@ -95,12 +139,18 @@ impl Env {
         Ok(builder.build()?)
     }
 
-    /// The node a connected `host` (`ip:port`) belongs to.
+    /// The node a connected `host` (`ip:port`, a node's or its proxy's) belongs to.
     pub fn node_of(&self, host: &str) -> Option<usize> {
         (0..NODES).find(|&i| {
-            self.lab
+            let direct = self
+                .lab
                 .zone_ip(i)
-                .is_some_and(|ip| host.starts_with(&format!("{ip}:")))
+                .is_some_and(|ip| host.starts_with(&format!("{ip}:")));
+            let proxied = self
+                .proxies
+                .get(i)
+                .is_some_and(|p| host == p.addr().to_string());
+            direct || proxied
         })
     }
 
@@ -158,9 +208,12 @@ impl Env {
             .with_context(|| format!("leader {node} of {queue} is none of the lab's nodes"))
     }
 
-    /// Back to a whole cluster: every cut healed, every node resumed and running, each
+    /// Back to a whole cluster: every proxy cleared, every cut healed, every node resumed and running, each
     /// seeing all three, each accepting connections.
     pub async fn settle(&self) -> anyhow::Result<()> {
+        for proxy in &self.proxies {
+            proxy.clear();
+        }
         blocking(&self.lab, |lab| {
             lab.heal()?;
             for zone in 0..NODES {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use lepus_testkit::Endpoint;
+use lepus_testkit::proxy::{Direction, Latency};
 
 use crate::check::Window;
 use crate::env::{Env, NODES, blocking};
@@ -51,6 +52,35 @@ pub enum Fault {
         /// How long the zone stays cut off.
         hold: Duration,
     },
+    /// The proxy in front of the client's node forwards nothing either way and keeps
+    /// the connections open (no FIN, no RST): the client must notice by heartbeats.
+    Blackhole {
+        /// How long.
+        hold: Duration,
+    },
+    /// Every proxy delays every chunk by `base` plus up to `jitter`, both ways.
+    Latency {
+        /// The fixed delay.
+        base: Duration,
+        /// The random extra, up to this.
+        jitter: Duration,
+        /// How long.
+        hold: Duration,
+    },
+    /// Every proxy limits each direction of each connection to `bytes_per_sec`.
+    Bandwidth {
+        /// The limit.
+        bytes_per_sec: u64,
+        /// How long.
+        hold: Duration,
+    },
+    /// Every proxy resets all its connections (RST) every `period`.
+    Resets {
+        /// Time between resets.
+        period: Duration,
+        /// How long.
+        hold: Duration,
+    },
     /// Every node stopped and started again, one after another, each back in the
     /// cluster before the next goes.
     RollingRestart,
@@ -80,11 +110,27 @@ impl Fault {
             | Fault::KillClientAndLeaderNode { down } => down,
             Fault::PauseNode { hold }
             | Fault::CutClientZone { hold }
-            | Fault::IsolateBrokerZone { hold } => hold,
+            | Fault::IsolateBrokerZone { hold }
+            | Fault::Blackhole { hold }
+            | Fault::Latency { hold, .. }
+            | Fault::Bandwidth { hold, .. } => hold,
+            // Each reset is a moment; the connection is back within the period.
+            Fault::Resets { period, .. } => period,
             // One node at a time, each down for a graceful stop and a boot.
             Fault::RollingRestart => Duration::from_secs(15),
             Fault::ClusterStopStart => Duration::from_secs(30),
         }
+    }
+
+    /// Whether the client goes through the fault proxies (a proxy fault).
+    pub fn proxied(self) -> bool {
+        matches!(
+            self,
+            Fault::Blackhole { .. }
+                | Fault::Latency { .. }
+                | Fault::Bandwidth { .. }
+                | Fault::Resets { .. }
+        )
     }
 
     /// Whether failed publishes are acceptable: the majority is out of the client's
@@ -135,6 +181,36 @@ impl Fault {
                 blocking(lab, move |lab| lab.isolate(client)).await?;
                 tokio::time::sleep(hold).await;
                 blocking(lab, |lab| lab.heal()).await?;
+            }
+            Fault::Blackhole { hold } => {
+                env.proxy(client)?.set_blackhole(Direction::Both, true);
+                tokio::time::sleep(hold).await;
+                env.proxy(client)?.clear();
+            }
+            Fault::Latency { base, jitter, hold } => {
+                let latency = Latency::new(base).with_jitter(jitter);
+                for proxy in env.proxies() {
+                    proxy.set_latency(Direction::Both, Some(latency));
+                }
+                tokio::time::sleep(hold).await;
+                env.proxies().iter().for_each(|p| p.clear());
+            }
+            Fault::Bandwidth {
+                bytes_per_sec,
+                hold,
+            } => {
+                for proxy in env.proxies() {
+                    proxy.set_bandwidth(Direction::Both, Some(bytes_per_sec));
+                }
+                tokio::time::sleep(hold).await;
+                env.proxies().iter().for_each(|p| p.clear());
+            }
+            Fault::Resets { period, hold } => {
+                for proxy in env.proxies() {
+                    proxy.reset_every(Some(period));
+                }
+                tokio::time::sleep(hold).await;
+                env.proxies().iter().for_each(|p| p.clear());
             }
             Fault::RollingRestart => {
                 // The client's node last, so the client moves at least once before it.

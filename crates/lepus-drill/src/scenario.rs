@@ -36,6 +36,20 @@ const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+const LATENCY: Fault = Fault::Latency {
+    base: Duration::from_millis(500),
+    jitter: Duration::from_millis(100),
+    hold: secs(20),
+};
+const BANDWIDTH: Fault = Fault::Bandwidth {
+    bytes_per_sec: 100_000,
+    hold: secs(15),
+};
+const RESETS: Fault = Fault::Resets {
+    period: secs(2),
+    hold: secs(20),
+};
+
 /// Every scenario of the full drill, in the order it runs.
 ///
 /// Classic queues live on one node: they are drilled where the fault leaves that node
@@ -80,19 +94,27 @@ pub fn catalog() -> Vec<Scenario> {
             Fault::IsolateBrokerZone { hold: secs(20) },
             Quorum,
         ),
+        s("blackhole", Fault::Blackhole { hold: secs(20) }, Quorum),
+        s("blackhole", Fault::Blackhole { hold: secs(20) }, Classic),
+        s("latency-500ms", LATENCY, Quorum),
+        s("latency-500ms", LATENCY, Classic),
+        s("bandwidth-100kBps", BANDWIDTH, Quorum),
+        s("bandwidth-100kBps", BANDWIDTH, Classic),
+        s("reset-every-2s", RESETS, Quorum),
+        s("reset-every-2s", RESETS, Classic),
         s("rolling-restart", Fault::RollingRestart, Quorum),
         s("cluster-stop-start", Fault::ClusterStopStart, Quorum),
         s("cluster-stop-start", Fault::ClusterStopStart, Classic),
     ]
 }
 
-/// The three scenarios CI runs: a leader failover, a partition (minority pauses), and a
-/// dead client connection.
+/// The three scenarios CI runs: a leader failover, a partition (the minority pauses),
+/// and a broker gone silent behind the proxy (noticed only by heartbeats).
 pub fn short_set() -> Vec<Scenario> {
     let wanted = [
         "kill-leader-node/quorum",
         "isolate-broker-zone/quorum",
-        "kill-client-node/quorum",
+        "blackhole/quorum",
     ];
     catalog()
         .into_iter()
@@ -134,7 +156,12 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
         scenario.queue.as_str()
     ));
     let urls = env.urls()?;
-    let client = env.client("drill", &urls)?;
+    let client_urls = if scenario.fault.proxied() {
+        env.proxy_urls()
+    } else {
+        urls.clone()
+    };
+    let client = env.client("drill", &client_urls)?;
     client
         .wait_connected(Duration::from_secs(60))
         .await

@@ -108,7 +108,10 @@ pub(crate) fn load(dir: &Path) -> Result<Node, Error> {
     let placement = match (get("netns"), get("ip")) {
         (Some(netns), Some(ip)) => Some(Placement {
             netns: netns.trim().to_owned(),
-            ip: ip.trim().parse().map_err(|_| bad("ip is not an IPv4 address"))?,
+            ip: ip
+                .trim()
+                .parse()
+                .map_err(|_| bad("ip is not an IPv4 address"))?,
         }),
         _ => None,
     };
