@@ -167,12 +167,15 @@ impl Supervised {
         let mut delays = plan.policy.delays();
         let mut since = Instant::now();
         let mut lost_at: Option<Instant> = None;
+        // The host of the latest connection: once that connection is lost, the host is
+        // tried last.
+        let mut suspect: Option<String> = None;
         loop {
             attempt += 1;
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             self.metrics.attempts.increment(1);
             let outcome = tokio::select! {
-                r = connect_any(&plan.endpoints) => r,
+                r = connect_any(&plan.endpoints, suspect.as_deref()) => r,
                 _ = cancel.cancelled() => break,
             };
             match outcome {
@@ -199,6 +202,7 @@ impl Supervised {
                     generation += 1;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(role = self.role, %host, generation, "connected");
+                    suspect = Some(host.clone());
                     // State first: whoever wakes up to the live connection (such as
                     // `Client::wait_connected`) then reads `Connected`, never the state
                     // before it.
@@ -297,12 +301,28 @@ impl Supervised {
     }
 }
 
-/// Tries every endpoint once, in a fresh random order.
-async fn connect_any(endpoints: &[ConnectionOptions]) -> Result<(Connection, String)> {
+/// The endpoints in a fresh random order, except that `suspect` (the host whose
+/// connection was just lost) comes last: a node that died or went silent usually still
+/// is, and trying it first would cost a whole connection timeout (a blackholed host
+/// answers nothing) before a healthy node is tried.
+fn attempt_order<'a>(
+    endpoints: &'a [ConnectionOptions],
+    suspect: Option<&str>,
+) -> Vec<&'a ConnectionOptions> {
     let mut order: Vec<&ConnectionOptions> = endpoints.iter().collect();
     order.shuffle(&mut rand::rng());
+    // Stable: the others keep their random order.
+    order.sort_by_key(|opts| suspect.is_some_and(|host| opts.address() == host));
+    order
+}
+
+/// Tries every endpoint once, in a fresh random order with `suspect` last.
+async fn connect_any(
+    endpoints: &[ConnectionOptions],
+    suspect: Option<&str>,
+) -> Result<(Connection, String)> {
     let mut last: Option<Error> = None;
-    for opts in order {
+    for opts in attempt_order(endpoints, suspect) {
         match Connection::connect(opts.clone()).await {
             Ok(conn) => return Ok((conn, opts.address())),
             Err(err) => {
@@ -317,4 +337,33 @@ async fn connect_any(endpoints: &[ConnectionOptions]) -> Result<(Connection, Str
         }
     }
     Err(last.unwrap_or_else(|| Error::new(ErrorKind::Config, "no endpoints configured")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_host_just_lost_is_tried_last() {
+        let endpoints: Vec<ConnectionOptions> = ["a", "b", "c"]
+            .iter()
+            .map(|h| ConnectionOptions::from_uri(&format!("amqp://{h}:5672/%2f")).unwrap())
+            .collect();
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let order = attempt_order(&endpoints, Some("b:5672"));
+            assert_eq!(order.len(), 3);
+            assert_eq!(order.last().unwrap().address(), "b:5672");
+            firsts.insert(order.first().unwrap().address());
+        }
+        // The others are still shuffled.
+        assert_eq!(firsts.len(), 2);
+        let mut anywhere = std::collections::HashSet::new();
+        for _ in 0..200 {
+            anywhere.insert(attempt_order(&endpoints, None).last().unwrap().address());
+        }
+        assert_eq!(anywhere.len(), 3);
+    }
 }
