@@ -139,6 +139,20 @@ impl Env {
         Ok(builder.build()?)
     }
 
+    /// The `ip:port` the client connects to for each node, in node order: the node's
+    /// own address, or its proxy's.
+    pub fn hosts(&self, proxied: bool) -> Vec<String> {
+        (0..NODES)
+            .map(
+                |i| match (proxied, self.proxies.get(i), self.lab.zone_ip(i)) {
+                    (true, Some(proxy), _) => proxy.addr().to_string(),
+                    (_, _, Some(ip)) => format!("{ip}:5672"),
+                    _ => String::new(),
+                },
+            )
+            .collect()
+    }
+
     /// The node a connected `host` (`ip:port`, a node's or its proxy's) belongs to.
     pub fn node_of(&self, host: &str) -> Option<usize> {
         (0..NODES).find(|&i| {

@@ -108,12 +108,13 @@ pub fn catalog() -> Vec<Scenario> {
     ]
 }
 
-/// The three scenarios CI runs: a leader failover, a partition (the minority pauses),
-/// and a broker gone silent behind the proxy (noticed only by heartbeats).
+/// The three scenarios CI runs: a leader failover under a connected client, the
+/// client's own node killed (a reconnect elsewhere), and a broker gone silent behind the
+/// proxy (noticed only by heartbeats).
 pub fn short_set() -> Vec<Scenario> {
     let wanted = [
         "kill-leader-node/quorum",
-        "isolate-broker-zone/quorum",
+        "kill-client-node/quorum",
         "blackhole/quorum",
     ];
     catalog()
@@ -173,6 +174,15 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     eprintln!("drill: {name}: client on node {client_node}, queue leader on node {leader}");
 
     let rec = Arc::new(Recorder::new(id.clone()));
+    for role in [Role::Publish, Role::Consume] {
+        tokio::spawn(log_states(
+            name.clone(),
+            client.watch_state(role),
+            role,
+            Arc::clone(&rec),
+            env.hosts(scenario.fault.proxied()),
+        ));
+    }
     let stop_consumer = CancellationToken::new();
     let consumer = load::spawn_consumer(&client, &id, Arc::clone(&rec), stop_consumer.clone())?;
     let publisher = Publisher::new(&client, load::publisher_options());
@@ -226,4 +236,38 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     crate::chart::write(&file, &name, &snap, window, opts.rate)
         .with_context(|| format!("writing {}", file.display()))?;
     Ok(row)
+}
+
+/// Prints every state change of one of the client's connections, with the time since the
+/// scenario started and the node, until the client closes.
+async fn log_states(
+    name: String,
+    mut states: tokio::sync::watch::Receiver<lepus::ConnectionState>,
+    role: Role,
+    rec: Arc<Recorder>,
+    nodes: Vec<String>,
+) {
+    loop {
+        let line = match &*states.borrow_and_update() {
+            lepus::ConnectionState::Connected { host } => {
+                let node = nodes
+                    .iter()
+                    .position(|n| n == host)
+                    .map_or_else(|| host.clone(), |i| format!("node {i}"));
+                format!("connected to {node}")
+            }
+            lepus::ConnectionState::Reconnecting {
+                attempt,
+                last_error,
+            } => format!("reconnecting (attempt {attempt}): {last_error}"),
+            other => other.name().to_owned(),
+        };
+        eprintln!(
+            "drill: {name}: {:>7.3}s {role:?} {line}",
+            rec.now().as_secs_f64()
+        );
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The drill's short set, as CI runs it: a quorum queue's leader killed, the client's
-//! zone-mate isolated (its node pauses as the minority), the client's node killed. Not a
-//! message may be lost, and no publish may fail: in each a majority stays reachable and
-//! the fault is shorter than the publish timeout.
+//! node killed, the client's node blackholed behind the proxy. Not a message may be
+//! lost, and no publish may fail: in each a majority stays reachable and the fault is
+//! shorter than the publish timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
