@@ -14,6 +14,9 @@ pub const NODES: usize = 3;
 /// How long the client waits for one connection attempt (lepus's default is 10 s): a
 /// blackholed node then costs a reconnect 3 s, not 10, before the next node is tried.
 pub const CONNECT_TIMEOUT_MS: u32 = 3_000;
+/// How long a healed cluster may take to see all nodes again before the nodes left out
+/// are restarted.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the cluster may take to be whole again between scenarios.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -235,6 +238,22 @@ impl Env {
                 if running {
                     lab.resume(zone)?;
                 } else {
+                    lab.restart(zone)?;
+                }
+            }
+            if (0..NODES).all(|zone| lab.wait_running_nodes(zone, NODES, REJOIN_TIMEOUT).is_ok()) {
+                return Ok(());
+            }
+            // A node frozen for longer than the tick time may stay outside the cluster
+            // after it runs again; the majority's view says which: restart those.
+            let majority = (0..NODES)
+                .filter_map(|zone| lab.running_nodes_seen_by(zone).ok())
+                .max_by_key(Vec::len)
+                .unwrap_or_default();
+            for zone in 0..NODES {
+                let name = lab.node(zone).map(|n| n.node_name().to_owned());
+                if name.is_some_and(|name| !majority.contains(&name)) {
+                    eprintln!("drill: node {zone} did not rejoin; restarting it");
                     lab.restart(zone)?;
                 }
             }
