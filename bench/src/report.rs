@@ -475,7 +475,7 @@ impl Target {
     }
 }
 
-fn number(value: Option<f64>) -> Value {
+pub fn number(value: Option<f64>) -> Value {
     value
         .and_then(|v| serde_json::Number::from_f64((v * 1000.0).round() / 1000.0))
         .map_or(Value::Null, Value::Number)
@@ -502,7 +502,7 @@ fn thousands(n: u64) -> String {
 }
 
 /// The median (the mean of the two middle values for an even count).
-fn median(mut values: Vec<f64>) -> Option<f64> {
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
         return None;
     }

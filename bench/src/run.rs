@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use lepus_amqp::{Connection, FieldTable, QueueDeclareOptions, QueueDeleteOptions};
+
+use crate::queues::QueueType;
 use tokio::task::JoinSet;
 
 use crate::clients::{Client, Phase, Workload};
@@ -37,27 +39,39 @@ struct Measured {
 }
 
 pub struct Runner {
-    url: Arc<str>,
+    /// The brokers: queue `i` is declared, published to and consumed from through
+    /// `urls[i % urls.len()]`, so each queue (a quorum queue's leader too) lives on the
+    /// node its clients talk to.
+    urls: Vec<Arc<str>>,
+    queue_type: QueueType,
     workload: Workload,
     queues: usize,
     timeout: Duration,
-    admin: Connection,
+    /// One managing connection per broker in `urls`.
+    admin: Vec<Connection>,
     /// Print each phase's CLOCK_MONOTONIC interval (for `perf report --time`).
     marks: bool,
 }
 
 impl Runner {
     pub async fn new(
-        url: Arc<str>,
+        urls: Vec<Arc<str>>,
+        queue_type: QueueType,
         workload: Workload,
         queues: usize,
         timeout: Duration,
     ) -> Result<Runner> {
-        let admin = Connection::open(&url)
-            .await
-            .context("cannot open the connection that manages the queues")?;
+        let mut admin = Vec::new();
+        for url in &urls {
+            admin.push(
+                Connection::open(url)
+                    .await
+                    .context("cannot open the connection that manages the queues")?,
+            );
+        }
         Ok(Runner {
-            url,
+            urls,
+            queue_type,
             workload,
             queues,
             timeout,
@@ -67,7 +81,18 @@ impl Runner {
     }
 
     pub async fn close(self) {
-        let _ = self.admin.close().await;
+        for admin in self.admin {
+            let _ = admin.close().await;
+        }
+    }
+
+    /// The URL and the managing connection of queue `i`.
+    fn node(&self, i: usize) -> Result<(&Arc<str>, &Connection)> {
+        let n = self.urls.len();
+        match (self.urls.get(i % n.max(1)), self.admin.get(i % n.max(1))) {
+            (Some(url), Some(admin)) => Ok((url, admin)),
+            _ => bail!("no broker URL"),
+        }
     }
 
     /// Runs `client` once (`round` is 1-based) and returns its figures; `label` names
@@ -79,9 +104,12 @@ impl Runner {
         let result = self.run_on(client, label, &names).await;
         if result.is_err() {
             // Best effort: leave no test data behind on the broker.
-            if let Ok(ch) = self.admin.open_channel().await {
-                for name in &names {
+            for (i, name) in names.iter().enumerate() {
+                if let Ok((_, admin)) = self.node(i)
+                    && let Ok(ch) = admin.open_channel().await
+                {
                     let _ = ch.queue_delete(name, QueueDeleteOptions::default()).await;
+                    let _ = ch.close().await;
                 }
             }
         }
@@ -89,15 +117,24 @@ impl Runner {
     }
 
     async fn run_on(&self, client: Client, label: &str, names: &[String]) -> Result<Figures> {
-        let ch = self.admin.open_channel().await?;
-        for name in names {
+        let mut channels = Vec::new();
+        for i in 0..names.len().min(self.urls.len()) {
+            channels.push(self.node(i)?.1.open_channel().await?);
+        }
+        let channel = |i: usize| {
+            channels
+                .get(i % channels.len().max(1))
+                .context("no managing channel")
+        };
+        for (i, name) in names.iter().enumerate() {
+            let ch = channel(i)?;
             ch.queue_delete(name, QueueDeleteOptions::default()).await?;
             let durable = QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             };
             let info = ch
-                .queue_declare(name, durable, FieldTable::default())
+                .queue_declare(name, durable, self.queue_type.arguments())
                 .await?;
             if info.message_count != 0 {
                 bail!("queue {name} is not empty after being declared afresh");
@@ -106,8 +143,8 @@ impl Runner {
 
         let total = self.workload.count * names.len() as u64;
         let publish = self.phase(client, label, Kind::Publish, names).await?;
-        for name in names {
-            let ready = ready_messages(&ch, name).await?;
+        for (i, name) in names.iter().enumerate() {
+            let ready = ready_messages(channel(i)?, name).await?;
             if ready != self.workload.count {
                 bail!(
                     "queue {name} holds {ready} messages after publishing, expected {}",
@@ -117,21 +154,24 @@ impl Runner {
         }
 
         let consume = self.phase(client, label, Kind::Consume, names).await?;
-        for name in names {
+        for (i, name) in names.iter().enumerate() {
+            let ch = channel(i)?;
             // The consumers have closed; anything they received but did not ack is back in
             // the queue by now, or very soon.
-            let mut ready = ready_messages(&ch, name).await?;
+            let mut ready = ready_messages(ch, name).await?;
             let deadline = Instant::now() + Duration::from_secs(5);
             while ready != 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                ready = ready_messages(&ch, name).await?;
+                ready = ready_messages(ch, name).await?;
             }
             if ready != 0 {
                 bail!("queue {name} still holds {ready} messages after consuming: acks were lost");
             }
             ch.queue_delete(name, QueueDeleteOptions::default()).await?;
         }
-        ch.close().await?;
+        for ch in channels {
+            ch.close().await?;
+        }
 
         let per_s = |m: &Measured| total as f64 / m.wall.as_secs_f64();
         let cpu_us = |m: &Measured| m.cpu.as_secs_f64() * 1e6 / total as f64;
@@ -154,9 +194,9 @@ impl Runner {
     ) -> Result<Measured> {
         let phase = Phase::new(names.len());
         let mut tasks = JoinSet::new();
-        for name in names {
+        for (i, name) in names.iter().enumerate() {
             let (url, name, workload, phase) = (
-                Arc::clone(&self.url),
+                Arc::clone(self.node(i)?.0),
                 name.clone(),
                 self.workload,
                 Arc::clone(&phase),

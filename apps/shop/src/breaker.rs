@@ -6,6 +6,11 @@
 //! it again for another `open_for`. Timeouts count as failures: a slow dependency is a
 //! failing one, and waiting on it would stall the consumer.
 //!
+//! The half-open probe is held by a guard: a probe whose future is dropped before it
+//! finishes (the caller's own timeout, a shutdown) releases its slot, so the next call
+//! becomes the probe. Otherwise the breaker would wait for ever for a result that never
+//! comes and refuse every call.
+//!
 //! No crate we found fits both tokio's paused clock in tests and a per-state watch for
 //! the dashboard without pulling in a framework, so this is a small module of our own.
 
@@ -218,6 +223,15 @@ impl CircuitBreaker {
         }
     }
 
+    /// A probe that will never report: the next call may probe instead. The state stays
+    /// half-open (a dropped call says nothing about the dependency).
+    fn abandon_probe(&self) {
+        let mut inner = self.lock();
+        if inner.state == BreakerState::HalfOpen {
+            inner.probe_in_flight = false;
+        }
+    }
+
     fn record(&self, ok: bool, probe: bool) {
         let mut inner = self.lock();
         if probe {
@@ -253,6 +267,11 @@ impl CircuitBreaker {
             metrics::counter!("shop_breaker_calls_total", "breaker" => self.name, "result" => "rejected").increment(1);
             return Err(CallError::Open);
         };
+        let mut admission = Admission {
+            breaker: self,
+            probe,
+            reported: false,
+        };
         let outcome = match tokio::time::timeout(self.config.call_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(CallError::Failed(e)),
@@ -266,7 +285,23 @@ impl CircuitBreaker {
         metrics::counter!("shop_breaker_calls_total", "breaker" => self.name, "result" => result)
             .increment(1);
         self.record(outcome.is_ok(), probe);
+        admission.reported = true;
         outcome
+    }
+}
+
+/// Releases a probe slot whose call was dropped before it reported.
+struct Admission<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    reported: bool,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.breaker.abandon_probe();
+        }
     }
 }
 
@@ -344,6 +379,29 @@ mod tests {
             assert!(matches!(slow, Err(CallError::Timeout)));
         }
         assert_eq!(b.status().state, BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_lets_the_next_call_probe() {
+        let b = breaker();
+        for _ in 0..3 {
+            assert!(fail(&b).await.is_err());
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The caller gives up on the probe before the breaker's own timeout.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(10),
+            b.call(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<(), &str>(())
+            }),
+        )
+        .await;
+        assert!(dropped.is_err(), "the probe was dropped");
+        assert_eq!(b.status().state, BreakerState::HalfOpen);
+        // The next call is the probe, and closes the breaker.
+        assert!(succeed(&b).await.is_ok());
+        assert_eq!(b.status().state, BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -110,6 +110,32 @@ pub fn bump(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<()> {
     .map(drop)
 }
 
+/// An append-only log of side effects, one row per effect and order, with no unique key:
+/// the row keyed by order id (a decision, a notification) cannot show a duplicate, this
+/// log can. Tests count its rows per order.
+pub const EFFECTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS effects (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL,
+    effect   TEXT NOT NULL,
+    at_ms    INTEGER NOT NULL
+);
+";
+
+/// Logs side effect `effect` of order `order_id` (inside the caller's transaction: the
+/// effect and its log row commit together).
+pub fn log_effect(
+    conn: &rusqlite::Connection,
+    order_id: &str,
+    effect: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO effects (order_id, effect, at_ms) VALUES (?1, ?2, ?3)",
+        rusqlite::params![order_id, effect, now_ms()],
+    )
+    .map(drop)
+}
+
 /// Counter `name`, 0 if never bumped.
 pub fn counter(conn: &rusqlite::Connection, name: &str) -> rusqlite::Result<i64> {
     use rusqlite::OptionalExtension as _;

@@ -44,6 +44,8 @@ pub fn spawn(
     cancel: &lepus::CancellationToken,
 ) -> lepus::Result<tokio::task::JoinHandle<()>> {
     let dead_letters = consumer(client, dlq, service)?;
+    // At zero from the start, so that its growth can be alerted on from the first one.
+    metrics::counter!("shop_dead_letters_total", "service" => service).increment(0);
     health.watch_consumer(&dead_letters);
     let db = db.clone();
     let token = cancel.clone();

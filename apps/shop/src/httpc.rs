@@ -11,16 +11,23 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
-/// A response: status and body.
+/// A response: status, headers and body.
 #[derive(Debug, Clone)]
 pub struct Response {
     /// The status code.
     pub status: u16,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
     /// The body.
     pub body: Bytes,
 }
 
 impl Response {
+    /// A header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
         serde_json::from_slice(&self.body).context("response body is not JSON")
@@ -71,6 +78,7 @@ pub async fn request(
             .await
             .context("sending the request")?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
@@ -78,7 +86,11 @@ pub async fn request(
             .context("reading the response")?
             .to_bytes();
         driver.abort();
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{BreakerConfig, BreakerStatus, CallError, CircuitBreaker};
-use crate::db::{COUNTERS_SCHEMA, Db, bump, now_ms};
+use crate::db::{COUNTERS_SCHEMA, Db, EFFECTS_SCHEMA, bump, log_effect, now_ms};
 use crate::events::{
     INVENTORY_REJECTED, INVENTORY_RESERVED, InventoryDecision, OrderCreated, check_lines,
 };
@@ -120,7 +120,7 @@ impl InventoryService {
         cancel: CancellationToken,
     ) -> anyhow::Result<InventoryService> {
         let schema = format!(
-            "{SCHEMA}{COUNTERS_SCHEMA}{}{}",
+            "{SCHEMA}{COUNTERS_SCHEMA}{EFFECTS_SCHEMA}{}{}",
             outbox::SCHEMA,
             crate::deadletter::SCHEMA
         );
@@ -193,7 +193,12 @@ impl InventoryService {
             &health,
             &cancel,
         )?);
-        tasks.push(tokio::spawn(reconcile(Arc::clone(&ctx), cancel.clone())));
+        tasks.push(tokio::spawn(crate::reconcile::run(
+            db.clone(),
+            Arc::clone(&breaker),
+            Arc::clone(&warehouse),
+            cancel.clone(),
+        )));
         tasks.push(tokio::spawn(record_breaker(
             db.clone(),
             breaker.subscribe(),
@@ -203,6 +208,11 @@ impl InventoryService {
             client.clone(),
             "inventory",
             &[(Role::Publish, "publish"), (Role::Consume, "consume")],
+            cancel.clone(),
+        ));
+        tasks.push(crate::queues::spawn_gauges(
+            client.clone(),
+            common.names.all_queues(),
             cancel.clone(),
         ));
 
@@ -408,8 +418,10 @@ fn decide(
                 params![qty, sku],
             )?;
         }
+        log_effect(&tx, &event.order_id, "stock-reserved")?;
         "reserved"
     } else {
+        log_effect(&tx, &event.order_id, "rejected")?;
         "rejected"
     };
     let lines = serde_json::to_string(&event.lines)
@@ -460,86 +472,6 @@ fn decide(
     outbox::insert(&tx, key, &payload, &trace.header())?;
     tx.commit()?;
     Ok(Decided::Done { status, reason })
-}
-
-/// Re-verifies decisions made from the cached snapshot once the stock service answers.
-async fn reconcile(ctx: Arc<Ctx>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        // An open breaker refuses at once below; after its open period the first call
-        // here may be the probe that closes it.
-        let pending = ctx
-            .db
-            .call(|c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT k.order_id, k.lines, d.status FROM compensation_checks k
-                     JOIN decisions d ON d.order_id = k.order_id
-                     WHERE k.status = 'pending' ORDER BY k.created_ms LIMIT 50",
-                )?;
-                stmt.query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await;
-        let pending = match pending {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(service = "inventory", error = %format!("{e:#}"), "reading compensation checks failed");
-                continue;
-            }
-        };
-        'checks: for (order_id, lines, status) in pending {
-            let lines: Vec<crate::events::OrderLine> =
-                serde_json::from_str(&lines).unwrap_or_default();
-            let mut short = Vec::new();
-            for line in &lines {
-                match ctx.breaker.call(ctx.warehouse.on_hand(&line.sku)).await {
-                    Ok(n) if n < line.qty => {
-                        short.push(format!("{} has {n}, {} reserved", line.sku, line.qty))
-                    }
-                    Ok(_) => {}
-                    // Still down: try again later.
-                    Err(_) => break 'checks,
-                }
-            }
-            let (verdict, detail) = if status == "reserved" && !short.is_empty() {
-                ("mismatch", short.join("; "))
-            } else {
-                ("verified", String::new())
-            };
-            let id = order_id.clone();
-            let result = ctx
-                .db
-                .call(move |c| {
-                    c.execute(
-                        "UPDATE compensation_checks SET status = ?1, detail = ?2, resolved_ms = ?3
-                         WHERE order_id = ?4 AND status = 'pending'",
-                        params![verdict, detail, now_ms(), id],
-                    )
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::warn!(service = "inventory", error = %format!("{e:#}"), "recording a compensation check failed");
-                break;
-            }
-            metrics::counter!("shop_compensation_checks_total", "result" => verdict).increment(1);
-            if verdict == "mismatch" {
-                tracing::warn!(service = "inventory", order_id = %order_id, "reservation made from the cached snapshot is not covered by the warehouse: needs compensation");
-            } else {
-                tracing::info!(service = "inventory", order_id = %order_id, "cached decision verified");
-            }
-        }
-    }
 }
 
 /// Writes every breaker state change to the store.

@@ -1,4 +1,7 @@
 //! `shop`: the reference order system (orders -> inventory -> notifications).
+//!
+//! Every flag can also be set through an environment variable (`SHOP_...`, shown in
+//! `--help`), as containerised services are configured; a flag on the command line wins.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +39,7 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Where the order API listens.
-        #[arg(long, default_value = "127.0.0.1:8081")]
+        #[arg(long, env = "SHOP_LISTEN", default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
     /// The inventory service alone (admin API: /admin/stock, /admin/breaker).
@@ -44,7 +47,7 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Where the admin and health API listens.
-        #[arg(long, default_value = "127.0.0.1:8082")]
+        #[arg(long, env = "SHOP_LISTEN", default_value = "127.0.0.1:8082")]
         listen: SocketAddr,
     },
     /// The notification service alone.
@@ -52,7 +55,7 @@ enum Command {
         #[command(flatten)]
         common: CommonArgs,
         /// Where the health API listens.
-        #[arg(long, default_value = "127.0.0.1:8083")]
+        #[arg(long, env = "SHOP_LISTEN", default_value = "127.0.0.1:8083")]
         listen: SocketAddr,
     },
     /// All three services in one process, each with its own client and store.
@@ -74,55 +77,59 @@ struct DemoArgs {
     #[command(flatten)]
     ports: PortArgs,
     /// Orders per second.
-    #[arg(long, default_value_t = 25.0)]
+    #[arg(long, env = "SHOP_DEMO_RATE", default_value_t = 25.0)]
     rate: f64,
     /// Orders in all (the default takes about a minute).
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, env = "SHOP_DEMO_COUNT", default_value_t = 1500)]
     count: u64,
     /// Inject faults: connection kill, stock outage, malformed event, broker SIGKILL.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    #[arg(long, env = "SHOP_DEMO_FAULTS", default_value = "on", value_parser = ["on", "off"])]
     faults: String,
     /// Seconds the stock service stays slow (default: 12 % of the load, at least 4).
-    #[arg(long)]
+    #[arg(long, env = "SHOP_DEMO_OUTAGE_SECS")]
     outage_secs: Option<f64>,
     /// Seconds to wait for the system to drain after the load.
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, env = "SHOP_DEMO_DRAIN_TIMEOUT_SECS", default_value_t = 180)]
     drain_timeout_secs: u64,
     /// Where the dashboard listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SHOP_DEMO_DASHBOARD", default_value = "127.0.0.1:8080")]
     dashboard: SocketAddr,
     /// Seconds to keep the services and dashboard up after the report.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "SHOP_DEMO_LINGER_SECS", default_value_t = 0)]
     linger_secs: u64,
     /// The share of notifications the simulated mail gateway fails (retried).
-    #[arg(long, default_value_t = 0.02)]
+    #[arg(long, env = "SHOP_DEMO_GATEWAY_FAILURE_RATE", default_value_t = 0.02)]
     gateway_failure_rate: f64,
     /// The broker node's directory (as made by scripts/broker, e.g. target/rabbitmq/n1,
     /// holding its lepus-node.state): enables the broker kill and connection close.
     /// Without it those are skipped.
-    #[arg(long)]
+    #[arg(long, env = "SHOP_DEMO_BROKER_NODE_DIR")]
     broker_node_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
 struct CommonArgs {
-    /// AMQP URL of the broker; repeat for the nodes of a cluster.
+    /// AMQP URL of the broker; repeat for the nodes of a cluster (in the environment,
+    /// separate them with commas).
     #[arg(
         long = "amqp-url",
+        env = "SHOP_AMQP_URL",
+        value_delimiter = ',',
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_urls: Vec<String>,
     /// Directory of the services' SQLite files.
-    #[arg(long, default_value = "shop-data")]
+    #[arg(long, env = "SHOP_DATA_DIR", default_value = "shop-data")]
     data_dir: PathBuf,
     /// Prefix of the exchange and queue names.
-    #[arg(long, default_value = "shop")]
+    #[arg(long, env = "SHOP_NAMESPACE", default_value = "shop")]
     namespace: String,
     /// Declare the work queues as quorum queues (for a cluster).
-    #[arg(long)]
+    #[arg(long, env = "SHOP_QUORUM")]
     quorum: bool,
     /// Write JSON logs to this file instead of stdout.
-    #[arg(long)]
+    #[arg(long, env = "SHOP_LOG_FILE")]
     log_file: Option<PathBuf>,
 }
 
@@ -140,13 +147,13 @@ impl CommonArgs {
 #[derive(Args, Clone)]
 struct PortArgs {
     /// Where the order API listens.
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "SHOP_ORDER_LISTEN", default_value = "127.0.0.1:8081")]
     order_listen: SocketAddr,
     /// Where the inventory admin API listens.
-    #[arg(long, default_value = "127.0.0.1:8082")]
+    #[arg(long, env = "SHOP_INVENTORY_LISTEN", default_value = "127.0.0.1:8082")]
     inventory_listen: SocketAddr,
     /// Where the notification health API listens.
-    #[arg(long, default_value = "127.0.0.1:8083")]
+    #[arg(long, env = "SHOP_NOTIFY_LISTEN", default_value = "127.0.0.1:8083")]
     notify_listen: SocketAddr,
 }
 

@@ -14,7 +14,7 @@ use lepus::{Client, Consumer, ConsumerStats, HandlerError, Incoming, MemoryStore
 use rusqlite::params;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{COUNTERS_SCHEMA, Db, bump, now_ms};
+use crate::db::{COUNTERS_SCHEMA, Db, EFFECTS_SCHEMA, bump, log_effect, now_ms};
 use crate::events::InventoryDecision;
 use crate::service::{Common, join_all, spawn_connection_gauges};
 use crate::telemetry::metrics_handle;
@@ -72,7 +72,10 @@ impl NotifyService {
         listen: SocketAddr,
         cancel: CancellationToken,
     ) -> anyhow::Result<NotifyService> {
-        let schema = format!("{SCHEMA}{COUNTERS_SCHEMA}{}", crate::deadletter::SCHEMA);
+        let schema = format!(
+            "{SCHEMA}{COUNTERS_SCHEMA}{EFFECTS_SCHEMA}{}",
+            crate::deadletter::SCHEMA
+        );
         let db = Db::open(&common.notify_db(), &schema)?;
         let queue = common.names.notify_queue();
         let client = common.client(
@@ -114,6 +117,11 @@ impl NotifyService {
             client.clone(),
             "notify",
             &[(Role::Publish, "publish"), (Role::Consume, "consume")],
+            cancel.clone(),
+        ));
+        tasks.push(crate::queues::spawn_gauges(
+            client.clone(),
+            common.names.all_queues(),
             cancel.clone(),
         ));
         let app = observability::router(Some(metrics_handle()), health.clone());
@@ -204,6 +212,8 @@ async fn handle(db: &Db, failure_rate: f64, msg: Incoming) -> Result<(), Handler
             )?;
             if n == 0 {
                 bump(&tx, "duplicates")?;
+            } else {
+                log_effect(&tx, &order_id, "customer-notified")?;
             }
             tx.commit()?;
             Ok(n)

@@ -1,6 +1,9 @@
 //! The order service: an HTTP API to place and read orders. An order and its
 //! `order.created` event commit in one SQLite transaction (the outbox), so an order the
 //! API accepted (201) is announced eventually even if the broker is down right now.
+//!
+//! `POST /orders` is idempotent under an `Idempotency-Key` header ([`idempotency`]), and
+//! continues the trace of a `traceparent` header when the caller sends one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +11,8 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lepus::observability::{self, Health};
@@ -20,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, now_ms};
 use crate::events::{ORDER_CREATED, OrderCreated, OrderLine, check_lines};
+use crate::idempotency;
 use crate::outbox::{self, Relay};
 use crate::service::{Common, join_all, spawn_connection_gauges};
 use crate::telemetry::metrics_handle;
-use crate::trace::TraceContext;
+use crate::trace::{TRACEPARENT, TraceContext};
 
 /// The order service's tables.
 pub const SCHEMA: &str = "
@@ -95,7 +100,7 @@ impl OrderService {
         listen: SocketAddr,
         cancel: CancellationToken,
     ) -> anyhow::Result<OrderService> {
-        let schema = format!("{SCHEMA}{}", outbox::SCHEMA);
+        let schema = format!("{SCHEMA}{}{}", outbox::SCHEMA, idempotency::SCHEMA);
         let db = Db::open(&common.order_db(), &schema)?;
         let client = common.client(
             "order",
@@ -173,24 +178,34 @@ fn validate(order: &NewOrder) -> Result<(), String> {
 }
 
 enum Placed {
+    /// A new order.
     New(OrderView),
-    Existing(OrderView),
+    /// The order of a key used before keys were stored with their answers.
+    Keyed(OrderView),
+    /// The answer given to the first use of the key, again.
+    Replayed(idempotency::Stored),
+    /// The key was first used with a different request.
+    KeyReused,
 }
 
 async fn place_order(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Json<NewOrder>, JsonRejection>,
-) -> Result<(StatusCode, Json<OrderView>), ApiError> {
+) -> Result<Response, ApiError> {
     let Json(order) = body.map_err(|e| api_error(StatusCode::BAD_REQUEST, e.body_text()))?;
     validate(&order).map_err(|e| api_error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-    let key = headers
-        .get("idempotency-key")
+    let key = idempotency::key(&headers).map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    // Continue the caller's trace (a gateway's, a front door's) when it sent one: the
+    // order's trace id is then the caller's, and this service's work is a span of it.
+    let trace = headers
+        .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(200).collect::<String>());
+        .and_then(TraceContext::parse)
+        .map_or_else(TraceContext::new_root, |parent| parent.child());
     let placed = app
         .db
-        .call(move |c| insert_order(c, &order, key.as_deref()))
+        .call(move |c| insert_order(c, &order, key.as_deref(), &trace))
         .await
         .map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "storing an order failed");
@@ -204,19 +219,63 @@ async fn place_order(
             app.wake.notify_one();
             metrics::counter!("shop_orders_accepted_total").increment(1);
             tracing::info!(service = "order", trace_id = %view.trace_id, order_id = %view.order_id, "order accepted");
-            Ok((StatusCode::CREATED, Json(view)))
+            Ok((StatusCode::CREATED, Json(view)).into_response())
         }
-        Placed::Existing(view) => Ok((StatusCode::OK, Json(view))),
+        Placed::Keyed(view) => Ok((
+            StatusCode::CREATED,
+            [(
+                HeaderName::from_static(idempotency::REPLAYED_HEADER),
+                "true",
+            )],
+            Json(view),
+        )
+            .into_response()),
+        Placed::Replayed(stored) => {
+            metrics::counter!("shop_orders_replayed_total").increment(1);
+            let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::CREATED);
+            Ok((
+                status,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (
+                        HeaderName::from_static(idempotency::REPLAYED_HEADER),
+                        "true",
+                    ),
+                ],
+                stored.response,
+            )
+                .into_response())
+        }
+        Placed::KeyReused => Err(api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was already used with a different order",
+        )),
     }
+}
+
+fn to_sql_error(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
 fn insert_order(
     c: &mut rusqlite::Connection,
     order: &NewOrder,
     key: Option<&str>,
+    trace: &TraceContext,
 ) -> rusqlite::Result<Placed> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // The request as the key remembers it: what the order is, however the JSON was laid
+    // out.
+    let request = serde_json::to_string(order).map_err(to_sql_error)?;
     if let Some(key) = key {
+        if let Some(stored) = idempotency::lookup(&tx, key)? {
+            return Ok(if stored.request == request {
+                Placed::Replayed(stored)
+            } else {
+                Placed::KeyReused
+            });
+        }
+        // An order keyed before keys were stored with their answers.
         let existing: Option<String> = tx
             .query_row(
                 "SELECT id FROM orders WHERE idempotency_key = ?1",
@@ -227,12 +286,11 @@ fn insert_order(
         if let Some(id) = existing {
             drop(tx);
             return read_order(c, &id)?
-                .map(Placed::Existing)
+                .map(Placed::Keyed)
                 .ok_or(rusqlite::Error::QueryReturnedNoRows);
         }
     }
     let order_id = uuid::Uuid::now_v7().to_string();
-    let trace = TraceContext::new_root();
     let created_ms = now_ms();
     let event = OrderCreated {
         order_id: order_id.clone(),
@@ -241,18 +299,15 @@ fn insert_order(
         lines: order.lines.clone(),
         created_ms,
     };
-    let payload = serde_json::to_string(&event)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    let lines = serde_json::to_string(&order.lines)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let payload = serde_json::to_string(&event).map_err(to_sql_error)?;
+    let lines = serde_json::to_string(&order.lines).map_err(to_sql_error)?;
     let event_id = outbox::insert(&tx, ORDER_CREATED, &payload, &trace.header())?;
     tx.execute(
         "INSERT INTO orders (id, idempotency_key, customer, email, lines, traceparent, event_id, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![order_id, key, order.customer, order.email, lines, trace.header(), event_id, created_ms],
     )?;
-    tx.commit()?;
-    Ok(Placed::New(OrderView {
+    let view = OrderView {
         order_id,
         customer: order.customer.clone(),
         email: order.email.clone(),
@@ -260,7 +315,18 @@ fn insert_order(
         trace_id: trace.trace_id(),
         event: "pending".into(),
         created_ms,
-    }))
+    };
+    if let Some(key) = key {
+        let stored = idempotency::Stored {
+            request,
+            order_id: view.order_id.clone(),
+            status: StatusCode::CREATED.as_u16(),
+            response: serde_json::to_string(&view).map_err(to_sql_error)?,
+        };
+        idempotency::record(&tx, key, &stored)?;
+    }
+    tx.commit()?;
+    Ok(Placed::New(view))
 }
 
 fn read_order(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<OrderView>> {

@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent_ms IS NULL;
 ";
 
+/// Events in the outbox not yet confirmed by the broker, by `service`.
+pub const PENDING: &str = "shop_outbox_pending";
+/// Seconds the oldest unconfirmed event has waited (0 when none waits), by `service`.
+pub const OLDEST_AGE: &str = "shop_outbox_oldest_pending_age_seconds";
+
 /// Rows published per round.
 const BATCH: usize = 256;
 /// How often the relay looks for rows when nobody woke it.
@@ -86,6 +91,11 @@ impl Relay {
                 .buffer(BATCH * 2)
                 .publish_timeout(Duration::from_secs(15)),
         );
+        // Registered at zero, so that a scrape shows them (and rate() works) before the
+        // first failure.
+        metrics::counter!("shop_outbox_failed_total", "service" => service).increment(0);
+        metrics::gauge!(PENDING, "service" => service).set(0.0);
+        metrics::gauge!(OLDEST_AGE, "service" => service).set(0.0);
         Self {
             db,
             publisher,
@@ -169,10 +179,23 @@ impl Relay {
                     }
                     rows
                 };
+                let backlog = tx.query_row(
+                    "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE sent_ms IS NULL",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
+                )?;
                 tx.commit()?;
-                Ok(rows)
+                Ok((rows, backlog))
             })
             .await?;
+        let (rows, (pending, oldest)) = rows;
+        // The backlog as this round found it: how many events wait, and how long the
+        // oldest has waited (0 when none does). Alerts watch the age.
+        let age = oldest.map_or(0.0, |ms| {
+            (now_ms().saturating_sub(ms)).max(0) as f64 / 1000.0
+        });
+        metrics::gauge!(PENDING, "service" => self.service).set(pending as f64);
+        metrics::gauge!(OLDEST_AGE, "service" => self.service).set(age);
         metrics::gauge!("shop_outbox_batch", "service" => self.service).set(rows.len() as f64);
         if rows.is_empty() {
             return Ok((0, 0));

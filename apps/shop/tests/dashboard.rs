@@ -2,8 +2,8 @@
 //! installed by `scripts/install-chromium`) loads the page while a short demo runs, and
 //! the DOM it renders after the page's JavaScript has run must show the figures.
 //!
-//! Without `/usr/bin/chromium` the test says so and passes, unless
-//! `LEPUS_REQUIRE_CHROMIUM=1` makes a missing browser a failure.
+//! Without `/usr/bin/chromium` the test fails and says how to install it: a browser test
+//! that passes without a browser would claim what it never checked.
 
 #![allow(
     clippy::unwrap_used,
@@ -66,14 +66,10 @@ fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_figures_in_chromium() {
-    if !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var("LEPUS_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
-            "{CHROMIUM} is missing (scripts/install-chromium)"
-        );
-        eprintln!("skipped: {CHROMIUM} is not installed (run scripts/install-chromium)");
-        return;
-    }
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run scripts/install-chromium (scripts/test does)"
+    );
     let broker = tokio::task::spawn_blocking(|| lepus_testkit::shared_broker().unwrap())
         .await
         .unwrap();

@@ -114,8 +114,20 @@ async fn nothing_is_lost_through_broker_kill_connection_kill_and_stock_outage() 
         undeliverable + 1,
         "dead letters: {errors:#?}"
     );
+    // Counted per order in the append-only effect logs (rows keyed by order id would
+    // hide a duplicate): each order's stock decision and each notification happened
+    // exactly once, whatever the broker restart and the connection kill redelivered.
+    let state = &outcome.state;
+    assert!(
+        state.repeated_effects.is_empty(),
+        "effects repeated: {:#?}",
+        state.repeated_effects
+    );
+    assert_eq!(state.orders_with_decision_effect, count);
+    assert_eq!(state.orders_with_notify_effect, count - undeliverable);
     // Cached decisions were all re-verified once the stock service came back.
     assert_eq!(outcome.state.compensation_pending, 0);
+    assert_eq!(outcome.state.compensation_errors, 0);
     assert!(outcome.state.decided_from_cache > 0);
     drop(control);
 }

@@ -88,18 +88,23 @@ async fn orders_flow_through_all_three_services() {
         ids.push(view["order_id"].as_str().unwrap().to_string());
         traces.push(view["trace_id"].as_str().unwrap().to_string());
     }
-    // The same idempotency key again: the same order, not a new one.
+    // The same order under the same idempotency key again: the same order, not a new one
+    // (tests/api.rs covers the rest of idempotency).
     let again = shop::httpc::request(
         order_addr,
         "POST",
         "/orders",
-        Some(&serde_json::json!({"customer": "x", "email": "x@example.org", "lines": [{"sku": "mug", "qty": 1}]})),
+        Some(&serde_json::json!({
+            "customer": "customer 3",
+            "email": "c3@example.org",
+            "lines": [{"sku": "lamp", "qty": 1}, {"sku": "vase", "qty": 2}],
+        })),
         &[("idempotency-key", "key-3")],
         Duration::from_secs(10),
     )
     .await
     .unwrap();
-    assert_eq!(again.status, 200);
+    assert_eq!(again.status, 201);
     assert_eq!(again.json().unwrap()["order_id"], ids[3].as_str());
     // Invalid orders are refused.
     let bad = shop::httpc::request(
@@ -154,6 +159,49 @@ async fn orders_flow_through_all_three_services() {
             "SELECT available FROM stock WHERE sku = 'vase'"
         ),
         0
+    );
+    // 5000 lamps, one per reserved order: the stock moved once per order.
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT available FROM stock WHERE sku = 'lamp'"
+        ),
+        5000 - 30
+    );
+    // The effect logs have no unique key, so a duplicate would show: every order decided
+    // once, every deliverable one notified once.
+    for db in [common.inventory_db(), common.notify_db()] {
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM (SELECT order_id FROM effects
+                 GROUP BY order_id, effect HAVING COUNT(*) > 1)"
+            ),
+            0,
+            "an effect repeated in {}",
+            db.display()
+        );
+    }
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT COUNT(DISTINCT order_id) FROM effects"
+        ),
+        40
+    );
+    assert_eq!(
+        count(
+            &common.inventory_db(),
+            "SELECT COUNT(*) FROM effects WHERE effect = 'stock-reserved'"
+        ),
+        30
+    );
+    assert_eq!(
+        count(
+            &common.notify_db(),
+            "SELECT COUNT(*) FROM effects WHERE effect = 'customer-notified'"
+        ),
+        39
     );
     // One trace per order, across the three services.
     let traceparent = |path: &std::path::Path, table: &str, id: &str| -> String {

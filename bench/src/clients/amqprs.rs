@@ -24,7 +24,7 @@ const NAME: &str = "amqprs";
 
 /// amqprs reads URIs only with its `urispec` feature, which does not decode `%2f` in the
 /// vhost; the address is taken apart here instead.
-fn open_arguments(url: &str) -> Result<OpenConnectionArguments> {
+pub fn open_arguments(url: &str) -> Result<OpenConnectionArguments> {
     let parsed = url::Url::parse(url).with_context(|| format!("amqprs: bad URL {url:?}"))?;
     if parsed.scheme() != "amqp" {
         bail!("amqprs: only amqp:// URLs are supported by this bench");
@@ -43,6 +43,9 @@ fn open_arguments(url: &str) -> Result<OpenConnectionArguments> {
     };
     let mut args = OpenConnectionArguments::new(host, port, &user, &password);
     args.virtual_host(&vhost);
+    if let Some((_, secs)) = parsed.query_pairs().find(|(k, _)| k == "heartbeat") {
+        args.heartbeat(secs.parse().context("amqprs: bad heartbeat in the URL")?);
+    }
     Ok(args)
 }
 

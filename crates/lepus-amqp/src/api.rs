@@ -93,7 +93,11 @@ pub struct ConsumeOptions {
 /// Options of `basic.publish`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublishOptions {
-    /// Return the message if no queue is bound to take it.
+    /// Return the message if no queue is bound to take it. In confirm mode the publish's
+    /// confirm then resolves to [`Confirmation::Returned`](crate::Confirmation::Returned)
+    /// with the message, matched to exactly this publish even when others share its
+    /// exchange, routing key and message id. Without confirm mode there is nothing to
+    /// resolve: returns are logged and dropped.
     pub mandatory: bool,
 }
 
@@ -445,7 +449,7 @@ impl Channel {
             arguments: options.arguments,
         };
         let capacity = chan::consumer_buffer(self.shared().prefetch());
-        let (slot, rx, end) = consumer_pair(capacity);
+        let (slot, rx, end) = consumer_pair(capacity, options.no_ack);
         let reply = self
             .shared()
             .call(

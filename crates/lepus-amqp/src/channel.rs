@@ -19,6 +19,7 @@ use crate::connection::ConnShared;
 use crate::consumer::{ConsumerEnd, ConsumerSlot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Confirmation, Delivery, GetMessage, PublishConfirm, Returned};
+use crate::returns::{self, Fingerprint};
 
 /// What a caller waiting on a synchronous method gets back.
 pub(crate) enum Reply {
@@ -44,7 +45,7 @@ struct PendingConfirm {
     seq: u64,
     tx: oneshot::Sender<Result<Confirmation>>,
     /// For `mandatory` publishes: what a `basic.return` is matched against.
-    mandatory: Option<Box<(String, String, Option<String>)>>,
+    mandatory: Option<Fingerprint>,
     returned: Option<Box<Returned>>,
 }
 
@@ -92,6 +93,9 @@ enum Body {
     Empty,
     One(Bytes),
     Many(BytesMut),
+    /// The message was refused (see [`ChannelShared::refuse`]): its body frames are
+    /// counted, this many bytes so far, and dropped.
+    Skip(usize),
 }
 
 pub(crate) struct ChanState {
@@ -277,6 +281,8 @@ impl ChannelShared {
             ));
         }
         let frame_max = self.conn.frame_max;
+        let track_return = mandatory && st.confirm_mode;
+        let mut fingerprint = None;
         self.conn.out.push(|out, scratch| {
             codec::put_publish(
                 out,
@@ -288,7 +294,12 @@ impl ChannelShared {
                 properties,
                 body,
                 frame_max,
-            )
+            )?;
+            // `scratch` still holds the encoded properties.
+            if track_return {
+                fingerprint = Some(Fingerprint::new(exchange, routing_key, scratch, body));
+            }
+            Ok(())
         })?;
         if !st.confirm_mode {
             return Ok(PublishConfirm {
@@ -299,17 +310,10 @@ impl ChannelShared {
         let seq = st.next_seq;
         st.next_seq += 1;
         let (tx, rx) = oneshot::channel();
-        let mandatory = mandatory.then(|| {
-            Box::new((
-                exchange.to_owned(),
-                routing_key.to_owned(),
-                properties.message_id().as_ref().map(|m| m.to_string()),
-            ))
-        });
         st.pending.push_back(PendingConfirm {
             seq,
             tx,
-            mandatory,
+            mandatory: fingerprint,
             returned: None,
         });
         Ok(PublishConfirm {
@@ -378,6 +382,9 @@ impl ChannelShared {
                 Ok(())
             }
             Frame::Header(_, header) => self.handle_header(header),
+            Frame::BadHeader {
+                body_size, error, ..
+            } => self.handle_bad_header(body_size, error),
             Frame::Body(_, bytes) => self.handle_body(bytes),
             Frame::Heartbeat => Ok(()),
         }
@@ -409,7 +416,7 @@ impl ChannelShared {
                 self.id
             )));
         };
-        if incoming.header.is_some() {
+        if incoming.header.is_some() || matches!(incoming.body, Body::Skip(_)) {
             return Err(Error::protocol(format!(
                 "channel {}: two content headers for one message",
                 self.id
@@ -417,13 +424,14 @@ impl ChannelShared {
         }
         let size = usize::try_from(header.body_size).unwrap_or(usize::MAX);
         if size > max {
-            return Err(Error::new(
+            let err = Error::new(
                 ErrorKind::FrameTooLarge,
                 format!(
                     "channel {}: message body of {size} bytes exceeds the limit of {max}",
                     self.id
                 ),
-            ));
+            );
+            return self.refuse(st, size, err);
         }
         incoming.size = size;
         incoming.header = Some(header);
@@ -441,15 +449,29 @@ impl ChannelShared {
                 self.id
             )));
         };
+        let size = incoming.size;
+        if let Body::Skip(skipped) = &mut incoming.body {
+            let total = *skipped + bytes.len();
+            if total > size {
+                return Err(Error::protocol(format!(
+                    "channel {}: body frames carry {total} bytes, the header announced {size}",
+                    self.id
+                )));
+            }
+            *skipped = total;
+            if total == size {
+                st.incoming = None;
+            }
+            return Ok(());
+        }
         if incoming.header.is_none() {
             return Err(Error::protocol(format!(
                 "channel {}: body frame before the content header",
                 self.id
             )));
         }
-        let size = incoming.size;
         let have = match &incoming.body {
-            Body::Empty => 0,
+            Body::Empty | Body::Skip(_) => 0,
             Body::One(b) => b.len(),
             Body::Many(b) => b.len(),
         };
@@ -477,9 +499,127 @@ impl ChannelShared {
                 all.extend_from_slice(&bytes);
                 Body::Many(all)
             }
+            Body::Skip(n) => Body::Skip(n),
         };
         if total == size {
             return self.complete_content(st);
+        }
+        Ok(())
+    }
+
+    /// A content header whose properties do not decode: refuse the message.
+    fn handle_bad_header(&self, body_size: u64, error: Error) -> Result<()> {
+        let st = self.lock();
+        let Some(incoming) = st.incoming.as_ref() else {
+            return Err(Error::protocol(format!(
+                "channel {}: content header without a content method",
+                self.id
+            )));
+        };
+        if incoming.header.is_some() || matches!(incoming.body, Body::Skip(_)) {
+            return Err(Error::protocol(format!(
+                "channel {}: two content headers for one message",
+                self.id
+            )));
+        }
+        let size = usize::try_from(body_size).unwrap_or(usize::MAX);
+        let err = Error::with_source(
+            error.kind(),
+            format!(
+                "channel {}: message properties cannot be decoded: {error}",
+                self.id
+            ),
+            error,
+        );
+        self.refuse(st, size, err)
+    }
+
+    /// Refuses the message being received instead of failing the connection: a broker
+    /// would deliver it again after a reconnect, and the connection would fail again, for
+    /// ever. A delivery or `basic.get` message is rejected without requeue (so the broker
+    /// dead-letters it where the queue has a dead-letter exchange), counted on its
+    /// consumer and logged; a `get` caller gets `err`. Its body frames, `size` bytes, are
+    /// then skipped without being buffered.
+    fn refuse(&self, mut st: MutexGuard<'_, ChanState>, size: usize, err: Error) -> Result<()> {
+        let Some(incoming) = st.incoming.as_mut() else {
+            return Ok(());
+        };
+        incoming.size = size;
+        incoming.body = Body::Skip(0);
+        let (tag, consumer, get) = match &incoming.kind {
+            ContentKind::Deliver(args) => {
+                (args.delivery_tag, Some(args.consumer_tag.clone()), false)
+            }
+            ContentKind::Get(args, _) => (args.delivery_tag, None, true),
+            ContentKind::Return(ret) => {
+                tracing::warn!(
+                    channel = self.id,
+                    exchange = %ret.exchange,
+                    routing_key = %ret.routing_key,
+                    error = %err,
+                    "returned message cannot be decoded; its publish is reported returned without it"
+                );
+                // Its publish must still resolve as returned, not as acked; without the
+                // content only the route can say which one it was.
+                let returned = Box::new(Returned {
+                    reply_code: ret.reply_code,
+                    reply_text: ret.reply_text.to_string(),
+                    exchange: ret.exchange.to_string(),
+                    routing_key: ret.routing_key.to_string(),
+                    properties: BasicProperties::default(),
+                    body: Bytes::new(),
+                });
+                let route =
+                    Fingerprint::new(&returned.exchange, &returned.routing_key, &[], &[]).route;
+                let index = returns::owner_by_route(
+                    route,
+                    st.pending
+                        .iter()
+                        .map(|p| (p.mandatory, p.returned.is_some())),
+                );
+                if let Some(p) = index.and_then(|i| st.pending.get_mut(i)) {
+                    p.returned = Some(returned);
+                }
+                return self.skipped_if_empty(st, size);
+            }
+        };
+        let mut settled = false;
+        if let Some(ctag) = &consumer {
+            if let Some(slot) = st.consumers.get(ctag.as_str()) {
+                slot.count_refused();
+                settled = slot.no_ack;
+            }
+            tracing::warn!(
+                channel = self.id,
+                consumer_tag = %ctag,
+                delivery_tag = tag,
+                error = %err,
+                "delivery refused: rejected without requeue (dead-lettered if the queue has a dead-letter exchange)"
+            );
+        }
+        if get {
+            match st.waiters.pop_front() {
+                Some(Waiter {
+                    expect: Expect::Get,
+                    tx,
+                }) => {
+                    let _ = tx.send(Err(err));
+                }
+                _ => return Err(Error::protocol("basic.get-ok without a basic.get")),
+            }
+        }
+        if !settled {
+            self.conn.out.push(|out, _| {
+                codec::put_settle(out, self.id, tag, Settle::Reject { requeue: false });
+                Ok(())
+            })?;
+        }
+        self.skipped_if_empty(st, size)
+    }
+
+    fn skipped_if_empty(&self, mut st: MutexGuard<'_, ChanState>, size: usize) -> Result<()> {
+        if size == 0 {
+            st.incoming = None;
         }
         Ok(())
     }
@@ -495,7 +635,7 @@ impl ChannelShared {
             return Err(Error::protocol("content completed without a header"));
         };
         let body = match body {
-            Body::Empty => Bytes::new(),
+            Body::Empty | Body::Skip(_) => Bytes::new(),
             Body::One(b) => b,
             Body::Many(b) => b.freeze(),
         };
@@ -612,10 +752,17 @@ impl ChannelShared {
         properties: BasicProperties,
         body: Bytes,
     ) {
-        let message_id = properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str().to_owned());
+        let mut encoded = Vec::new();
+        let fingerprint = codec::encode_properties(&properties, &mut encoded)
+            .ok()
+            .map(|()| {
+                Fingerprint::new(
+                    ret.exchange.as_str(),
+                    ret.routing_key.as_str(),
+                    &encoded,
+                    &body,
+                )
+            });
         let returned = Box::new(Returned {
             reply_code: ret.reply_code,
             reply_text: ret.reply_text.to_string(),
@@ -624,14 +771,16 @@ impl ChannelShared {
             properties,
             body,
         });
-        // Returns come before the confirm of their message and in publish order, so the
-        // message is the earliest unconfirmed mandatory publish that matches.
-        let slot = st.pending.iter_mut().find(|p| {
-            p.returned.is_none()
-                && p.mandatory.as_ref().is_some_and(|m| {
-                    m.0 == returned.exchange && m.1 == returned.routing_key && m.2 == message_id
-                })
+        // See `returns`: matched by content, in publish order, not by the next ack.
+        let index = fingerprint.and_then(|f| {
+            returns::owner(
+                f,
+                st.pending
+                    .iter()
+                    .map(|p| (p.mandatory, p.returned.is_some())),
+            )
         });
+        let slot = index.and_then(|i| st.pending.get_mut(i));
         match slot {
             Some(p) => p.returned = Some(returned),
             None => tracing::warn!(

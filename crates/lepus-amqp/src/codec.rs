@@ -98,6 +98,13 @@ pub(crate) enum Frame {
     },
     /// A content header: the body size and the properties.
     Header(u16, Box<AMQPContentHeader>),
+    /// A content header whose properties do not decode (or that the table guard refuses),
+    /// with the body size it announces: the message is refused, the connection goes on.
+    BadHeader {
+        channel: u16,
+        body_size: u64,
+        error: Error,
+    },
     /// A body frame, a slice of the read buffer.
     Body(u16, Bytes),
     Heartbeat,
@@ -152,16 +159,19 @@ pub(crate) fn decode_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Optio
 fn decode_payload(kind: u8, channel: u16, payload: Bytes) -> Result<Frame> {
     match kind {
         FRAME_METHOD => decode_method(channel, payload),
-        FRAME_HEADER => {
-            crate::tables::check_content_header(&payload)?;
-            let (rest, header) =
-                amq_protocol::frame::parsing::parse_content_header(&payload[..])
-                    .map_err(|e| Error::protocol(format!("malformed content header: {e}")))?;
-            if !rest.is_empty() {
-                return Err(Error::protocol("trailing bytes after a content header"));
-            }
-            Ok(Frame::Header(channel, Box::new(header)))
-        }
+        FRAME_HEADER => match decode_header(&payload) {
+            Ok(header) => Ok(Frame::Header(channel, Box::new(header))),
+            // The frame itself was well delimited: if its body size is readable, only this
+            // message is bad, and the channel can refuse it and skip its body.
+            Err(error) => match message_body_size(&payload) {
+                Some(body_size) => Ok(Frame::BadHeader {
+                    channel,
+                    body_size,
+                    error,
+                }),
+                None => Err(error),
+            },
+        },
         FRAME_BODY => Ok(Frame::Body(channel, payload)),
         FRAME_HEARTBEAT if channel == 0 => Ok(Frame::Heartbeat),
         FRAME_HEARTBEAT => Err(Error::protocol(format!(
@@ -169,6 +179,26 @@ fn decode_payload(kind: u8, channel: u16, payload: Bytes) -> Result<Frame> {
         ))),
         other => Err(Error::protocol(format!("unknown frame type {other}"))),
     }
+}
+
+fn decode_header(payload: &[u8]) -> Result<AMQPContentHeader> {
+    crate::tables::check_content_header(payload)?;
+    let (rest, header) = amq_protocol::frame::parsing::parse_content_header(payload)
+        .map_err(|e| Error::protocol(format!("malformed content header: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::protocol("trailing bytes after a content header"));
+    }
+    Ok(header)
+}
+
+/// The body size of a `basic` content header whose properties may not decode: class (2),
+/// weight (2), then the size (8). `None` if even that is not there.
+fn message_body_size(payload: &[u8]) -> Option<u64> {
+    let class = u16::from_be_bytes(payload.get(..2)?.try_into().ok()?);
+    if class != BASIC {
+        return None;
+    }
+    Some(u64::from_be_bytes(payload.get(4..12)?.try_into().ok()?))
 }
 
 /// A bounds-checked reader over a method payload.
@@ -326,6 +356,16 @@ pub(crate) enum Settle {
     Reject { requeue: bool },
 }
 
+/// Encodes the property list of a content header (flags, then values) into `scratch`.
+pub(crate) fn encode_properties(properties: &BasicProperties, scratch: &mut Vec<u8>) -> Result<()> {
+    scratch.clear();
+    let ctx = WriteContext::from(std::mem::take(scratch));
+    let written = amq_protocol::protocol::basic::gen_properties(properties)(ctx)
+        .map_err(|e| Error::invalid(format!("cannot encode message properties: {e}")))?;
+    *scratch = written.into_inner().0;
+    Ok(())
+}
+
 /// Encodes a whole `basic.publish`: method, content header, body frames split at
 /// `frame_max`. `scratch` is a reusable buffer for the properties.
 #[allow(clippy::too_many_arguments)]
@@ -340,11 +380,7 @@ pub(crate) fn put_publish(
     body: &[u8],
     frame_max: usize,
 ) -> Result<()> {
-    scratch.clear();
-    let ctx = WriteContext::from(std::mem::take(scratch));
-    let written = amq_protocol::protocol::basic::gen_properties(properties)(ctx)
-        .map_err(|e| Error::invalid(format!("cannot encode message properties: {e}")))?;
-    *scratch = written.into_inner().0;
+    encode_properties(properties, scratch)?;
     if scratch.len() + 14 + FRAME_OVERHEAD > frame_max {
         return Err(Error::new(
             ErrorKind::FrameTooLarge,
@@ -479,6 +515,46 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::FrameTooLarge);
     }
 
+    /// A content header frame on channel 1: class 60, body size 5, headers flag, `table`.
+    fn header_frame(table: &[u8]) -> BytesMut {
+        let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0x20, 0x00];
+        payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+        payload.extend_from_slice(table);
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_HEADER, 1, |o| o.extend_from_slice(&payload));
+        BytesMut::from(&out[..])
+    }
+
+    #[test]
+    fn an_undecodable_header_refuses_the_message_not_the_frame_stream() {
+        // An unknown field type 'Z' in the headers: the guard refuses it.
+        let mut buf = header_frame(&[1, b'k', b'Z', 0]);
+        buf.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+        match decode_frame(&mut buf, 4096).unwrap().unwrap() {
+            Frame::BadHeader {
+                channel: 1,
+                body_size: 5,
+                error,
+            } => assert_eq!(error.kind(), ErrorKind::Protocol),
+            other => panic!("expected a refused header, got {other:?}"),
+        }
+        // The stream is still in step: the next frame decodes.
+        assert!(matches!(
+            decode_frame(&mut buf, 4096).unwrap(),
+            Some(Frame::Heartbeat)
+        ));
+        // Too short to carry a body size: the framing is lost, a connection error.
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_HEADER, 1, |o| {
+            o.extend_from_slice(&[0, 60, 0])
+        });
+        let mut buf = BytesMut::from(&out[..]);
+        assert_eq!(
+            decode_frame(&mut buf, 4096).unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
+    }
+
     #[test]
     fn missing_frame_end_is_a_protocol_error() {
         let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCD][..]);
@@ -516,10 +592,14 @@ mod nesting {
     fn deeply_nested_tables_do_not_overflow_the_stack() {
         let frame = nested_headers_frame(20_000);
         let mut check = BytesMut::from(&frame[..]);
-        assert_eq!(
-            decode_frame(&mut check, 1 << 20).unwrap_err().kind(),
-            ErrorKind::Protocol
-        );
+        match decode_frame(&mut check, 1 << 20).unwrap().unwrap() {
+            Frame::BadHeader {
+                channel: 1,
+                body_size: 0,
+                error,
+            } => assert_eq!(error.kind(), ErrorKind::Protocol),
+            other => panic!("expected a refused header, got {other:?}"),
+        }
         let mut buf = BytesMut::from(&frame[..]);
         let result = std::thread::Builder::new()
             .stack_size(2 * 1024 * 1024)

@@ -8,7 +8,7 @@
 //! supervisor's job one layer up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,10 @@ use crate::outbox::Outbox;
 use crate::transport::{self, ReadHalf, WriteHalf};
 
 const READ_CHUNK: usize = 64 * 1024;
+/// How long the socket tasks outlive a failed connection to flush its last frames (a
+/// `close-ok`, a `connection.close`). A writer blocked on a frozen peer is cut off here,
+/// and the socket goes with it.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Frames the broker may send before `tune` settles `frame_max`.
 const HANDSHAKE_FRAME_MAX: usize = 128 * 1024;
 
@@ -53,6 +57,24 @@ pub(crate) struct ConnShared {
     kill: watch::Sender<bool>,
     closing: AtomicBool,
     server_properties: FieldTable,
+    /// Socket tasks (reader, writer) still running.
+    io_tasks: Arc<AtomicUsize>,
+}
+
+/// Counts a socket task as alive until it ends, whichever way it ends.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct Channels {
@@ -182,6 +204,7 @@ impl ConnShared {
             kill,
             closing: AtomicBool::new(false),
             server_properties: FieldTable::default(),
+            io_tasks: Arc::default(),
             opts: ConnectionOptions::default().max_body_size(max_body_size),
         })
     }
@@ -192,7 +215,7 @@ impl ConnShared {
         self: &Arc<Self>,
     ) -> Option<tokio::sync::mpsc::Receiver<crate::Delivery>> {
         let (one, two) = (self.allocate_channel().ok()?, self.allocate_channel().ok()?);
-        let (slot, rx, _) = crate::consumer::consumer_pair(16);
+        let (slot, rx, _) = crate::consumer::consumer_pair(16, false);
         one.insert_consumer("c", slot);
         two.set_confirm_mode();
         Some(rx)
@@ -284,7 +307,7 @@ impl Frame {
             | Frame::Deliver(c, _)
             | Frame::Header(c, _)
             | Frame::Body(c, _) => *c,
-            Frame::Confirm { channel, .. } => *channel,
+            Frame::Confirm { channel, .. } | Frame::BadHeader { channel, .. } => *channel,
             Frame::Heartbeat => 0,
         }
     }
@@ -292,7 +315,7 @@ impl Frame {
     fn name(&self) -> &'static str {
         match self {
             Frame::Method(..) | Frame::Deliver(..) | Frame::Confirm { .. } => "method",
-            Frame::Header(..) => "content header",
+            Frame::Header(..) | Frame::BadHeader { .. } => "content header",
             Frame::Body(..) => "body",
             Frame::Heartbeat => "heartbeat",
         }
@@ -307,6 +330,23 @@ pub(crate) struct Lifeline {
 impl Drop for Lifeline {
     fn drop(&mut self) {
         self.shared.begin_close(200, "connection dropped");
+        // Nobody waits for the close-ok now. If it does not come within the operation
+        // timeout (a frozen broker, no heartbeats), fail the connection so that its
+        // socket tasks end instead of waiting on the peer for ever.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::clone(&self.shared);
+            runtime.spawn(async move {
+                let limit = shared.opts.operation_timeout;
+                let mut closed = shared.closed.subscribe();
+                let done = tokio::time::timeout(limit, closed.wait_for(|c| c.is_some())).await;
+                if done.is_err() {
+                    shared.fail(Error::timeout(
+                        "connection.close after the last handle dropped",
+                        limit,
+                    ));
+                }
+            });
+        }
     }
 }
 
@@ -396,6 +436,20 @@ impl Connection {
     /// (memory or disk alarm), `None` otherwise.
     pub fn blocked(&self) -> watch::Receiver<Option<String>> {
         self.shared.blocked.subscribe()
+    }
+
+    /// How many of the connection's socket tasks (reader, writer) still run: 2 while
+    /// open, 0 once the connection has failed or closed and its socket is gone. For tests.
+    #[doc(hidden)]
+    pub fn io_tasks_alive(&self) -> usize {
+        self.shared.io_tasks.load(Ordering::Acquire)
+    }
+
+    /// The live count behind [`Connection::io_tasks_alive`], readable after the
+    /// connection's handles are gone. For tests.
+    #[doc(hidden)]
+    pub fn io_task_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.shared.io_tasks)
     }
 
     /// What was settled during `tune`.
@@ -527,11 +581,14 @@ async fn handshake(opts: ConnectionOptions) -> Result<Connection> {
         kill,
         closing: AtomicBool::new(false),
         server_properties: start.server_properties,
+        io_tasks: Arc::default(),
         opts,
     });
     let heartbeat = Duration::from_secs(u64::from(negotiated.heartbeat));
-    tokio::spawn(read_loop(Arc::clone(&shared), rd, buf, heartbeat));
-    tokio::spawn(write_loop(Arc::clone(&shared), wr, heartbeat));
+    let alive = Alive::new(&shared.io_tasks);
+    tokio::spawn(read_loop(Arc::clone(&shared), rd, buf, heartbeat, alive));
+    let alive = Alive::new(&shared.io_tasks);
+    tokio::spawn(write_loop(Arc::clone(&shared), wr, heartbeat, alive));
     let life = Arc::new(Lifeline {
         shared: Arc::clone(&shared),
     });
@@ -661,19 +718,18 @@ async fn read_method(
             .await
             .map_err(|e| Error::io("handshake read failed", e))?;
         if n == 0 {
-            let hint = if during_login {
-                " (during login: the credentials were probably refused)"
+            // We announce `authentication_failure_close`, so a broker that refuses the
+            // credentials says so with connection.close 403 (handled above). A socket that
+            // simply ends, even right after start-ok, is a network or broker failure
+            // (a node shutting down, a proxy cutting in): worth another attempt.
+            let phase = if during_login {
+                " (after login, before tune: no connection.close came, so this is not a refused login)"
             } else {
                 ""
             };
-            let kind = if during_login {
-                ErrorKind::AuthFailure
-            } else {
-                ErrorKind::Io
-            };
             return Err(Error::new(
-                kind,
-                format!("the broker closed the socket during the handshake{hint}"),
+                ErrorKind::Io,
+                format!("the broker closed the socket during the handshake{phase}"),
             ));
         }
     }
@@ -684,11 +740,14 @@ async fn read_loop(
     mut rd: ReadHalf,
     mut buf: BytesMut,
     heartbeat: Duration,
+    _alive: Alive,
 ) {
     let mut kill = shared.kill.subscribe();
+    let dead = failed_a_while_ago(&shared);
     let result = tokio::select! {
         r = read_frames(&shared, &mut rd, &mut buf, heartbeat) => r,
         _ = kill.wait_for(|k| *k) => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
+        () = dead => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
     };
     if let Err(err) = result {
         if err.kind() == ErrorKind::Protocol || err.kind() == ErrorKind::FrameTooLarge {
@@ -746,8 +805,28 @@ async fn read_frames(
     }
 }
 
-async fn write_loop(shared: Arc<ConnShared>, mut wr: WriteHalf, heartbeat: Duration) {
+/// Resolves [`CLOSE_LINGER`] after the connection failed: the socket tasks end then,
+/// whatever they are waiting on (a write to a peer that stopped reading never returns).
+fn failed_a_while_ago(shared: &ConnShared) -> impl std::future::Future<Output = ()> + use<> {
+    let mut closed = shared.closed.subscribe();
+    async move {
+        if closed.wait_for(|c| c.is_some()).await.is_ok() {
+            tokio::time::sleep(CLOSE_LINGER).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn write_loop(
+    shared: Arc<ConnShared>,
+    mut wr: WriteHalf,
+    heartbeat: Duration,
+    _alive: Alive,
+) {
     let mut kill = shared.kill.subscribe();
+    let dead = failed_a_while_ago(&shared);
+    tokio::pin!(dead);
     let mut spare: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let idle_limit = heartbeat / 2;
     let mut last_write = Instant::now();
@@ -761,12 +840,20 @@ async fn write_loop(shared: Arc<ConnShared>, mut wr: WriteHalf, heartbeat: Durat
                 if heartbeat.is_zero() {
                     std::future::pending::<()>().await;
                 }
-                tokio::time::sleep_until(last_write + idle_limit).await;
+                // Saturating: no deadline arithmetic may panic, whatever the limits.
+                match last_write.checked_add(idle_limit) {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
             };
             tokio::select! {
                 _ = shared.out.writer_wait() => continue,
                 _ = beat => codec::put_heartbeat(&mut spare),
                 _ = kill.wait_for(|k| *k) => return,
+                () = &mut dead => {
+                    shared.out.discard();
+                    return;
+                }
             }
         }
         let write = async {
@@ -776,6 +863,11 @@ async fn write_loop(shared: Arc<ConnShared>, mut wr: WriteHalf, heartbeat: Durat
         let result = tokio::select! {
             r = write => r,
             _ = kill.wait_for(|k| *k) => return,
+            () = &mut dead => {
+                // Blocked on a peer that stopped reading: drop the socket mid-write.
+                shared.out.discard();
+                return;
+            }
         };
         if let Err(e) = result {
             shared.fail(Error::io("write failed", e));

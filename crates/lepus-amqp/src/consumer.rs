@@ -7,6 +7,7 @@
 //! instead of growing memory.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -28,37 +29,51 @@ pub(crate) enum ConsumerEnd {
     Error(Error),
 }
 
+/// What the reader and the application side of a consumer share.
+#[derive(Default)]
+pub(crate) struct ConsumerShared {
+    /// Why the consumer ended, set before the stream ends.
+    end: Mutex<Option<Error>>,
+    /// Deliveries the engine refused on the consumer's behalf.
+    refused: AtomicU64,
+}
+
 /// The reader's side of a consumer.
 pub(crate) struct ConsumerSlot {
     pub(crate) tx: mpsc::Sender<Delivery>,
-    end: Arc<Mutex<Option<Error>>>,
+    /// The broker considers deliveries settled on sending (nothing to reject).
+    pub(crate) no_ack: bool,
+    shared: Arc<ConsumerShared>,
 }
 
 impl ConsumerSlot {
     pub(crate) fn end(self, why: ConsumerEnd) {
         if let ConsumerEnd::Error(err) = why {
-            *self.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+            *self.shared.end.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
         }
         // Dropping `tx` ends the stream once the buffered deliveries are taken.
+    }
+
+    /// Counts a delivery the engine refused instead of handing it over.
+    pub(crate) fn count_refused(&self) {
+        self.shared.refused.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 pub(crate) fn consumer_pair(
     capacity: usize,
-) -> (
-    ConsumerSlot,
-    mpsc::Receiver<Delivery>,
-    Arc<Mutex<Option<Error>>>,
-) {
+    no_ack: bool,
+) -> (ConsumerSlot, mpsc::Receiver<Delivery>, Arc<ConsumerShared>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let end = Arc::new(Mutex::new(None));
+    let shared = Arc::new(ConsumerShared::default());
     (
         ConsumerSlot {
             tx,
-            end: Arc::clone(&end),
+            no_ack,
+            shared: Arc::clone(&shared),
         },
         rx,
-        end,
+        shared,
     )
 }
 
@@ -70,7 +85,7 @@ pub(crate) fn consumer_pair(
 pub struct Consumer {
     pub(crate) tag: String,
     pub(crate) rx: mpsc::Receiver<Delivery>,
-    pub(crate) end: Arc<Mutex<Option<Error>>>,
+    pub(crate) end: Arc<ConsumerShared>,
     pub(crate) channel: Channel,
     pub(crate) finished: bool,
 }
@@ -84,6 +99,19 @@ impl Consumer {
     /// Deliveries received and not yet taken with [`Consumer::next`].
     pub fn queued(&self) -> usize {
         self.rx.len()
+    }
+
+    /// How many deliveries the engine refused for this consumer instead of handing them
+    /// over: a body over [`max_body_size`](crate::ConnectionOptions::max_body_size), or
+    /// properties it cannot decode (headers nested too deep, an unknown field type).
+    ///
+    /// Each was rejected without requeue (`basic.reject`), so the broker dead-letters it
+    /// where the queue has a dead-letter exchange and drops it otherwise (with `no_ack`
+    /// it was already settled and is only dropped). The stream goes on; each refusal is
+    /// also logged as a warning. A stream item cannot carry it: an `Err` item ends the
+    /// stream.
+    pub fn refused(&self) -> u64 {
+        self.end.refused.load(Ordering::Relaxed)
     }
 
     /// The channel this consumer runs on.
@@ -104,7 +132,12 @@ impl Consumer {
             Poll::Ready(Some(d)) => Poll::Ready(Some(Ok(d))),
             Poll::Ready(None) => {
                 self.finished = true;
-                let reason = self.end.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let reason = self
+                    .end
+                    .end
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
                 Poll::Ready(reason.map(Err))
             }
             Poll::Pending => Poll::Pending,

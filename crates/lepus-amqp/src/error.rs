@@ -24,6 +24,10 @@ pub enum ErrorKind {
     AuthFailure,
     /// The broker refused access (vhost, or a resource the user has no permission for).
     AccessRefused,
+    /// The broker refused the connection because a connection limit is reached (the
+    /// vhost's `max-connections` or the user's): reply 530 naming a limit. Recoverable: the
+    /// limit clears when other connections close or an operator raises it.
+    ConnectionLimit,
     /// The named entity (queue, exchange) does not exist (reply code 404).
     NotFound,
     /// A precondition failed, e.g. redeclaring a queue with other arguments (reply code 406).
@@ -152,6 +156,9 @@ impl Error {
     pub(crate) fn from_reply(code: u16, text: &str, on_channel: bool, during_login: bool) -> Self {
         let kind = match code {
             403 if during_login => ErrorKind::AuthFailure,
+            // 530 NOT_ALLOWED covers both a refused vhost and a reached connection limit;
+            // only the reply text tells them apart, and only the limit can clear by itself.
+            530 if !on_channel && names_a_limit(text) => ErrorKind::ConnectionLimit,
             403 | 530 => ErrorKind::AccessRefused,
             404 => ErrorKind::NotFound,
             405 => ErrorKind::ResourceLocked,
@@ -226,6 +233,11 @@ impl Error {
         self.kind() == ErrorKind::AccessRefused
     }
 
+    /// The broker refused the connection a connection because of a connection limit.
+    pub fn is_connection_limit(&self) -> bool {
+        self.kind() == ErrorKind::ConnectionLimit
+    }
+
     /// A precondition failed (reply code 406), e.g. inequivalent queue arguments.
     pub fn is_precondition_failed(&self) -> bool {
         self.kind() == ErrorKind::PreconditionFailed
@@ -255,7 +267,8 @@ impl Error {
 
     /// Whether a new connection (or channel) may succeed where this one failed.
     ///
-    /// Network failures, timeouts, broker shutdowns and channel-level errors are
+    /// Network failures (a socket closed in the middle of the handshake included),
+    /// timeouts, broker shutdowns, reached connection limits and channel-level errors are
     /// recoverable; wrong credentials, refused access, bad configuration and invalid
     /// arguments are not: retrying them only hammers the broker.
     pub fn is_recoverable(&self) -> bool {
@@ -270,6 +283,12 @@ impl Error {
                 | ErrorKind::Protocol
         )
     }
+}
+
+/// RabbitMQ's texts: "access to vhost 'v' refused for user 'u': connection limit (0) is
+/// reached", "Connection refused for user 'u': user connection limit (0) is reached".
+fn names_a_limit(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("connection limit")
 }
 
 impl fmt::Debug for Error {
@@ -314,6 +333,21 @@ mod tests {
         assert!(Error::from_reply(404, "NOT_FOUND", true, false).is_not_found());
         assert!(Error::from_reply(403, "ACCESS_REFUSED", false, true).is_auth_failure());
         assert!(Error::from_reply(530, "NOT_ALLOWED", false, false).is_access_refused());
+        let limit = Error::from_reply(
+            530,
+            "NOT_ALLOWED - access to vhost 'v' refused for user 'u': connection limit (0) is reached",
+            false,
+            false,
+        );
+        assert!(limit.is_connection_limit() && limit.is_recoverable());
+        assert!(!limit.is_access_refused() && !limit.is_auth_failure());
+        let user_limit = Error::from_reply(
+            530,
+            "NOT_ALLOWED - Connection refused for user 'u': user connection limit (0) is reached",
+            false,
+            false,
+        );
+        assert!(user_limit.is_connection_limit() && user_limit.is_recoverable());
         let forced = Error::from_reply(320, "CONNECTION_FORCED", false, false);
         assert_eq!(forced.kind(), ErrorKind::ConnectionClosed);
         assert!(forced.is_recoverable());

@@ -30,7 +30,8 @@ pub fn fuzz_decode(data: &[u8]) -> usize {
 
 /// A valid byte stream for [`fuzz_decode`] to mutate: a delivery split over several body
 /// frames, an empty-bodied delivery, confirms (single and multiple), a returned message,
-/// `channel.flow`, `connection.blocked`, a heartbeat and a server-initiated channel close.
+/// `channel.flow`, `connection.blocked`, a delivery with undecodable headers (refused), a
+/// heartbeat and a server-initiated channel close.
 pub fn seed_frames() -> Vec<u8> {
     use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel, connection};
     let mut out = Vec::new();
@@ -123,6 +124,28 @@ pub fn seed_frames() -> Vec<u8> {
             reason: "low on memory".into(),
         })),
     );
+    // A delivery whose headers nest past the decoder's limit: refused (rejected) and its
+    // body skipped, the connection goes on.
+    method(&mut out, 1, deliver(3));
+    let mut deep = amq_protocol::types::FieldTable::default();
+    for _ in 0..40 {
+        let mut outer = amq_protocol::types::FieldTable::default();
+        outer.insert("n".into(), amq_protocol::types::AMQPValue::FieldTable(deep));
+        deep = outer;
+    }
+    let mut refused = Vec::new();
+    let _ = codec::put_publish(
+        &mut refused,
+        &mut scratch,
+        1,
+        "ex",
+        "rk",
+        false,
+        &BasicProperties::default().with_headers(deep),
+        b"refused",
+        4096,
+    );
+    out.extend_from_slice(content_frames(&refused));
     codec::put_heartbeat(&mut out);
     method(
         &mut out,

@@ -11,7 +11,9 @@
 //!   buffer space; a silent broker is detected by heartbeats.
 //! - **No panic from any input.** Malformed frames, unknown methods, over-long names and
 //!   oversized bodies are typed [`Error`]s; the connection (or only the channel, where the
-//!   protocol allows) is closed cleanly.
+//!   protocol allows) is closed cleanly. A single received message the engine cannot
+//!   accept (a body over the limit, properties it cannot decode) is refused on its own:
+//!   rejected without requeue and counted on its [`Consumer`]; the connection goes on.
 //! - **No misapplied acks.** A [`Delivery`] remembers the channel opening it came on;
 //!   acknowledging it after that channel closed is an error, never an ack of another
 //!   message.
@@ -49,6 +51,7 @@ mod error;
 mod message;
 mod options;
 mod outbox;
+mod returns;
 mod tables;
 mod transport;
 

@@ -131,9 +131,11 @@ impl ConnectionOptions {
     /// `certfile`, `keyfile` and `server_name_indication`.
     pub fn from_uri(uri: &str) -> Result<Self> {
         let parsed = AMQPUri::from_str(uri).map_err(|e| {
+            // The parser's message may quote the whole URI ("Invalid URL: '...'").
+            let redacted = redact_uri(uri);
             Error::new(
                 ErrorKind::Config,
-                format!("invalid AMQP URI {}: {e}", redact_uri(uri)),
+                format!("invalid AMQP URI {redacted}: {}", e.replace(uri, &redacted)),
             )
         })?;
         // The URI parser takes the host from the URL's domain, which is empty for an IPv6
@@ -306,27 +308,35 @@ impl ConnectionOptions {
 
 /// Replaces the password in an AMQP URI with `***`, for logs and errors.
 ///
+/// The user information ends at the *last* `@` of the URI, whatever the password holds
+/// (`/`, `?`, `#`, `@`, `:` or percent-escapes): a password with a raw `/` makes the URI
+/// invalid, and that is exactly when it gets printed in an error. An `@` further right (in
+/// the vhost or the query) therefore hides more than the password; hiding too much is the
+/// safe side. A URI without `://` (`amqp:user:pass@host`) is redacted the same way.
+///
 /// ```
 /// assert_eq!(
 ///     lepus_amqp::redact_uri("amqp://app:s3cret@host/vh"),
 ///     "amqp://app:***@host/vh"
 /// );
+/// assert_eq!(
+///     lepus_amqp::redact_uri("amqp://app:se/cr?et@host/vh"),
+///     "amqp://app:***@host/vh"
+/// );
 /// ```
 pub fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
+    let (prefix, rest) = match uri.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => match uri.split_once(':') {
+            Some((scheme, rest)) => (format!("{scheme}:"), rest),
+            None => (String::new(), uri),
+        },
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
         return uri.to_string();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                uri.to_string()
-            }
-        }
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{prefix}{user}:***@{host}"),
         None => uri.to_string(),
     }
 }
@@ -427,5 +437,82 @@ mod tests {
         assert_eq!(redact_uri("amqp://h:5672/"), "amqp://h:5672/");
         assert_eq!(redact_uri("amqp://u@h"), "amqp://u@h");
         assert_eq!(redact_uri("amqps://u:p:w@h?x=1"), "amqps://u:***@h?x=1");
+    }
+
+    /// Passwords holding every character that ends an authority, raw or escaped.
+    const NASTY: &[&str] = &[
+        "se/cret",
+        "se?cret",
+        "se#cret",
+        "se@cret",
+        "s@e/c?r#et",
+        "se%2Fcret",
+        "se%40cr%3Fet",
+        "se:cret",
+        "/",
+        "?",
+        "#",
+        "@",
+        "%",
+        "sec ret",
+        "sécret",
+    ];
+
+    #[test]
+    fn redaction_hides_any_password_whatever_it_holds() {
+        for password in NASTY {
+            let password = format!("K{password}Z");
+            for tail in ["", "/vh", "/%2f?heartbeat=5", "?x=1", ":5672/vh"] {
+                let uri = format!("amqp://app:{password}@broker{tail}");
+                let redacted = redact_uri(&uri);
+                assert_eq!(redacted, format!("amqp://app:***@broker{tail}"), "{uri}");
+                assert!(!redacted.contains(&password), "{uri} -> {redacted}");
+            }
+            // Without "//" too (an invalid URI the parser echoes back).
+            let uri = format!("amqp:app:{password}@broker/vh");
+            assert_eq!(redact_uri(&uri), "amqp:app:***@broker/vh", "{uri}");
+        }
+    }
+
+    #[test]
+    fn invalid_uris_never_print_the_password() {
+        let secret = "Hunter2Secret";
+        for password in NASTY {
+            let password = format!("{secret}{password}");
+            for uri in [
+                format!("amqp://app:{password}@broker:notaport/vh"),
+                format!("amqp://app:{password}@broker/vh"),
+                format!("amqp:app:{password}@broker/vh"),
+                format!("http://app:{password}@broker/vh"),
+                format!("amqp://app:{password}@broker/vh?heartbeat=x"),
+                format!("amqp://app:{password}@broker/vh?auth_mechanism=nope"),
+            ] {
+                match ConnectionOptions::from_uri(&uri) {
+                    Err(err) => {
+                        let text = format!("{err} {err:?}");
+                        assert!(!text.contains(secret), "{uri}: {text}");
+                        assert_eq!(err.kind(), ErrorKind::Config, "{uri}");
+                    }
+                    Ok(opts) => {
+                        // Some of these parse (with a strange host); the options then
+                        // hold the secret, and their Debug must not show it.
+                        let text = format!("{opts:?}");
+                        assert!(!text.contains(secret), "{uri}: {text}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn debug_of_options_hides_the_password() {
+        let opts = ConnectionOptions::from_uri("amqp://app:p%40ss%2Fw%3Fd%23x@broker/vh")
+            .unwrap()
+            .connection_name("n");
+        assert_eq!(opts.password.0, "p@ss/w?d#x");
+        let text = format!("{opts:?}");
+        assert!(!text.contains("p@ss") && !text.contains("p%40ss"), "{text}");
+        let opts = ConnectionOptions::new("h", 1).credentials("u", "Hunter2Secret");
+        assert!(!format!("{opts:?}").contains("Hunter2Secret"));
     }
 }

@@ -560,3 +560,54 @@ async fn many_channels_publish_concurrently() {
     assert_eq!(info.message_count, 4000);
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn duration_max_as_every_limit_never_panics() {
+    let broker = lepus_testkit::shared_broker().unwrap();
+    let opts = ConnectionOptions::from_uri(broker.url())
+        .unwrap()
+        .connection_timeout(Duration::MAX)
+        .operation_timeout(Duration::MAX);
+    let conn = Connection::connect(opts).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.confirm_select().await.unwrap();
+    let q = unique("max");
+    ch.queue_declare(
+        &q,
+        QueueDeclareOptions {
+            exclusive: true,
+            ..transient()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let confirm = ch
+        .basic_publish(
+            "",
+            &q,
+            PublishOptions::default(),
+            &BasicProperties::default(),
+            b"x",
+        )
+        .await
+        .unwrap();
+    assert!(confirm.wait(Duration::MAX).await.unwrap().is_ack());
+    let got = ch.basic_get(&q).await.unwrap().unwrap();
+    got.delivery.ack().unwrap();
+    ch.close().await.unwrap();
+    conn.close().await.unwrap();
+
+    // A refused connect with no time limit fails as I/O, it does not panic or hang.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let err = Connection::connect(
+        ConnectionOptions::new("127.0.0.1", port)
+            .connection_timeout(Duration::MAX)
+            .operation_timeout(Duration::MAX),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+}

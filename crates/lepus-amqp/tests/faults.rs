@@ -8,6 +8,7 @@
     clippy::indexing_slicing
 )]
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lepus_amqp::*;
@@ -36,6 +37,91 @@ async fn a_frozen_broker_is_detected_by_missed_heartbeats() {
     let reason = reason.expect("the connection noticed the silence");
     assert_eq!(reason.kind(), ErrorKind::MissedHeartbeat, "{reason:?}");
     assert!(reason.is_recoverable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_blocked_on_a_frozen_broker_ends_with_its_connection() {
+    let broker = std::sync::Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let opts = ConnectionOptions::from_uri(&broker.url())
+        .unwrap()
+        .heartbeat(1)
+        .operation_timeout(Duration::from_secs(60));
+    let conn = Connection::connect(opts).await.unwrap();
+    assert_eq!(conn.io_tasks_alive(), 2);
+    // A second connection with the broker's long heartbeat (60 s), dropped while the node is
+    // frozen: nothing notices the silence within the test, so the close deadline has to
+    // end it.
+    let quiet = Connection::connect(
+        ConnectionOptions::from_uri(&broker.url())
+            .unwrap()
+            .heartbeat(600)
+            .operation_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    assert!(quiet.negotiated().heartbeat >= 30);
+    let quiet_tasks = quiet.io_task_counter();
+    let ch = conn.open_channel().await.unwrap();
+    let q = unique_name("frozen");
+    ch.queue_declare(&q, QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let b = broker.clone();
+    blocking(move || b.pause().unwrap()).await;
+    drop(quiet);
+    // Publish until the socket buffers on both sides are full and the writer is stuck in
+    // a write the frozen node will never read; the publisher then waits for buffer space.
+    let publisher = tokio::spawn({
+        let ch = ch.clone();
+        async move {
+            let body = vec![0u8; 256 * 1024];
+            let mut sent = 0usize;
+            loop {
+                let props = BasicProperties::default();
+                match ch
+                    .basic_publish("", &q, PublishOptions::default(), &props, &body)
+                    .await
+                {
+                    Ok(_) => sent += body.len(),
+                    Err(err) => return (sent, err),
+                }
+            }
+        }
+    });
+    let reason = tokio::time::timeout(Duration::from_secs(15), conn.closed()).await;
+    // Everything that was waiting learns the connection is gone...
+    let published = tokio::time::timeout(Duration::from_secs(5), publisher).await;
+    // ...and the socket tasks end although the node still does not read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while conn.io_tasks_alive() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let alive = conn.io_tasks_alive();
+    while quiet_tasks.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quiet_alive = quiet_tasks.load(Ordering::Acquire);
+    let b = broker.clone();
+    blocking(move || b.resume().unwrap()).await;
+    assert_eq!(
+        quiet_alive, 0,
+        "a dropped connection's tasks outlived the close deadline"
+    );
+    let reason = reason.expect("the silence was noticed");
+    assert_eq!(reason.kind(), ErrorKind::MissedHeartbeat, "{reason:?}");
+    let (sent, err) = published
+        .expect("the waiting publisher was released")
+        .unwrap();
+    // The publisher filled the whole write buffer: the writer had stopped draining it.
+    assert!(
+        sent >= DEFAULT_WRITE_BUFFER,
+        "only {sent} bytes queued: the writer never blocked"
+    );
+    assert!(err.is_closed(), "{err:?}");
+    assert_eq!(
+        alive, 0,
+        "socket tasks still running after the connection died"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

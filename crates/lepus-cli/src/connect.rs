@@ -1,14 +1,23 @@
 //! Connection options every command shares, and the client built from them.
 //!
+//! The options are global (`lepus --amqp-url X status` and `lepus status --amqp-url X`
+//! both work), each has an environment variable, and a named profile of the config file
+//! (see [`crate::profile`]) fills in whatever neither gives. They are resolved once, in
+//! `main`, and read by the commands through [`global`].
+//!
 //! Every command goes through [`lepus::Client`]: failover across the given URLs, reconnects
 //! with backoff, and a hard deadline on the first connect, so a missing broker ends the
 //! command with a clear message instead of a hang.
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Args;
 use lepus::{Client, ReconnectPolicy, Role, Topology};
+
+use crate::profile::Profile;
 
 /// The broker a command talks to when no URL is given.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -17,22 +26,96 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// within a couple of seconds.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
-/// Where the broker is.
-#[derive(Args, Debug, Clone)]
+static RESOLVED: OnceLock<ConnectArgs> = OnceLock::new();
+
+/// Where the broker is, and how to reach it.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Connection (any command; env vars and --profile too)")]
 pub struct ConnectArgs {
-    /// Broker URL; repeat the option for failover across several nodes.
+    /// Broker URL (amqp:// or amqps://); repeat the option, or separate with commas, for
+    /// failover across several nodes [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(
         long = "amqp-url",
         value_name = "URL",
         env = "LEPUS_AMQP_URL",
-        default_value = DEFAULT_URL,
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub urls: Vec<String>,
+    /// Management API base URL, e.g. http://guest:guest@127.0.0.1:15672 (used by
+    /// `status` for rates, `topology export` and `doctor` when given).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LEPUS_MANAGEMENT_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub management_url: Option<String>,
+    /// PEM file of the CA certificates to trust (amqps).
+    #[arg(long, value_name = "PATH", env = "LEPUS_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of the client certificate, for mutual TLS.
+    #[arg(long, value_name = "PATH", env = "LEPUS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the client key, for mutual TLS.
+    #[arg(long, value_name = "PATH", env = "LEPUS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// The name to check the server's certificate against (default: the URL's host).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "LEPUS_TLS_SERVER_NAME",
+        global = true
+    )]
+    pub tls_server_name: Option<String>,
+    /// A named profile of the config file.
+    #[arg(long, value_name = "NAME", env = "LEPUS_PROFILE", global = true)]
+    pub profile: Option<String>,
+    /// The config file [default: $XDG_CONFIG_HOME/lepus/lepus.conf or
+    /// ~/.config/lepus/lepus.conf].
+    #[arg(long, value_name = "PATH", env = "LEPUS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// The resolved options (set by `main`; the defaults if it did not).
+pub fn global() -> &'static ConnectArgs {
+    RESOLVED.get_or_init(|| ConnectArgs::default().with_defaults())
+}
+
+/// Makes `args` what [`global`] returns. Only the first call counts.
+pub fn install(args: ConnectArgs) {
+    let _ = RESOLVED.set(args);
 }
 
 impl ConnectArgs {
+    /// Fills what the command line and the environment left open from the profile, then
+    /// from the defaults.
+    pub fn resolve(mut self) -> anyhow::Result<ConnectArgs> {
+        if let Some(profile) = Profile::load(self.config.as_deref(), self.profile.as_deref())? {
+            if self.urls.is_empty() {
+                self.urls = profile.urls;
+            }
+            self.management_url = self.management_url.or(profile.management_url);
+            self.tls_ca = self.tls_ca.or(profile.tls_ca);
+            self.tls_cert = self.tls_cert.or(profile.tls_cert);
+            self.tls_key = self.tls_key.or(profile.tls_key);
+            self.tls_server_name = self.tls_server_name.or(profile.tls_server_name);
+        }
+        let resolved = self.with_defaults();
+        resolved.endpoints()?;
+        Ok(resolved)
+    }
+
+    fn with_defaults(mut self) -> ConnectArgs {
+        self.urls.retain(|u| !u.trim().is_empty());
+        if self.urls.is_empty() {
+            self.urls.push(DEFAULT_URL.to_owned());
+        }
+        self
+    }
+
     /// The URLs with passwords hidden, for messages.
     pub fn describe(&self) -> String {
         self.urls
@@ -40,6 +123,45 @@ impl ConnectArgs {
             .map(|u| lepus::amqp::redact_uri(u))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// Whether any TLS option was given.
+    fn has_tls_options(&self) -> bool {
+        self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_server_name.is_some()
+    }
+
+    /// The URLs with the TLS options added as the query keys the URI parser reads.
+    pub fn endpoints(&self) -> anyhow::Result<Vec<String>> {
+        self.urls
+            .iter()
+            .map(|url| {
+                if !self.has_tls_options() {
+                    return Ok(url.clone());
+                }
+                if !url.starts_with("amqps://") {
+                    bail!(
+                        "the TLS options need an amqps:// URL, not {}",
+                        lepus::amqp::redact_uri(url)
+                    );
+                }
+                let mut extra = Vec::new();
+                let mut add = |key: &str, value: Option<String>| {
+                    if let Some(v) = value {
+                        extra.push(format!("{key}={}", encode_query(&v)));
+                    }
+                };
+                let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+                add("cacertfile", path(&self.tls_ca));
+                add("certfile", path(&self.tls_cert));
+                add("keyfile", path(&self.tls_key));
+                add("server_name_indication", self.tls_server_name.clone());
+                let sep = if url.contains('?') { '&' } else { '?' };
+                Ok(format!("{url}{sep}{}", extra.join("&")))
+            })
+            .collect()
     }
 
     /// Builds a client (supervision starts in the background). `shared` puts publishing
@@ -50,11 +172,26 @@ impl ConnectArgs {
             .reconnect(ReconnectPolicy::default().max_delay(MAX_RECONNECT_DELAY))
             .topology(topology)
             .shared_connection(shared);
-        for url in &self.urls {
-            builder = builder.endpoint(url)?;
+        for url in self.endpoints()? {
+            builder = builder
+                .endpoint(&url)
+                .with_context(|| format!("bad URL {}", lepus::amqp::redact_uri(&url)))?;
         }
         Ok(builder.build()?)
     }
+}
+
+/// Percent-encodes what would break a query value.
+fn encode_query(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Waits up to `timeout` for `role`'s connection, with the broker named in the error.
@@ -84,6 +221,7 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -93,5 +231,26 @@ mod tests {
         assert!(parse_secs("-3").is_err());
         assert!(parse_secs("inf").is_err());
         assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn tls_options_become_query_keys_of_amqps_urls_only() {
+        let args = ConnectArgs {
+            urls: vec!["amqps://h:5671/%2f?heartbeat=5".into()],
+            tls_ca: Some("/etc/my ca.pem".into()),
+            tls_server_name: Some("rabbit.internal".into()),
+            ..ConnectArgs::default()
+        };
+        assert_eq!(
+            args.endpoints().unwrap(),
+            vec![
+                "amqps://h:5671/%2f?heartbeat=5&cacertfile=/etc/my%20ca.pem&server_name_indication=rabbit.internal"
+            ]
+        );
+        let plain = ConnectArgs {
+            urls: vec!["amqp://h".into()],
+            ..args
+        };
+        assert!(plain.endpoints().is_err());
     }
 }

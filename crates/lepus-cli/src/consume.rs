@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use lepus::{Role, Topology};
 
-use crate::connect::{ConnectArgs, parse_secs, wait_for};
+use crate::connect::{self, parse_secs, wait_for};
 use crate::render;
 use crate::subscription::{Next, Subscription};
 
@@ -20,8 +20,10 @@ use crate::subscription::{Next, Subscription};
 pub enum AckMode {
     /// Acknowledge it: it leaves the queue.
     Ack,
-    /// Leave it in the queue: held unacknowledged, requeued when the command stops (so at
-    /// most --prefetch messages are shown).
+    /// Leave it in the queue: held unacknowledged, requeued when the command stops. The
+    /// broker sends no more than the prefetch window of unacknowledged messages, so the
+    /// window is raised to --count (up to 65,535), and the command stops when the window
+    /// is full.
     Requeue,
     /// Reject it without requeue: the broker dead-letters or drops it.
     Reject,
@@ -30,8 +32,6 @@ pub enum AckMode {
 /// Options of `lepus consume`.
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// The queue to consume from (it must exist).
     #[arg(long, short = 'q')]
     queue: String,
@@ -71,13 +71,23 @@ fn settle(mode: AckMode, delivery: &lepus::amqp::Delivery) -> lepus::amqp::Resul
     }
 }
 
+/// The prefetch window to ask for: in requeue mode every message shown stays
+/// unacknowledged, so a window smaller than --count would stop deliveries for good.
+fn window(args: &ConsumeArgs) -> u16 {
+    match (args.ack_mode, args.count) {
+        (AckMode::Requeue, Some(count)) => {
+            args.prefetch.max(u16::try_from(count).unwrap_or(u16::MAX))
+        }
+        _ => args.prefetch,
+    }
+}
+
 /// Runs `lepus consume`.
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let client = args
-        .connect
-        .client("lepus consume", Topology::new(), true)?;
-    let mut sub = Subscription::new(client.clone(), &args.queue, args.prefetch, args.timeout);
-    let started = match wait_for(&client, Role::Consume, args.timeout, &args.connect).await {
+    let client = connect::global().client("lepus consume", Topology::new(), true)?;
+    let window = window(&args);
+    let mut sub = Subscription::new(client.clone(), &args.queue, window, args.timeout);
+    let started = match wait_for(&client, Role::Consume, args.timeout, connect::global()).await {
         Ok(()) => sub.start().await,
         Err(err) => Err(err),
     };
@@ -116,6 +126,14 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         }
         if args.ack_mode == AckMode::Requeue {
             held.push(delivery);
+            if held.len() >= usize::from(window) && args.count.is_none_or(|count| seen < count) {
+                eprintln!(
+                    "lepus: {} messages are held unacknowledged, the whole prefetch window \
+                     ({window}); in requeue mode no more can arrive, stopping",
+                    held.len()
+                );
+                break;
+            }
         }
     }
     if let Some(last) = held.last() {

@@ -2,7 +2,7 @@
 //! whether the broker confirmed it.
 
 use std::collections::VecDeque;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead as _, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use clap::Args;
 use lepus::{Confirm, Message, Publisher, PublisherOptions, Role, Topology};
 
-use crate::connect::{ConnectArgs, parse_secs, wait_for};
+use crate::connect::{self, parse_secs, wait_for};
 
 /// Confirms awaited at once; beyond it, sending waits for the oldest.
 const PIPELINE: usize = 1000;
@@ -22,8 +22,6 @@ const MAX_BODY: u64 = lepus::amqp::DEFAULT_MAX_BODY_SIZE as u64;
 /// Options of `lepus publish`.
 #[derive(Args, Debug)]
 pub struct PublishArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// Exchange to publish to (the default exchange routes by queue name).
     #[arg(long, short = 'e', default_value = "")]
     exchange: String,
@@ -49,8 +47,29 @@ pub struct PublishArgs {
     #[arg(long)]
     mandatory: bool,
     /// Publish the message this many times.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "lines")]
     count: u64,
+    /// One message per line of stdin (or --file); empty lines are skipped.
+    #[arg(long, conflicts_with = "body")]
+    lines: bool,
+    /// One JSON object per message on stdout: message_id, result, error.
+    #[arg(long)]
+    json: bool,
+    /// Priority (0-255; queues honour up to their x-max-priority).
+    #[arg(long)]
+    priority: Option<u8>,
+    /// Per-message TTL in milliseconds.
+    #[arg(long, value_name = "MS")]
+    expiration: Option<u64>,
+    /// Correlation id.
+    #[arg(long)]
+    correlation_id: Option<String>,
+    /// Reply-to queue.
+    #[arg(long)]
+    reply_to: Option<String>,
+    /// Transient (delivery mode 1) instead of persistent.
+    #[arg(long)]
+    transient: bool,
     /// Seconds to wait for the broker, and for each confirm.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
     timeout: Duration,
@@ -95,9 +114,38 @@ fn read_body(args: &PublishArgs) -> anyhow::Result<Bytes> {
     Ok(Bytes::from(body))
 }
 
+/// The bodies to publish: `--count` copies of one body, or one per line with `--lines`.
+fn bodies(args: &PublishArgs) -> anyhow::Result<Box<dyn Iterator<Item = anyhow::Result<Bytes>>>> {
+    if !args.lines {
+        let body = read_body(args)?;
+        return Ok(Box::new((0..args.count).map(move |_| Ok(body.clone()))));
+    }
+    let reader: Box<dyn Read> = match &args.file {
+        Some(path) => Box::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdin()),
+    };
+    let reader = std::io::BufReader::new(reader);
+    Ok(Box::new(reader.split(b'\n').filter_map(
+        |line| match line {
+            Ok(mut line) => {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if line.len() as u64 > MAX_BODY {
+                    return Some(Err(anyhow::anyhow!("a line is over {MAX_BODY} bytes")));
+                }
+                (!line.is_empty()).then(|| Ok(Bytes::from(line)))
+            }
+            Err(err) => Some(Err(anyhow::Error::new(err).context("cannot read a line"))),
+        },
+    )))
+}
+
 fn message(args: &PublishArgs, body: &Bytes, n: u64) -> (String, Message) {
     let id = match &args.message_id {
-        Some(id) if args.count > 1 => format!("{id}-{n}"),
+        Some(id) if args.count > 1 || args.lines => format!("{id}-{n}"),
         Some(id) => id.clone(),
         None => uuid::Uuid::now_v7().to_string(),
     };
@@ -114,14 +162,32 @@ fn message(args: &PublishArgs, body: &Bytes, n: u64) -> (String, Message) {
     for (k, v) in &args.headers {
         msg = msg.header(k, v);
     }
+    if let Some(cid) = &args.correlation_id {
+        msg = msg.correlation_id(cid);
+    }
+    if let Some(ms) = args.expiration {
+        msg = msg.expiration(Duration::from_millis(ms));
+    }
+    if args.transient {
+        msg = msg.persistent(false);
+    }
+    let props = msg.properties_mut();
+    if let Some(priority) = args.priority {
+        *props = props.clone().with_priority(priority);
+    }
+    if let Some(reply_to) = &args.reply_to {
+        *props = props.clone().with_reply_to(reply_to.as_str().into());
+    }
     (id, msg)
 }
 
 /// Prints the outcome of one publish; true if it was confirmed.
-fn report(id: &str, outcome: lepus::PublishResult) -> bool {
-    let line = match &outcome {
-        Ok(()) => format!("{id} confirmed"),
-        Err(err) => format!("{id} failed: {}", err.error),
+fn report(json: bool, id: &str, outcome: lepus::PublishResult) -> bool {
+    let line = match (&outcome, json) {
+        (Ok(()), false) => format!("{id} confirmed"),
+        (Err(err), false) => format!("{id} failed: {}", err.error),
+        (Ok(()), true) => serde_json::json!({"message_id": id, "result": "confirmed"}).to_string(),
+        (Err(err), true) => serde_json::json!({"message_id": id, "result": "failed", "error": err.error.to_string()}).to_string(),
     };
     // A closed stdout (say, piped into `head`) must not turn into a panic.
     let _ = writeln!(std::io::stdout().lock(), "{line}");
@@ -130,11 +196,9 @@ fn report(id: &str, outcome: lepus::PublishResult) -> bool {
 
 /// Runs `lepus publish`.
 pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let body = read_body(&args)?;
-    let client = args
-        .connect
-        .client("lepus publish", Topology::new(), true)?;
-    wait_for(&client, Role::Publish, args.timeout, &args.connect).await?;
+    let bodies = bodies(&args)?;
+    let client = connect::global().client("lepus publish", Topology::new(), true)?;
+    wait_for(&client, Role::Publish, args.timeout, connect::global()).await?;
     let publisher = Publisher::new(
         &client,
         PublisherOptions::default()
@@ -143,27 +207,30 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     );
     let mut pending: VecDeque<(String, Confirm)> = VecDeque::new();
     let mut failed = 0u64;
-    for n in 1..=args.count {
+    let mut total = 0u64;
+    for (n, body) in (1..).zip(bodies) {
+        let body = body?;
+        total = n;
         let (id, msg) = message(&args, &body, n);
         match publisher.send(msg).await {
             Ok(confirm) => pending.push_back((id, confirm)),
             Err(err) => {
-                failed += u64::from(!report(&id, Err(err)));
+                failed += u64::from(!report(args.json, &id, Err(err)));
             }
         }
         while pending.len() >= PIPELINE {
             if let Some((id, confirm)) = pending.pop_front() {
-                failed += u64::from(!report(&id, confirm.await));
+                failed += u64::from(!report(args.json, &id, confirm.await));
             }
         }
     }
     while let Some((id, confirm)) = pending.pop_front() {
-        failed += u64::from(!report(&id, confirm.await));
+        failed += u64::from(!report(args.json, &id, confirm.await));
     }
     let _ = publisher.close(Duration::from_secs(5)).await;
     let _ = client.close(Duration::from_secs(5)).await;
     if failed > 0 {
-        eprintln!("lepus: {failed} of {} messages failed", args.count);
+        eprintln!("lepus: {failed} of {total} messages failed");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

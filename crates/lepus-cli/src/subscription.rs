@@ -40,6 +40,7 @@ pub struct Subscription {
     timeout: Duration,
     consumer: Option<Consumer>,
     subscribes: u64,
+    no_ack: bool,
 }
 
 impl Subscription {
@@ -53,7 +54,14 @@ impl Subscription {
             timeout,
             consumer: None,
             subscribes: 0,
+            no_ack: false,
         }
+    }
+
+    /// Consume without acknowledgements (the broker forgets a message once sent).
+    pub fn no_ack(mut self, no_ack: bool) -> Self {
+        self.no_ack = no_ack;
+        self
     }
 
     /// How many times it subscribed (1 + resubscriptions). Read right after
@@ -141,7 +149,13 @@ impl Subscription {
         let channel = live.connection.open_channel().await?;
         channel.basic_qos(self.prefetch, false).await?;
         let consumer = channel
-            .basic_consume(&self.queue, ConsumeOptions::default())
+            .basic_consume(
+                &self.queue,
+                ConsumeOptions {
+                    no_ack: self.no_ack,
+                    ..ConsumeOptions::default()
+                },
+            )
             .await?;
         Ok(consumer)
     }

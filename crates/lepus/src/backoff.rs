@@ -12,6 +12,8 @@ use rand::Rng;
 pub const DEFAULT_INITIAL_DELAY: Duration = Duration::from_millis(100);
 /// Largest delay ceiling.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(10);
+/// How long a connection must stay up before its loss starts a fresh backoff.
+pub const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
 /// How a supervised connection retries.
 ///
@@ -33,12 +35,14 @@ pub struct ReconnectPolicy {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) max_elapsed: Option<Duration>,
     pub(crate) retry_unrecoverable: bool,
+    pub(crate) healthy_after: Duration,
 }
 
 impl Default for ReconnectPolicy {
     /// 100 ms doubling up to 10 s, full jitter, no limit on attempts or time, and errors
     /// that retrying cannot fix (wrong credentials, refused vhost, rejected certificate)
-    /// end in `Failed` at once.
+    /// on every endpoint end in `Failed` at once. A connection counts as healthy (and its
+    /// loss starts a fresh backoff) after [`DEFAULT_HEALTHY_AFTER`].
     fn default() -> Self {
         Self {
             initial_delay: DEFAULT_INITIAL_DELAY,
@@ -46,6 +50,7 @@ impl Default for ReconnectPolicy {
             max_attempts: None,
             max_elapsed: None,
             retry_unrecoverable: false,
+            healthy_after: DEFAULT_HEALTHY_AFTER,
         }
     }
 }
@@ -63,13 +68,14 @@ impl ReconnectPolicy {
         self
     }
 
-    /// Give up after this many failed attempts in a row.
+    /// Give up after this many failed attempts in a row (an attempt tries every
+    /// endpoint once; a connection lost before it was healthy is a failed attempt too).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(attempts);
         self
     }
 
-    /// Give up when a reconnect has taken this long.
+    /// Give up when a reconnect (or the first connect) has taken this long.
     pub fn max_elapsed(mut self, elapsed: Duration) -> Self {
         self.max_elapsed = Some(elapsed);
         self
@@ -79,6 +85,16 @@ impl ReconnectPolicy {
     /// being rotated). Off by default.
     pub fn retry_unrecoverable(mut self, retry: bool) -> Self {
         self.retry_unrecoverable = retry;
+        self
+    }
+
+    /// How long a connection must stay up to count as healthy. Losing a healthy
+    /// connection starts over: the next attempt is immediate, and the delays, the attempt
+    /// count and the elapsed time begin anew. A connection lost sooner (one the broker
+    /// closes while the topology is declared, say) is a failed attempt like a refused
+    /// connect: it waits its delay and counts toward the limits.
+    pub fn healthy_after(mut self, uptime: Duration) -> Self {
+        self.healthy_after = uptime;
         self
     }
 

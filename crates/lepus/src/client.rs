@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::ReconnectPolicy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pool::{self, Pool, PooledChannel};
-use crate::supervisor::{ConnectionState, Live, Plan, Supervised};
+use crate::supervisor::{ConnectionState, Endpoint, Live, Plan, Supervised};
 use crate::topology::{Names, Topology, TopologyReport};
 
 /// Which of the client's connections.
@@ -43,7 +43,7 @@ pub enum Role {
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct ClientBuilder {
-    endpoints: Vec<ConnectionOptions>,
+    endpoints: Vec<Endpoint>,
     policy: ReconnectPolicy,
     topology: Topology,
     shared_connection: bool,
@@ -63,13 +63,17 @@ impl ClientBuilder {
                 e,
             )
         })?;
-        self.endpoints.push(opts);
+        self.endpoints.push(Endpoint {
+            options: opts,
+            label: redact_uri(uri),
+        });
         Ok(self)
     }
 
     /// Adds a broker by options (shared credentials and TLS across hosts, say).
     pub fn endpoint_options(mut self, options: ConnectionOptions) -> Self {
-        self.endpoints.push(options);
+        let label = format!("{}/{}", options.address(), options.vhost());
+        self.endpoints.push(Endpoint { options, label });
         self
     }
 
@@ -134,9 +138,15 @@ impl ClientBuilder {
             let endpoints = self
                 .endpoints
                 .iter()
-                .map(|o| match &self.name {
-                    Some(name) => o.clone().connection_name(format!("{name} ({role})")),
-                    None => o.clone(),
+                .map(|e| match &self.name {
+                    Some(name) => Endpoint {
+                        options: e
+                            .options
+                            .clone()
+                            .connection_name(format!("{name} ({role})")),
+                        label: e.label.clone(),
+                    },
+                    None => e.clone(),
                 })
                 .collect();
             let plan = Plan {
@@ -229,6 +239,17 @@ impl Client {
         self.sup(role).state.borrow().clone()
     }
 
+    /// The last failure of `role`'s connection (a refused connect, naming each endpoint
+    /// and how it failed, or a lost connection), kept after it reconnects; `None` if it
+    /// never failed.
+    pub fn last_error(&self, role: Role) -> Option<Error> {
+        self.sup(role)
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Watches one connection's state.
     pub fn watch_state(&self, role: Role) -> watch::Receiver<ConnectionState> {
         self.sup(role).state.subscribe()
@@ -236,7 +257,7 @@ impl Client {
 
     /// Waits until both connections are up, or fails if either gives up.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::deadline::deadline_after(timeout);
         for role in [Role::Publish, Role::Consume] {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             self.sup(role).live(left).await?;

@@ -28,6 +28,12 @@ pub enum ErrorKind {
     Nacked,
     /// A bounded buffer is full.
     BufferFull,
+    /// A message is larger than the broker's `max_message_size` or the client's body
+    /// limit; see [`Error::amqp`] for which.
+    TooLarge,
+    /// A store the toolkit keeps state in (the idempotency store) failed to read or
+    /// write; trying again may succeed.
+    Storage,
 }
 
 /// The toolkit's error. Cheap to clone.
@@ -67,6 +73,18 @@ impl Error {
         }
     }
 
+    /// The same failure underneath, told as `kind` with `message` (which should say what
+    /// this error's own message said).
+    pub(crate) fn context(&self, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                amqp: self.inner.amqp.clone(),
+            }),
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.inner.kind
@@ -102,6 +120,11 @@ impl Error {
         self.amqp().is_some_and(|e| e.is_not_found())
     }
 
+    /// A message was over the broker's or the client's size limit.
+    pub fn is_too_large(&self) -> bool {
+        self.kind() == ErrorKind::TooLarge
+    }
+
     /// A deadline passed.
     pub fn is_timeout(&self) -> bool {
         self.kind() == ErrorKind::Timeout || self.amqp().is_some_and(|e| e.is_timeout())
@@ -117,8 +140,22 @@ impl Error {
     pub fn is_recoverable(&self) -> bool {
         match self.kind() {
             ErrorKind::Amqp => self.amqp().is_none_or(|e| e.is_recoverable()),
-            ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked => true,
+            ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked | ErrorKind::Storage => {
+                true
+            }
             _ => false,
+        }
+    }
+}
+
+impl Error {
+    /// A publish the engine refused before sending it: a body over the client's limit is
+    /// [`ErrorKind::TooLarge`], anything else the engine's error as is.
+    pub(crate) fn from_publish(err: lepus_amqp::Error) -> Self {
+        if err.kind() == lepus_amqp::ErrorKind::FrameTooLarge {
+            Self::with_amqp(ErrorKind::TooLarge, err.to_string(), err)
+        } else {
+            Self::from(err)
         }
     }
 }

@@ -3,6 +3,11 @@
 //! At-least-once delivery means duplicates: a publisher republishes after a lost confirm,
 //! a broker redelivers after a lost ack. A store keyed by `message_id` turns those into
 //! no-ops. Entries expire, so the store stays bounded.
+//!
+//! A store may block (a file, a database across the network). The consumer asks
+//! [`IdempotencyStore::is_blocking`] and makes such a store's calls on tokio's blocking
+//! pool, never on the task that receives deliveries, so a slow disk or a locked database
+//! delays the messages that wait on it, not the consumer's acks and heartbeats.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -17,6 +22,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn contains(&self, id: &str) -> Result<bool>;
     /// Records `id` as handled.
     fn insert(&self, id: &str) -> Result<()>;
+    /// Whether calls may block the thread (disk or network I/O). The consumer runs the
+    /// calls of a blocking store with `tokio::task::spawn_blocking`. Default: false.
+    fn is_blocking(&self) -> bool {
+        false
+    }
 }
 
 /// Entries kept by default in [`MemoryStore`].
@@ -112,8 +122,10 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// A failed SQL call: a storage error (a locked or busy database, a full disk, a
+/// damaged file), not a mistake in the configuration.
 fn sql(e: rusqlite::Error) -> Error {
-    Error::new(ErrorKind::Config, format!("idempotency store: {e}"))
+    Error::new(ErrorKind::Storage, format!("idempotency store: {e}"))
 }
 
 fn now_secs() -> i64 {
@@ -123,7 +135,14 @@ fn now_secs() -> i64 {
 impl SqliteStore {
     /// Opens (or creates) the store at `path`; ids are remembered for `ttl`.
     pub fn open(path: impl AsRef<Path>, ttl: Duration) -> Result<Self> {
-        let conn = rusqlite::Connection::open(path).map_err(sql)?;
+        let path = path.as_ref();
+        // Failing to open the file at all is the caller's path being wrong.
+        let conn = rusqlite::Connection::open(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("idempotency store {}: {e}", path.display()),
+            )
+        })?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -146,6 +165,10 @@ impl SqliteStore {
 }
 
 impl IdempotencyStore for SqliteStore {
+    fn is_blocking(&self) -> bool {
+        true
+    }
+
     fn contains(&self, id: &str) -> Result<bool> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let oldest = now_secs().saturating_sub(self.ttl_secs());
@@ -204,5 +227,27 @@ mod tests {
         let store = SqliteStore::open(&path, Duration::from_secs(3600)).unwrap();
         assert!(store.contains("m-1").unwrap());
         assert!(!store.contains("m-2").unwrap());
+    }
+
+    #[test]
+    fn sqlite_errors_are_storage_errors_worth_retrying() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seen.db");
+        let store = SqliteStore::open(&path, Duration::from_secs(3600)).unwrap();
+        assert!(store.is_blocking());
+        // Someone else drops the table under the store: its SQL now fails.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE lepus_handled")
+            .unwrap();
+        let err = store.contains("m-1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+        assert!(err.is_recoverable());
+        let err = store.insert("m-1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage, "{err}");
+        // A path that cannot be opened is a configuration error.
+        let bad = SqliteStore::open(dir.path().join("no/such/dir/x.db"), DEFAULT_TTL).unwrap_err();
+        assert_eq!(bad.kind(), ErrorKind::Config, "{bad}");
+        assert!(!MemoryStore::default().is_blocking());
     }
 }

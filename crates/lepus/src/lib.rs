@@ -20,6 +20,7 @@ pub use tokio_util::sync::CancellationToken;
 mod backoff;
 mod client;
 mod consumer;
+mod deadline;
 mod error;
 mod idempotency;
 mod message;
@@ -29,7 +30,9 @@ mod publisher;
 mod supervisor;
 mod topology;
 
-pub use backoff::{Backoff, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy};
+pub use backoff::{
+    Backoff, DEFAULT_HEALTHY_AFTER, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy,
+};
 pub use client::{Client, ClientBuilder, Role};
 pub use consumer::{
     ATTEMPTS_HEADER, BROKER_CONSUMER_TIMEOUT, CONSUMER_HEADER, Consumer, ConsumerBuilder,
@@ -46,10 +49,11 @@ pub use idempotency::{
 pub use message::Message;
 pub use pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE, PooledChannel};
 pub use publisher::{
-    Confirm, DEFAULT_BUFFER, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW, PublishError, PublishResult,
-    Publisher, PublisherOptions, PublisherStats,
+    Confirm, DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW,
+    PublishError, PublishResult, Publisher, PublisherOptions, PublisherStats,
 };
 pub use supervisor::{ConnectionState, Live};
 pub use topology::{
-    Binding, Exchange, Overflow, Queue, QueueType, Topology, TopologyFailure, TopologyReport,
+    Binding, BindingDef, Definitions, Exchange, ExchangeDef, Overflow, Queue, QueueDef, QueueType,
+    Topology, TopologyFailure, TopologyReport, json_to_table, table_to_json,
 };

@@ -4,8 +4,15 @@
 //! of channels; a channel is only handed out from the current connection and only while
 //! open; and one held past a threshold is logged, since a leaked channel would otherwise
 //! shrink the pool silently until acquire starts timing out.
+//!
+//! A channel is never handed out twice. Its user may have left it in confirm mode (which
+//! AMQP 0-9-1 cannot turn off), with consumers, a prefetch limit, or gets not yet acked;
+//! the next user would inherit all of that, and the unacked messages would stay stuck
+//! until the connection closes. So a returned channel is closed (which releases its
+//! consumers and requeues what it held) and each checkout opens a fresh one: one round
+//! trip, small next to the short operation it serves.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lepus_amqp::Channel;
@@ -23,7 +30,6 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LEAK_THRESHOLD: Duration = Duration::from_secs(30);
 
 pub(crate) struct Pool {
-    idle: Mutex<Vec<(u64, Channel)>>,
     permits: Arc<Semaphore>,
     size: usize,
     pub(crate) acquire_timeout: Duration,
@@ -39,7 +45,6 @@ impl Pool {
         leak_threshold: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
-            idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size.max(1))),
             size: size.max(1),
             acquire_timeout,
@@ -49,7 +54,7 @@ impl Pool {
     }
 
     pub(crate) async fn acquire(self: &Arc<Self>) -> Result<PooledChannel> {
-        let deadline = Instant::now() + self.acquire_timeout;
+        let deadline = crate::deadline::deadline_after(self.acquire_timeout);
         let permit = match tokio::time::timeout_at(
             deadline,
             Arc::clone(&self.permits).acquire_owned(),
@@ -70,16 +75,7 @@ impl Pool {
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let live = self.conn.live(remaining).await?;
-        let reused = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            // Channels of an older connection are dead: drop them.
-            idle.retain(|(generation, ch)| *generation == live.generation && ch.is_open());
-            idle.pop()
-        };
-        let channel = match reused {
-            Some((_, ch)) => ch,
-            None => live.connection.open_channel().await?,
-        };
+        let channel = live.connection.open_channel().await?;
         let threshold = self.leak_threshold;
         let id = channel.id();
         let leak_watch = tokio::spawn(async move {
@@ -89,18 +85,17 @@ impl Pool {
         Ok(PooledChannel {
             channel,
             generation: live.generation,
-            pool: Arc::clone(self),
             _permit: permit,
             leak_watch,
         })
     }
 }
 
-/// A channel borrowed from the client's pool; it goes back when dropped.
+/// A channel borrowed from the client's pool. Dropping it closes the channel (clones and
+/// consumers of it included) and frees its place in the pool.
 pub struct PooledChannel {
     channel: Channel,
     generation: u64,
-    pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
     leak_watch: tokio::task::JoinHandle<()>,
 }
@@ -116,12 +111,15 @@ impl std::ops::Deref for PooledChannel {
 impl Drop for PooledChannel {
     fn drop(&mut self) {
         self.leak_watch.abort();
-        if self.channel.is_open() {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((self.generation, self.channel.clone()));
+        // Closed even if a clone or a consumer still holds it: what it holds goes back
+        // to the broker now, not whenever the last handle happens to drop.
+        if self.channel.is_open()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let channel = self.channel.clone();
+            runtime.spawn(async move {
+                let _ = channel.close().await;
+            });
         }
     }
 }

@@ -34,12 +34,15 @@ pub enum ConnectionState {
     Reconnecting {
         /// Attempts since the last good connection, starting at 1.
         attempt: u32,
-        /// Why the last connection or attempt failed.
+        /// Why the last connection or attempt failed: for a refused attempt, each
+        /// endpoint (password masked) and how it failed.
         last_error: Error,
     },
     /// Closed by the application.
     Closed,
-    /// Gave up: an error retrying cannot fix, or the policy's limits were reached.
+    /// Gave up: every endpoint failed in a way retrying cannot fix (wrong credentials,
+    /// say), or the policy's limits were reached. The error names each endpoint and how
+    /// it failed.
     Failed(Error),
 }
 
@@ -103,10 +106,12 @@ pub(crate) struct Supervised {
     pub(crate) current: watch::Sender<Option<Live>>,
     pub(crate) report: watch::Sender<TopologyReport>,
     pub(crate) stats: Stats,
+    /// The last failure, kept after a reconnect succeeds.
+    pub(crate) last_error: std::sync::Mutex<Option<Error>>,
 }
 
 pub(crate) struct Plan {
-    pub(crate) endpoints: Vec<ConnectionOptions>,
+    pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) policy: ReconnectPolicy,
     pub(crate) topology: Topology,
     pub(crate) names: Names,
@@ -122,6 +127,7 @@ impl Supervised {
             current: watch::channel(None).0,
             report: watch::channel(TopologyReport::default()).0,
             stats: Stats::default(),
+            last_error: std::sync::Mutex::new(None),
         })
     }
 
@@ -163,6 +169,7 @@ impl Supervised {
 
     pub(crate) async fn run(self: Arc<Self>, plan: Plan, cancel: CancellationToken) {
         let mut generation = 0;
+        // Failed attempts in a row; the backoff and the limits apply to all of them.
         let mut attempt: u32 = 0;
         let mut delays = plan.policy.delays();
         let mut since = Instant::now();
@@ -178,8 +185,9 @@ impl Supervised {
                 r = connect_any(&plan.endpoints, suspect.as_deref()) => r,
                 _ = cancel.cancelled() => break,
             };
-            match outcome {
-                Ok((conn, host)) => {
+            let err = match outcome {
+                Err(err) => err,
+                Ok((conn, endpoint)) => {
                     let report = tokio::select! {
                         r = topology::declare(&conn, &plan.topology, &plan.names, plan.exclusive) => r,
                         _ = cancel.cancelled() => { let _ = conn.close().await; break }
@@ -189,18 +197,30 @@ impl Supervised {
                             self.report.send_replace(report);
                         }
                         Err(err) => {
-                            let err = Error::from(err);
-                            // The connection died while declaring: go round again.
+                            // The connection died while declaring (say, an exchange type
+                            // the broker lacks): a failed attempt like any other.
+                            let _ = conn.close().await;
+                            let err = Error::with_amqp(
+                                ErrorKind::Amqp,
+                                format!(
+                                    "{}: connected, then lost while declaring the topology: {err}",
+                                    endpoint.label
+                                ),
+                                err,
+                            );
                             tracing::warn!(role = self.role, error = %err, "connection lost while declaring topology");
-                            self.state.send_replace(ConnectionState::Reconnecting {
-                                attempt,
-                                last_error: err,
-                            });
+                            if self
+                                .give_up_or_wait(&plan, &cancel, attempt, since, &mut delays, err)
+                                .await
+                            {
+                                break;
+                            }
                             continue;
                         }
                     }
                     generation += 1;
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    let host = endpoint.address;
                     tracing::info!(role = self.role, %host, generation, "connected");
                     suspect = Some(host.clone());
                     // State first: whoever wakes up to the live connection (such as
@@ -215,8 +235,7 @@ impl Supervised {
                     if let Some(at) = lost_at.take() {
                         self.metrics.recovery.record(at.elapsed().as_secs_f64());
                     }
-                    attempt = 0;
-                    delays = plan.policy.delays();
+                    let connected_at = Instant::now();
                     let Some(lost) = self.watch(&conn, &cancel).await else {
                         let _ = conn.close().await;
                         break;
@@ -225,56 +244,98 @@ impl Supervised {
                     self.metrics.blocked.set(0.0);
                     self.metrics.reconnects.increment(1);
                     lost_at = Some(Instant::now());
-                    tracing::warn!(role = self.role, error = %lost, "connection lost; reconnecting");
                     self.current.send_replace(None);
-                    self.state.send_replace(ConnectionState::Reconnecting {
-                        attempt: 1,
-                        last_error: Error::from(lost),
-                    });
-                    since = Instant::now();
-                    // The first attempt after a loss is immediate.
-                }
-                Err(err) => {
-                    let give_up = if !err.is_recoverable() && !plan.policy.retry_unrecoverable {
-                        Some(err.clone())
-                    } else if plan.policy.max_attempts.is_some_and(|max| attempt >= max) {
-                        Some(Error::new(
-                            ErrorKind::Failed,
-                            format!("gave up after {attempt} attempts: {err}"),
-                        ))
-                    } else if plan
-                        .policy
-                        .max_elapsed
-                        .is_some_and(|max| since.elapsed() >= max)
-                    {
-                        Some(Error::new(
-                            ErrorKind::Failed,
-                            format!("gave up after {:?}: {err}", since.elapsed()),
-                        ))
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = give_up {
-                        tracing::error!(role = self.role, error = %reason, "giving up");
-                        self.state.send_replace(ConnectionState::Failed(reason));
-                        return;
+                    let uptime = connected_at.elapsed();
+                    let err = Error::with_amqp(
+                        ErrorKind::Amqp,
+                        format!(
+                            "{}: connection lost after {uptime:?}: {lost}",
+                            endpoint.label
+                        ),
+                        lost,
+                    );
+                    tracing::warn!(role = self.role, error = %err, "connection lost; reconnecting");
+                    if uptime >= plan.policy.healthy_after {
+                        // A connection that stayed up a while ends the outage: the
+                        // backoff and the limits start over, and the first attempt after
+                        // the loss is immediate.
+                        attempt = 0;
+                        delays = plan.policy.delays();
+                        since = Instant::now();
+                        self.set_last_error(&err);
+                        self.state.send_replace(ConnectionState::Reconnecting {
+                            attempt: 1,
+                            last_error: err,
+                        });
+                        continue;
                     }
-                    tracing::debug!(role = self.role, attempt, error = %err, "connect attempt failed");
-                    self.state.send_replace(ConnectionState::Reconnecting {
-                        attempt: attempt + 1,
-                        last_error: err,
-                    });
-                    let delay = delays.next().unwrap_or(plan.policy.max_delay);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => break,
-                    }
+                    // Lost right after connecting: a failed attempt, with its delay.
+                    err
                 }
+            };
+            if self
+                .give_up_or_wait(&plan, &cancel, attempt, since, &mut delays, err)
+                .await
+            {
+                break;
             }
         }
         self.metrics.connected.set(0.0);
         self.current.send_replace(None);
-        self.state.send_replace(ConnectionState::Closed);
+        // `Failed` stays: only a cancel (the application closing) gets here otherwise.
+        if !matches!(*self.state.borrow(), ConnectionState::Failed(_)) {
+            self.state.send_replace(ConnectionState::Closed);
+        }
+    }
+
+    fn set_last_error(&self, err: &Error) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
+    }
+
+    /// After failed attempt `attempt`: gives up (state `Failed`, returns true) if the
+    /// policy says so, else shows `Reconnecting` and sleeps the next delay (true if
+    /// cancelled meanwhile).
+    async fn give_up_or_wait(
+        &self,
+        plan: &Plan,
+        cancel: &CancellationToken,
+        attempt: u32,
+        since: Instant,
+        delays: &mut crate::backoff::Backoff,
+        err: Error,
+    ) -> bool {
+        self.set_last_error(&err);
+        let policy = &plan.policy;
+        let give_up = if !err.is_recoverable() && !policy.retry_unrecoverable {
+            Some(err.clone())
+        } else if policy.max_attempts.is_some_and(|max| attempt >= max) {
+            Some(err.context(
+                ErrorKind::Failed,
+                format!("gave up after {attempt} attempts: {err}"),
+            ))
+        } else if policy.max_elapsed.is_some_and(|max| since.elapsed() >= max) {
+            Some(err.context(
+                ErrorKind::Failed,
+                format!("gave up after {:?}: {err}", since.elapsed()),
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = give_up {
+            tracing::error!(role = self.role, error = %reason, "giving up");
+            self.state.send_replace(ConnectionState::Failed(reason));
+            return true;
+        }
+        tracing::debug!(role = self.role, attempt, error = %err, "connect attempt failed");
+        self.state.send_replace(ConnectionState::Reconnecting {
+            attempt: attempt.saturating_add(1),
+            last_error: err,
+        });
+        let delay = delays.next().unwrap_or(policy.max_delay);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            _ = cancel.cancelled() => true,
+        }
     }
 
     /// Waits while connected, keeping the blocked gauge current. `None` on cancel.
@@ -301,42 +362,80 @@ impl Supervised {
     }
 }
 
-/// The endpoints in a fresh random order, except that `suspect` (the host whose
+/// One broker address to try, with how to name it in errors and states.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) options: ConnectionOptions,
+    /// The URI with its password masked (or scheme, address and vhost).
+    pub(crate) label: String,
+}
+
+/// Which endpoint connected: its label and `host:port`.
+struct Connected {
+    label: String,
+    address: String,
+}
+
+/// The endpoints in a fresh random order, except that `suspect` (the `host:port` whose
 /// connection was just lost) comes last: a node that died or went silent usually still
 /// is, and trying it first would cost a whole connection timeout (a blackholed host
 /// answers nothing) before a healthy node is tried.
-fn attempt_order<'a>(
-    endpoints: &'a [ConnectionOptions],
-    suspect: Option<&str>,
-) -> Vec<&'a ConnectionOptions> {
-    let mut order: Vec<&ConnectionOptions> = endpoints.iter().collect();
+fn attempt_order<'a>(endpoints: &'a [Endpoint], suspect: Option<&str>) -> Vec<&'a Endpoint> {
+    let mut order: Vec<&Endpoint> = endpoints.iter().collect();
     order.shuffle(&mut rand::rng());
     // Stable: the others keep their random order.
-    order.sort_by_key(|opts| suspect.is_some_and(|host| opts.address() == host));
+    order.sort_by_key(|e| suspect.is_some_and(|host| e.options.address() == host));
     order
 }
 
-/// Tries every endpoint once, in a fresh random order with `suspect` last.
+/// Tries every endpoint once, in a fresh random order with `suspect` last, until one
+/// connects. When all
+/// fail, the error names each endpoint and how it failed; it is one that retrying cannot
+/// fix only if that is true of every endpoint (a wrong password on one node may be a
+/// node not yet updated; a TLS failure on one says nothing of the others).
 async fn connect_any(
-    endpoints: &[ConnectionOptions],
+    endpoints: &[Endpoint],
     suspect: Option<&str>,
-) -> Result<(Connection, String)> {
-    let mut last: Option<Error> = None;
-    for opts in attempt_order(endpoints, suspect) {
-        match Connection::connect(opts.clone()).await {
-            Ok(conn) => return Ok((conn, opts.address())),
+) -> Result<(Connection, Connected)> {
+    let order = attempt_order(endpoints, suspect);
+    let mut failures: Vec<(&str, lepus_amqp::Error)> = Vec::with_capacity(order.len());
+    for endpoint in order {
+        match Connection::connect(endpoint.options.clone()).await {
+            Ok(conn) => {
+                return Ok((
+                    conn,
+                    Connected {
+                        label: endpoint.label.clone(),
+                        address: endpoint.options.address(),
+                    },
+                ));
+            }
             Err(err) => {
-                let err = Error::from(err);
-                // Wrong credentials are wrong on every node: stop here.
-                if !err.is_recoverable() {
-                    return Err(err);
-                }
-                tracing::debug!(host = %opts.address(), error = %err, "endpoint unavailable");
-                last = Some(err);
+                tracing::debug!(endpoint = %endpoint.label, error = %err, "endpoint unavailable");
+                failures.push((&endpoint.label, err));
             }
         }
     }
-    Err(last.unwrap_or_else(|| Error::new(ErrorKind::Config, "no endpoints configured")))
+    let text = failures
+        .iter()
+        .map(|(label, err)| format!("{label}: {err}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    // The error underneath is a recoverable one if any endpoint's was, so the predicates
+    // (`is_auth_failure`, `is_recoverable`) answer for the whole list.
+    let chosen = failures
+        .iter()
+        .position(|(_, e)| e.is_recoverable())
+        .unwrap_or(0);
+    match failures.into_iter().nth(chosen) {
+        Some((_, err)) if endpoints.len() > 1 => Err(Error::with_amqp(
+            ErrorKind::Amqp,
+            format!("every endpoint failed: {text}"),
+            err,
+        )),
+        Some((_, err)) => Err(Error::with_amqp(ErrorKind::Amqp, text, err)),
+        None => Err(Error::new(ErrorKind::Config, "no endpoints configured")),
+    }
 }
 
 #[cfg(test)]
@@ -347,22 +446,31 @@ mod tests {
 
     #[test]
     fn the_host_just_lost_is_tried_last() {
-        let endpoints: Vec<ConnectionOptions> = ["a", "b", "c"]
+        let endpoints: Vec<Endpoint> = ["a", "b", "c"]
             .iter()
-            .map(|h| ConnectionOptions::from_uri(&format!("amqp://{h}:5672/%2f")).unwrap())
+            .map(|h| Endpoint {
+                options: ConnectionOptions::from_uri(&format!("amqp://{h}:5672/%2f")).unwrap(),
+                label: (*h).to_owned(),
+            })
             .collect();
         let mut firsts = std::collections::HashSet::new();
         for _ in 0..200 {
             let order = attempt_order(&endpoints, Some("b:5672"));
             assert_eq!(order.len(), 3);
-            assert_eq!(order.last().unwrap().address(), "b:5672");
-            firsts.insert(order.first().unwrap().address());
+            assert_eq!(order.last().unwrap().label, "b");
+            firsts.insert(order.first().unwrap().label.clone());
         }
         // The others are still shuffled.
         assert_eq!(firsts.len(), 2);
         let mut anywhere = std::collections::HashSet::new();
         for _ in 0..200 {
-            anywhere.insert(attempt_order(&endpoints, None).last().unwrap().address());
+            anywhere.insert(
+                attempt_order(&endpoints, None)
+                    .last()
+                    .unwrap()
+                    .label
+                    .clone(),
+            );
         }
         assert_eq!(anywhere.len(), 3);
     }

@@ -15,6 +15,12 @@ use lepus_amqp::{
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod definitions;
+
+pub use definitions::{
+    BindingDef, Definitions, ExchangeDef, QueueDef, json_to_table, table_to_json,
+};
+
 /// An exchange to declare.
 #[derive(Debug, Clone)]
 #[must_use]

@@ -31,7 +31,7 @@ pub struct LoadStats {
     pub accepted: AtomicU64,
     /// Orders the API refused as invalid (should stay 0).
     pub refused: AtomicU64,
-    /// Orders given up after [`ORDER_DEADLINE`] of failures (should stay 0).
+    /// Orders given up after `ORDER_DEADLINE` of failures (should stay 0).
     pub abandoned: AtomicU64,
     /// Requests that failed and were retried.
     pub retried_requests: AtomicU64,

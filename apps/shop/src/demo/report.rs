@@ -77,6 +77,15 @@ pub struct StoreState {
     pub compensation_verified: u64,
     /// Compensation checks that found the reservation not covered.
     pub compensation_mismatch: u64,
+    /// Compensation checks that could not be evaluated (a person must look).
+    pub compensation_errors: u64,
+    /// Side effects logged more than once for the same order, as
+    /// `service: order id: effect x count` (must be empty: each happens once).
+    pub repeated_effects: Vec<String>,
+    /// Orders with a stock decision logged in the inventory's effect log.
+    pub orders_with_decision_effect: u64,
+    /// Orders with a notification logged in the notification service's effect log.
+    pub orders_with_notify_effect: u64,
     /// Breaker trips recorded.
     pub breaker_trips: u64,
     /// Order-to-notification latencies, ms, sorted.
@@ -150,6 +159,28 @@ pub fn read_stores(common: &Common) -> anyhow::Result<StoreState> {
     s.compensation_mismatch = count(
         &inventory,
         "SELECT COUNT(*) FROM compensation_checks WHERE status = 'mismatch'",
+    )?;
+    s.compensation_errors = count(
+        &inventory,
+        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'error'",
+    )?;
+    for (service, c) in [("inventory", &inventory), ("notify", &notify)] {
+        let mut stmt = c.prepare(
+            "SELECT order_id || ': ' || effect || ' x' || COUNT(*) FROM effects
+             GROUP BY order_id, effect HAVING COUNT(*) > 1 ORDER BY order_id",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for row in rows {
+            s.repeated_effects.push(format!("{service}: {}", row?));
+        }
+    }
+    s.orders_with_decision_effect = count(
+        &inventory,
+        "SELECT COUNT(DISTINCT order_id) FROM effects WHERE effect IN ('stock-reserved', 'rejected')",
+    )?;
+    s.orders_with_notify_effect = count(
+        &notify,
+        "SELECT COUNT(DISTINCT order_id) FROM effects WHERE effect = 'customer-notified'",
     )?;
     s.breaker_trips = count(
         &inventory,

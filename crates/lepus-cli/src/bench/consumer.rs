@@ -5,13 +5,14 @@
 //! An ack that fails because its channel died is counted, not fatal: the broker requeues
 //! those messages and they come again (as duplicates, which `--verify` counts).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use lepus::Client;
 use lepus::amqp::{AMQPValue, Delivery};
+use lepus::observability::metrics::{ACKED, DELIVERED};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,8 @@ pub struct Plan {
     pub prefetch: u16,
     /// Ack with `multiple` every this many deliveries.
     pub multi_ack: u16,
+    /// No acks: the broker considers a message acknowledged once sent.
+    pub autoack: bool,
     /// Bound on each (re)subscription.
     pub timeout: Duration,
 }
@@ -67,6 +70,7 @@ struct State {
     pending: Option<(Delivery, u64)>,
     unacked: u16,
     multi_ack: u16,
+    autoack: bool,
 }
 
 fn sent_at(delivery: &Delivery) -> Option<u64> {
@@ -109,9 +113,13 @@ impl State {
         self.out.first.get_or_insert(now);
         self.out.last = Some(now);
         if let Some(at) = sent_at(delivery) {
-            self.out
-                .e2e_latency
-                .saturating_record(now_us.saturating_sub(at).max(1));
+            let micros = now_us.saturating_sub(at).max(1);
+            self.out.e2e_latency.saturating_record(micros);
+            self.ctx
+                .interval_latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .saturating_record(micros);
         }
         if self.ctx.verify
             && let Some(seen) = self.out.seen.get_mut(producer)
@@ -131,6 +139,9 @@ impl State {
     /// Handles a delivery of subscription number `subscription`.
     fn handle(&mut self, delivery: Delivery, subscription: u64) {
         self.record(&delivery);
+        if self.autoack {
+            return;
+        }
         // Deliveries of an earlier subscription (an earlier channel) cannot be acked any
         // more; try (and count the refusal) so nothing is skipped silently, then count
         // afresh. Channel ids and generations repeat across connections, so the
@@ -180,8 +191,14 @@ pub async fn run(
         pending: None,
         unacked: 0,
         multi_ack: plan.multi_ack.max(1),
+        autoack: plan.autoack,
     };
-    let mut sub = Subscription::new(client, &plan.queue, plan.prefetch, plan.timeout);
+    // The consumers run on the engine directly; they count deliveries and acks under
+    // lepus's own metric names, so `--metrics-addr` shows both sides of the run.
+    let delivered = metrics::counter!(DELIVERED, "queue" => plan.queue.clone());
+    let acked = metrics::counter!(ACKED, "queue" => plan.queue.clone());
+    let mut sub =
+        Subscription::new(client, &plan.queue, plan.prefetch, plan.timeout).no_ack(plan.autoack);
     if let Err(err) = sub.start().await {
         ctx.fail(format!("consumer: {err:#}"));
         return state.out;
@@ -195,7 +212,13 @@ pub async fn run(
             next = sub.next(ACK_IDLE) => next,
         };
         match next {
-            Ok(Next::Delivery(delivery)) => state.handle(delivery, sub.subscribes()),
+            Ok(Next::Delivery(delivery)) => {
+                delivered.increment(1);
+                if !state.autoack {
+                    acked.increment(1);
+                }
+                state.handle(delivery, sub.subscribes())
+            }
             Ok(Next::Idle) => state.flush(),
             Err(err) => {
                 ctx.fail(format!("consumer: {err:#}"));

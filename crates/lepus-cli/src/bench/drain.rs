@@ -1,4 +1,4 @@
-//! The end of a run: let the consumers take what is left, then remove the queue.
+//! The end of a run: let the consumers take what is left, then remove the queues.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,7 +18,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Lets the consumers take what is left: returns once the queue has no ready message and
 /// nothing arrived for a moment, when nothing at all arrived for `stall`, or on abort.
-pub async fn drain(ctx: &Ctx, client: &Client, queue: &str, stall: Duration) {
+pub async fn drain(ctx: &Ctx, client: &Client, queues: &[String], stall: Duration) {
     let started_us = ctx.now_us();
     loop {
         tokio::select! {
@@ -41,7 +41,14 @@ pub async fn drain(ctx: &Ctx, client: &Client, queue: &str, stall: Duration) {
         if idle < quiet || !client.state(Role::Consume).is_connected() {
             continue;
         }
-        if ready_messages(client, queue).await == Some(0) {
+        let mut empty = true;
+        for queue in queues {
+            if ready_messages(client, queue).await != Some(0) {
+                empty = false;
+                break;
+            }
+        }
+        if empty {
             return;
         }
     }
@@ -63,6 +70,22 @@ async fn ready_messages(client: &Client, queue: &str) -> Option<u32> {
     tokio::time::timeout(OPERATION_TIMEOUT, op).await.ok()?
 }
 
+/// Deletes the run's exchange, bounded; a failure is reported, not fatal.
+pub async fn delete_exchange(client: &Client, exchange: &str) {
+    let op = async {
+        let ch = client.channel().await?;
+        ch.exchange_delete(exchange, false)
+            .await
+            .map_err(lepus::Error::from)
+    };
+    match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => eprintln!("lepus bench: could not delete exchange '{exchange}': {err}"),
+        Err(_) => eprintln!("lepus bench: could not delete exchange '{exchange}' in time"),
+    }
+}
+
+/// Deletes a queue of the run, bounded; a failure is reported, not fatal.
 pub async fn delete_queue(client: &Client, queue: &str) {
     if !client.state(Role::Publish).is_connected() {
         eprintln!("lepus bench: queue '{queue}' left in place: no connection to the broker");

@@ -1,10 +1,16 @@
-//! `lepus bench`: producers and consumers on one queue, in the spirit of RabbitMQ's
-//! PerfTest, through the same `lepus::Client` and `lepus::Publisher` a service uses.
+//! `lepus bench`: producers and consumers on one or more queues, with RabbitMQ PerfTest's
+//! flags (`-x 2 -y 2 -s 1000 -z 10`), through the same `lepus::Client` and
+//! `lepus::Publisher` a service uses.
 //!
-//! A run: declare the queue (as the client's topology, so it is declared again after every
-//! reconnect), subscribe the consumers, publish, then drain: consumers go on until the
-//! queue has stayed empty for a moment after the producers finished, bounded by a deadline.
+//! A run: declare the queues (and an exchange with `-e`, each queue bound with `-k`) as the
+//! client's topology, so they are declared again after every reconnect; subscribe the
+//! consumers (spread over the queues), publish (without `-e`, producers are spread over
+//! the queues through the default exchange), then drain: consumers go on until the queues
+//! have stayed empty for a moment after the producers finished, bounded by a deadline.
 //! With `--verify`, every message is accounted for exactly (see [`verify`]).
+//!
+//! Defaults differ from PerfTest's where lepus's purpose does: messages are persistent
+//! and confirmed unless `--transient` and `-c 0` ask for PerfTest's defaults.
 //!
 //! Every wait is bounded by the publish timeout: with no broker the run fails with the
 //! reason instead of hanging.
@@ -15,85 +21,26 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, ValueEnum};
-use lepus::{Client, Queue, QueueType, Role, Topology};
+use lepus::{Client, Role};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::connect::{ConnectArgs, parse_secs};
+use crate::connect;
+use args::validate;
+pub use args::{BenchArgs, QueueKind};
+use layout::Layout;
 
+mod args;
 mod consumer;
 mod drain;
+mod layout;
 mod producer;
 mod report;
 mod verify;
 
 /// Messages per producer when neither --count nor --duration is given.
 const DEFAULT_COUNT: u64 = 100_000;
-
-/// Classic or quorum queue.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueKind {
-    /// A classic queue.
-    Classic,
-    /// A replicated quorum queue.
-    Quorum,
-}
-
-/// Options of `lepus bench`.
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    connect: ConnectArgs,
-    /// Producers, each with a publisher of its own.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    producers: u16,
-    /// Consumers, each on a channel of its own.
-    #[arg(long, default_value_t = 1)]
-    consumers: u16,
-    /// Message body size in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
-    size: usize,
-    /// Unconfirmed messages in flight per producer.
-    #[arg(long, value_name = "W", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-    confirm: u32,
-    /// Unacknowledged deliveries per consumer.
-    #[arg(long, value_name = "P", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
-    prefetch: u16,
-    /// Consumers ack with multiple=true every K deliveries.
-    #[arg(long, value_name = "K", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
-    multi_ack: u16,
-    /// Messages per second across all producers; 0 for unlimited.
-    #[arg(long, value_name = "MSGS_PER_S", default_value_t = 0)]
-    rate: u64,
-    /// Messages per producer [default: 100000].
-    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
-    count: Option<u64>,
-    /// Publish for this many seconds instead of a count.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    duration: Option<Duration>,
-    /// Queue type.
-    #[arg(long, value_enum, default_value_t = QueueKind::Classic)]
-    queue_type: QueueKind,
-    /// Queue name (durable); a fresh name by default.
-    #[arg(long, value_name = "NAME")]
-    queue: Option<String>,
-    /// Keep the queue at the end instead of deleting it.
-    #[arg(long)]
-    keep_queue: bool,
-    /// Count lost (confirmed, never consumed) and duplicated messages exactly; exit
-    /// non-zero if any confirmed message was lost.
-    #[arg(long)]
-    verify: bool,
-    /// Print the summary as one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Seconds a message may take from send to confirm; also bounds connecting and
-    /// every wait for the broker.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
-    publish_timeout: Duration,
-}
 
 /// What producers and consumers share.
 pub struct Ctx {
@@ -102,6 +49,8 @@ pub struct Ctx {
     size: usize,
     verify: bool,
     counters: report::Counters,
+    /// End-to-end latencies since the last progress line.
+    interval_latency: Mutex<hdrhistogram::Histogram<u64>>,
     /// Per producer: sequence numbers handed out so far (ids at or past it are not ours).
     bounds: Vec<AtomicU64>,
     /// Cancelled when the run cannot go on (no broker within the timeout).
@@ -140,30 +89,17 @@ impl Ctx {
     }
 }
 
-fn validate(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.multi_ack > args.prefetch {
-        bail!(
-            "--multi-ack {} is above --prefetch {}: consumers would stall waiting for deliveries the broker may not send",
-            args.multi_ack,
-            args.prefetch
-        );
-    }
-    if args.size > lepus::amqp::DEFAULT_MAX_BODY_SIZE {
-        bail!(
-            "--size is over the largest body ({} bytes)",
-            lepus::amqp::DEFAULT_MAX_BODY_SIZE
-        );
-    }
-    if args.verify && args.consumers == 0 {
-        bail!("--verify needs at least one consumer");
-    }
-    if args
-        .queue
-        .as_ref()
-        .is_some_and(|q| q.is_empty() || q.len() > 255)
-    {
-        bail!("--queue must be 1 to 255 bytes");
-    }
+/// Serves `/metrics` while the run lasts.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    client: &Client,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    use lepus::observability;
+    let handle = observability::install_prometheus()?;
+    let router = observability::router(Some(handle), observability::Health::new(client));
+    let bound = observability::serve(addr, router, stop.clone()).await?;
+    eprintln!("lepus bench: metrics on http://{bound}/metrics");
     Ok(())
 }
 
@@ -171,23 +107,23 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
     let run_id = format!("{:08x}", rand::random::<u32>());
-    let queue = args
-        .queue
-        .clone()
-        .unwrap_or_else(|| format!("lepus-bench-{run_id}"));
-    let queue_type = match args.queue_type {
-        QueueKind::Classic => QueueType::Classic,
-        QueueKind::Quorum => QueueType::Quorum,
-    };
-    let topology = Topology::new().queue(Queue::new(queue.as_str()).queue_type(queue_type));
-    let client = args.connect.client("lepus bench", topology, false)?;
+    let layout = Layout::new(&args, &run_id);
+    let client = connect::global().client("lepus bench", layout.topology(&args), false)?;
+    let stop_metrics = CancellationToken::new();
+    if let Some(addr) = args.metrics_addr
+        && let Err(err) = serve_metrics(addr, &client, &stop_metrics).await
+    {
+        let _ = client.close(Duration::from_secs(2)).await;
+        return Err(err);
+    }
     if let Err(err) = client.wait_connected(args.publish_timeout).await {
         let _ = client.close(Duration::from_secs(2)).await;
-        return Err(err).with_context(|| format!("cannot connect to {}", args.connect.describe()));
+        return Err(err)
+            .with_context(|| format!("cannot connect to {}", connect::global().describe()));
     }
     if let Some(failure) = client.topology_report(Role::Publish).failures.first() {
         let _ = client.close(Duration::from_secs(2)).await;
-        bail!("cannot declare the bench queue: {failure}");
+        bail!("cannot declare the bench topology: {failure}");
     }
     let template = report::latency_histogram()?;
     let ctx = Arc::new(Ctx {
@@ -196,25 +132,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         size: args.size,
         verify: args.verify,
         counters: report::Counters::default(),
+        interval_latency: Mutex::new(template.clone()),
         bounds: (0..args.producers).map(|_| AtomicU64::new(0)).collect(),
         abort: CancellationToken::new(),
         abort_reason: Mutex::new(None),
         first_failure: Mutex::new(None),
     });
     eprintln!(
-        "lepus bench: {} producer(s), {} consumer(s), {} B messages, {} queue '{queue}' on {}",
+        "lepus bench: {} producer(s), {} consumer(s), {} B {} messages, {}, {} {} queue(s) {}{} on {}",
         args.producers,
         args.consumers,
         args.size,
+        if args.transient {
+            "transient"
+        } else {
+            "persistent"
+        },
+        if args.confirm == 0 {
+            "no confirms".to_owned()
+        } else {
+            format!("confirm window {}", args.confirm)
+        },
+        layout.queues.len(),
         match args.queue_type {
             QueueKind::Classic => "classic",
             QueueKind::Quorum => "quorum",
         },
-        args.connect.describe()
+        layout.queues.join(", "),
+        layout
+            .exchange
+            .as_ref()
+            .map(|e| format!(" via exchange '{e}' ({})", layout.routing_key))
+            .unwrap_or_default(),
+        connect::global().describe()
     );
 
     let stop_consumers = CancellationToken::new();
-    let consumers = start_consumers(&args, &ctx, &client, &queue, &template, &stop_consumers).await;
+    let consumers =
+        start_consumers(&args, &layout, &ctx, &client, &template, &stop_consumers).await;
 
     let stop_progress = CancellationToken::new();
     let progress = tokio::spawn(progress(
@@ -232,6 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let producing_since = Instant::now();
     let producers: Vec<JoinHandle<producer::Outcome>> = (0..usize::from(args.producers))
         .map(|i| {
+            let (exchange, routing_key) = layout.target(i);
             let plan = producer::Plan {
                 count: match args.duration {
                     Some(_) => None,
@@ -240,7 +196,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 rate: args.rate as f64 / f64::from(args.producers),
                 window: usize::try_from(args.confirm).unwrap_or(usize::MAX),
                 timeout: args.publish_timeout,
-                queue: queue.clone(),
+                exchange,
+                routing_key,
+                persistent: !args.transient,
+                mandatory: args.flags.iter().any(|f| f == "mandatory"),
             };
             tokio::spawn(producer::run(
                 Arc::clone(&ctx),
@@ -258,7 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     stop_producers.cancel();
     if args.consumers > 0 {
-        drain::drain(&ctx, &client, &queue, args.publish_timeout).await;
+        drain::drain(&ctx, &client, &layout.queues, args.publish_timeout).await;
     }
     stop_consumers.cancel();
     let mut consumed = Vec::new();
@@ -271,15 +230,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let duration = ctx.epoch.elapsed();
     if !args.keep_queue {
-        drain::delete_queue(&client, &queue).await;
+        for queue in &layout.queues {
+            drain::delete_queue(&client, queue).await;
+        }
+        if let Some(exchange) = layout.exchange.as_ref().filter(|e| !e.starts_with("amq.")) {
+            drain::delete_exchange(&client, exchange).await;
+        }
     }
     let reconnects =
         (client.connects(Role::Publish) + client.connects(Role::Consume)).saturating_sub(2);
+    stop_metrics.cancel();
     let _ = client.close(Duration::from_secs(5)).await;
 
     let summary = report::summarize(
         &ctx,
-        &queue,
+        &layout.queues.join(","),
         producing_since,
         &produced,
         consumed,
@@ -322,20 +287,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 async fn start_consumers(
     args: &BenchArgs,
+    layout: &Layout,
     ctx: &Arc<Ctx>,
     client: &Client,
-    queue: &str,
     template: &hdrhistogram::Histogram<u64>,
     stop: &CancellationToken,
 ) -> Vec<JoinHandle<consumer::Outcome>> {
     let mut handles = Vec::new();
     let mut readiness = Vec::new();
-    for _ in 0..args.consumers {
+    for i in 0..usize::from(args.consumers) {
         let (ready, is_ready) = tokio::sync::oneshot::channel();
         let plan = consumer::Plan {
-            queue: queue.to_owned(),
+            queue: layout.source(i),
             prefetch: args.prefetch,
             multi_ack: args.multi_ack,
+            autoack: args.autoack,
             timeout: args.publish_timeout,
         };
         handles.push(tokio::spawn(consumer::run(
@@ -406,8 +372,17 @@ async fn progress(ctx: Arc<Ctx>, client: Client, stop: CancellationToken) {
                 note.push_str(&format!("  [{role}: {}]", state.name()));
             }
         }
+        let latency = {
+            let mut h = ctx
+                .interval_latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let line = report::latency_line(&h);
+            h.reset();
+            line
+        };
         eprintln!(
-            "{}",
+            "{}{latency}",
             report::progress_line(ctx.epoch.elapsed(), now, before, at.elapsed(), &note)
         );
         before = now;

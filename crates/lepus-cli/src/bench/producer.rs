@@ -1,5 +1,7 @@
-//! One producer: a `lepus::Publisher` of its own, persistent messages, at most `--confirm`
-//! of them unconfirmed, optionally paced to a rate.
+//! One producer: a `lepus::Publisher` of its own, at most `--confirm` messages
+//! unconfirmed, optionally paced to a rate; or, with `--confirm 0`, plain publishes on a
+//! channel without confirms (PerfTest's default), which measure the broker's intake and
+//! promise nothing.
 //!
 //! Each message carries `{run}-p{producer}-{seq}` as its message id and its send time
 //! (microseconds since the run started) in the body, or in a header when the body is too
@@ -11,8 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use lepus::amqp::AMQPValue;
-use lepus::{Client, ErrorKind, Message, PublishResult, Publisher, PublisherOptions};
+use lepus::amqp::{AMQPValue, PublishOptions};
+use lepus::observability::metrics::PUBLISHED;
+use lepus::{Client, ErrorKind, Message, PublishResult, Publisher, PublisherOptions, Role};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,8 +38,14 @@ pub struct Plan {
     pub window: usize,
     /// From send to confirm at most.
     pub timeout: Duration,
-    /// The queue (published through the default exchange).
-    pub queue: String,
+    /// The exchange (empty: the default exchange).
+    pub exchange: String,
+    /// The routing key (the queue's name for the default exchange).
+    pub routing_key: String,
+    /// Delivery mode 2 (persistent) or 1.
+    pub persistent: bool,
+    /// Unroutable messages come back as failures.
+    pub mandatory: bool,
 }
 
 /// What one producer measured.
@@ -50,6 +59,10 @@ pub struct Outcome {
     pub last_confirm: Option<Instant>,
     /// Messages the publisher sent again after a connection loss or a nack.
     pub republished: u64,
+    /// Published without confirms.
+    pub unconfirmed: bool,
+    /// When the last message was sent.
+    pub last_sent: Option<Instant>,
 }
 
 struct Record {
@@ -58,7 +71,7 @@ struct Record {
     last_confirm: Option<Instant>,
 }
 
-fn build(ctx: &Ctx, producer: usize, seq: u64, queue: &str) -> Message {
+fn build(ctx: &Ctx, producer: usize, seq: u64, plan: &Plan) -> Message {
     let now = ctx.now_us();
     let mut body = vec![0u8; ctx.size];
     let stamped = match body.get_mut(..TIMESTAMP_BYTES) {
@@ -68,8 +81,10 @@ fn build(ctx: &Ctx, producer: usize, seq: u64, queue: &str) -> Message {
         }
         None => false,
     };
-    let mut msg =
-        Message::new("", queue, body).message_id_str(&message_id(&ctx.run, producer, seq));
+    let mut msg = Message::new(plan.exchange.as_str(), plan.routing_key.as_str(), body)
+        .message_id_str(&message_id(&ctx.run, producer, seq))
+        .persistent(plan.persistent)
+        .mandatory(plan.mandatory);
     if !stamped {
         msg = msg.header_value(TIMESTAMP_HEADER, AMQPValue::Timestamp(now));
     }
@@ -113,6 +128,9 @@ pub async fn run(
     histogram: Histogram<u64>,
     stop: CancellationToken,
 ) -> Outcome {
+    if plan.window == 0 {
+        return run_unconfirmed(ctx, producer, client, plan, histogram, stop).await;
+    }
     let publisher = Publisher::new(
         &client,
         PublisherOptions::default()
@@ -141,7 +159,7 @@ pub async fn run(
                 }
             }
         }
-        let msg = build(&ctx, producer, seq, &plan.queue);
+        let msg = build(&ctx, producer, seq, &plan);
         if let Some(bound) = ctx.bounds.get(producer) {
             bound.store(seq + 1, Ordering::Relaxed);
         }
@@ -194,5 +212,93 @@ pub async fn run(
         confirmed: record.confirmed,
         last_confirm: record.last_confirm,
         republished,
+        unconfirmed: false,
+        last_sent: None,
     }
+}
+
+/// Waits for the slot of message `seq` at `rate`; false if stopped meanwhile.
+async fn pace(ctx: &Ctx, started: Instant, seq: u64, rate: f64, stop: &CancellationToken) -> bool {
+    if rate <= 0.0 {
+        return true;
+    }
+    let at = started + Duration::from_secs_f64(seq as f64 / rate);
+    if at > Instant::now() + Duration::from_millis(1) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = stop.cancelled() => return false,
+            _ = ctx.abort.cancelled() => return false,
+        }
+    }
+    true
+}
+
+/// Publishes on a channel of its own without confirms. A channel or connection loss
+/// stops the run: without confirms nobody can say what was lost.
+async fn run_unconfirmed(
+    ctx: Arc<Ctx>,
+    producer: usize,
+    client: Client,
+    plan: Plan,
+    histogram: Histogram<u64>,
+    stop: CancellationToken,
+) -> Outcome {
+    let mut outcome = Outcome {
+        confirm_latency: histogram,
+        confirmed: SeqSet::default(),
+        last_confirm: None,
+        republished: 0,
+        unconfirmed: true,
+        last_sent: None,
+    };
+    let channel = match client.connection(Role::Publish, plan.timeout).await {
+        Ok(live) => live
+            .connection
+            .open_channel()
+            .await
+            .map_err(lepus::Error::from),
+        Err(err) => Err(err),
+    };
+    let channel = match channel {
+        Ok(channel) => channel,
+        Err(err) => {
+            ctx.fail(format!("producer {producer}: {err}"));
+            return outcome;
+        }
+    };
+    let options = PublishOptions {
+        mandatory: plan.mandatory,
+    };
+    let published = metrics::counter!(
+        PUBLISHED,
+        "exchange" => if plan.exchange.is_empty() { "(default)".to_owned() } else { plan.exchange.clone() }
+    );
+    let started = Instant::now();
+    let mut seq = 0u64;
+    while plan.count.is_none_or(|count| seq < count) && !stop.is_cancelled() {
+        if !pace(&ctx, started, seq, plan.rate, &stop).await {
+            break;
+        }
+        let msg = build(&ctx, producer, seq, &plan);
+        if let Some(bound) = ctx.bounds.get(producer) {
+            bound.store(seq + 1, Ordering::Relaxed);
+        }
+        let sent = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = ctx.abort.cancelled() => break,
+            sent = channel.basic_publish(msg.exchange(), msg.routing_key(), options, msg.properties(), msg.body()) => sent,
+        };
+        ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = sent {
+            ctx.counters.failed.fetch_add(1, Ordering::Relaxed);
+            ctx.fail(format!("producer {producer}: {err}"));
+            break;
+        }
+        published.increment(1);
+        outcome.last_sent = Some(Instant::now());
+        seq += 1;
+    }
+    let _ = channel.close().await;
+    outcome
 }

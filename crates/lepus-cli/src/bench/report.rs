@@ -80,6 +80,23 @@ pub fn progress_line(
     )
 }
 
+/// PerfTest's latency part of a progress line: consumer latency min, median, 75th, 95th
+/// and 99th percentile since the last line (empty when nothing was consumed).
+pub fn latency_line(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return String::new();
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    format!(
+        "  latency min/median/75th/95th/99th {:.1}/{:.1}/{:.1}/{:.1}/{:.1} ms",
+        ms(h.min()),
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.75)),
+        ms(h.value_at_quantile(0.95)),
+        ms(h.value_at_quantile(0.99)),
+    )
+}
+
 /// The benchmark's result. The first keys are the stable interface (`--json`); the rest
 /// help to read a run under faults.
 #[derive(Debug, Clone, Serialize)]
@@ -94,7 +111,7 @@ pub struct Summary {
     pub lost: Option<u64>,
     /// Deliveries beyond the first of a message (`--verify` only).
     pub duplicates: Option<u64>,
-    /// Confirmed messages per second of the publishing phase.
+    /// Confirmed (sent, without confirms) messages per second of the publishing phase.
     pub publish_msgs_per_s: f64,
     /// Deliveries per second, first delivery to last.
     pub consume_msgs_per_s: f64,
@@ -221,11 +238,17 @@ pub fn summarize(
         .sum();
 
     let secs = |d: Duration| d.as_secs_f64().max(1e-3);
-    let publish_rate = produced
-        .iter()
-        .filter_map(|p| p.last_confirm)
-        .max()
-        .map(|last| confirmed as f64 / secs(last.duration_since(producing_since)))
+    // Without confirms, what was sent is what counts, over the time it took to send it.
+    let (published, last_published) = if produced.iter().any(|p| p.unconfirmed) {
+        (sent, produced.iter().filter_map(|p| p.last_sent).max())
+    } else {
+        (
+            confirmed,
+            produced.iter().filter_map(|p| p.last_confirm).max(),
+        )
+    };
+    let publish_rate = last_published
+        .map(|last| published as f64 / secs(last.duration_since(producing_since)))
         .unwrap_or(0.0);
     let first = consumed.iter().filter_map(|c| c.first).min();
     let last = consumed.iter().filter_map(|c| c.last).max();
@@ -257,7 +280,11 @@ pub fn summarize(
         e2e_latency_p50_us: percentile(&e2e_latency, 0.5),
         e2e_latency_p99_us: percentile(&e2e_latency, 0.99),
         failed,
-        unresolved: sent.saturating_sub(confirmed + failed),
+        unresolved: if produced.iter().any(|p| p.unconfirmed) {
+            0
+        } else {
+            sent.saturating_sub(confirmed + failed)
+        },
         ack_errors,
         republished: produced.iter().map(|p| p.republished).sum(),
         resubscribes,
@@ -283,6 +310,20 @@ mod tests {
         }
         let p50 = percentile(&h, 0.5).unwrap_or(0);
         assert!((495..=505).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn the_latency_part_shows_percentiles_in_ms() {
+        let mut h = latency_histogram().unwrap();
+        assert_eq!(latency_line(&h), "");
+        for v in 1..=100u64 {
+            h.saturating_record(v * 1000);
+        }
+        let line = latency_line(&h);
+        assert!(
+            line.contains("min/median/75th/95th/99th 1.0/50.0/75.0/95.0/99.0 ms"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -18,11 +18,12 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use lepus::{Client, RetryPolicy, Role, Topology};
 
-use crate::connect::{ConnectArgs, parse_secs, wait_for};
+use crate::connect::{self, parse_secs, wait_for};
 
 mod inspect;
 mod pace;
-mod record;
+pub(crate) mod record;
+mod restore;
 mod scan;
 mod sink;
 mod transfer;
@@ -49,6 +50,10 @@ enum DlqCommand {
     Move(transfer::MoveArgs),
     /// Remove every message from the dead-letter queue (needs --yes).
     Purge(inspect::PurgeArgs),
+    /// Replay messages archived by `move --to-file` (one JSON object per line) to the
+    /// queues they failed on, or --to-queue.
+    #[command(visible_alias = "restore")]
+    ReplayFile(restore::ReplayFileArgs),
 }
 
 /// Runs `lepus dlq`.
@@ -59,14 +64,13 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
         DlqCommand::Replay(args) => transfer::replay(args).await,
         DlqCommand::Move(args) => transfer::move_messages(args).await,
         DlqCommand::Purge(args) => inspect::purge(args).await,
+        DlqCommand::ReplayFile(args) => restore::replay_file(args).await,
     }
 }
 
 /// Which dead-letter queue, on which broker.
 #[derive(Args, Debug, Clone)]
 pub struct Target {
-    #[command(flatten)]
-    connect: ConnectArgs,
     /// The work queue whose dead-letter queue (`<queue>.dlq`) to use.
     #[arg(
         long,
@@ -97,8 +101,8 @@ impl Target {
     /// A client (one connection for everything) that is connected, or an error naming the
     /// broker.
     async fn connect(&self, name: &str) -> anyhow::Result<Client> {
-        let client = self.connect.client(name, Topology::new(), true)?;
-        if let Err(err) = wait_for(&client, Role::Consume, self.timeout, &self.connect).await {
+        let client = connect::global().client(name, Topology::new(), true)?;
+        if let Err(err) = wait_for(&client, Role::Consume, self.timeout, connect::global()).await {
             close(&client).await;
             return Err(err);
         }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// What a run of the binary produced.
 pub struct Run {
     pub ok: bool,
+    /// The exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -19,6 +21,15 @@ pub fn lepus(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lepus"))
         .args(args)
         .env_remove("LEPUS_AMQP_URL")
+        .env_remove("LEPUS_MANAGEMENT_URL")
+        .env_remove("LEPUS_PROFILE")
+        .env_remove("LEPUS_CONFIG")
+        .env_remove("LEPUS_TLS_CA")
+        .env_remove("LEPUS_TLS_CERT")
+        .env_remove("LEPUS_TLS_KEY")
+        .env_remove("LEPUS_TLS_SERVER_NAME")
+        // A config file of the machine's user must not change what a test connects to.
+        .env("XDG_CONFIG_HOME", "/nonexistent/lepus-test-config")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -59,6 +70,7 @@ pub fn lepus(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
     feeder.join().unwrap();
     Run {
         ok: status.success(),
+        code: status.code(),
         stdout: reader.join().unwrap(),
         stderr: err_reader.join().unwrap(),
     }

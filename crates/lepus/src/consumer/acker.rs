@@ -6,6 +6,12 @@
 //! `basic.ack(multiple)` per run of `batch` finished ones (at most half the prefetch, so
 //! the broker never runs out of credit); a partial batch goes out after a few
 //! milliseconds, so finished work never holds the prefetch window for long.
+//!
+//! A delivery can be *held*: its move to a wait queue or the dead-letter queue failed and
+//! is being tried again, possibly for minutes. While one is held, an ack with `multiple`
+//! past it would settle it too, and waiting for it would hold every later delivery's ack
+//! and so stall the consumer once the prefetch window fills. So while any delivery is
+//! held, later ones are acked one by one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use super::ConsumerStats;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
+    Held,
     Acked,
     Settled,
 }
@@ -31,6 +38,7 @@ pub(crate) struct Acker {
     outstanding: VecDeque<(u64, Instant, State)>,
     pending_ack: Option<u64>,
     pending_count: usize,
+    held: usize,
 }
 
 impl Acker {
@@ -42,6 +50,7 @@ impl Acker {
             outstanding: VecDeque::new(),
             pending_ack: None,
             pending_count: 0,
+            held: 0,
         }
     }
 
@@ -50,17 +59,50 @@ impl Acker {
             .push_back((tag, Instant::now(), State::Running));
     }
 
+    fn entry(&mut self, tag: u64) -> Option<&mut (u64, Instant, State)> {
+        let i = self.outstanding.binary_search_by_key(&tag, |e| e.0).ok()?;
+        self.outstanding.get_mut(i)
+    }
+
     fn mark(&mut self, tag: u64, state: State) {
-        if let Ok(i) = self.outstanding.binary_search_by_key(&tag, |e| e.0)
-            && let Some(entry) = self.outstanding.get_mut(i)
-        {
+        let mut released = false;
+        if let Some(entry) = self.entry(tag) {
+            released = entry.2 == State::Held;
             entry.2 = state;
+        }
+        if released {
+            self.held -= 1;
         }
         self.advance();
     }
 
     pub(crate) fn ack(&mut self, tag: u64) {
-        self.mark(tag, State::Acked);
+        // The common case (nothing held) costs one comparison more than before.
+        if self.held > 0 && !self.entry(tag).is_some_and(|e| e.2 == State::Held) {
+            // Another delivery is held: settle this one alone.
+            if self.channel.basic_ack(tag, false).is_err() {
+                self.stats.stale_settles.fetch_add(1, Ordering::Relaxed);
+            }
+            self.mark(tag, State::Settled);
+        } else {
+            self.mark(tag, State::Acked);
+        }
+    }
+
+    /// Keeps the delivery unacknowledged for an unknown time (until acked, requeued, or
+    /// its channel closes) without holding back the acks of others.
+    pub(crate) fn hold(&mut self, tag: u64) {
+        if let Some(entry) = self.entry(tag)
+            && entry.2 == State::Running
+        {
+            entry.2 = State::Held;
+            self.held += 1;
+        }
+    }
+
+    /// How long the delivery has been unacknowledged.
+    pub(crate) fn age(&mut self, tag: u64) -> Option<Duration> {
+        self.entry(tag).map(|e| e.1.elapsed())
     }
 
     /// Returns the delivery to the queue now (not batched).
@@ -73,7 +115,7 @@ impl Acker {
 
     fn advance(&mut self) {
         while let Some(&(tag, _, state)) = self.outstanding.front() {
-            if state == State::Running {
+            if matches!(state, State::Running | State::Held) {
                 break;
             }
             self.outstanding.pop_front();

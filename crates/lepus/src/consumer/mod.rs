@@ -6,18 +6,25 @@
 //! of that message, never of the consumer. Every message ends acked (handled, skipped as
 //! a duplicate, or moved to a wait queue or the dead-letter queue by a confirmed
 //! publish), or returned to the queue when the channel closes: nothing is dropped.
+//!
+//! A move that fails (the wait queue or the dead-letter queue is missing, the broker
+//! refuses the copy) is tried again after a growing, jittered pause while the original
+//! stays unacknowledged. It is never requeued at once: on a quorum queue each requeue
+//! spends one of the message's `x-delivery-limit` deliveries, and a queue without a
+//! dead-letter exchange drops the message past the limit. Only when the channel goes
+//! (shutdown, connection loss) does the broker get the original back.
 
 mod acker;
 mod handler;
+mod invocation;
+mod pause;
 pub(crate) mod retry;
 
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lepus_amqp::{ConsumeOptions, ErrorKind as AmqpErrorKind};
 use tokio::time::Instant;
@@ -31,14 +38,16 @@ pub use retry::{
     RETRIES_HEADER, RetryPolicy,
 };
 
+use crate::backoff::{Backoff, ReconnectPolicy};
 use crate::client::{Client, Role};
 use crate::error::{Error, ErrorKind, Result};
 use crate::idempotency::IdempotencyStore;
 use crate::message::Message;
 use crate::observability::metrics::ConsumeMetrics;
-use crate::observability::trace;
 use crate::publisher::{Publisher, PublisherOptions};
 use acker::Acker;
+use invocation::{Invocation, handle_span};
+use pause::Pauses;
 use retry::{Failure, failure_headers, header_u32};
 
 /// Unacknowledged deliveries the broker may send ahead.
@@ -56,6 +65,11 @@ pub const ACK_LINGER: Duration = Duration::from_millis(5);
 /// RabbitMQ's default `consumer_timeout` (30 minutes): a delivery unacked longer closes
 /// the channel.
 pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The first pause's ceiling before a failed move to a wait queue or the dead-letter
+/// queue is tried again; later ceilings double up to [`MOVE_RETRY_MAX_PAUSE`].
+pub const MOVE_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// The largest pause between attempts to move a failed message.
+pub const MOVE_RETRY_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Counters of a consumer.
 #[derive(Debug, Default)]
@@ -85,6 +99,9 @@ pub struct ConsumerStats {
     /// Acks or nacks the broker could not take (their channel had closed; the broker
     /// requeued those messages).
     pub stale_settles: AtomicU64,
+    /// Failed attempts to move a failed message to a wait queue or the dead-letter queue
+    /// (each is tried again after a pause, the original held unacknowledged).
+    pub move_failures: AtomicU64,
 }
 
 impl ConsumerStats {
@@ -267,6 +284,8 @@ enum SessionEnd {
 
 /// What a running handler (or a republish) finished with.
 enum Done {
+    /// The idempotency store had seen it.
+    Skipped { incoming: Incoming },
     Handled {
         incoming: Incoming,
         outcome: Outcome,
@@ -274,10 +293,9 @@ enum Done {
         span: tracing::Span,
     },
     Moved {
-        incoming: Incoming,
-        result: std::result::Result<(), Error>,
-        dead_lettered: bool,
-        tier: usize,
+        /// The copy is given back when its publish failed.
+        result: std::result::Result<(), (Error, Box<Message>)>,
+        mv: Move,
     },
 }
 
@@ -333,7 +351,7 @@ impl Consumer {
         // Shared with every handler invocation: one reference count per message instead
         // of a copy of each handle.
         let metrics = Arc::new(ConsumeMetrics::new(&cfg.queue, cfg.retry.delays.len()));
-        let mut pause = Duration::from_millis(100);
+        let mut pauses = Pauses::new();
         loop {
             if shutdown.is_cancelled() || client_gone.is_cancelled() {
                 break;
@@ -353,10 +371,14 @@ impl Consumer {
                     return if err.is_closed() { Ok(()) } else { Err(err) };
                 }
             };
+            let began = Instant::now();
+            let subscriptions = self.stats.subscriptions.load(Ordering::Relaxed);
             let end = self
                 .session(&live.connection, &handler, &publisher, &shutdown, &metrics)
                 .await;
             self.stats.active.store(false, Ordering::Relaxed);
+            let subscribed = (self.stats.subscriptions.load(Ordering::Relaxed) != subscriptions)
+                .then(|| began.elapsed());
             match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Lost(err) => {
@@ -370,10 +392,9 @@ impl Consumer {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(pauses.after(subscribed)) => {}
                 _ = shutdown.cancelled() => break,
             }
-            pause = (pause * 2).min(Duration::from_secs(5));
         }
         publisher.close(cfg.shutdown_timeout).await.map_err(|e| {
             Error::new(
@@ -473,7 +494,8 @@ impl Consumer {
                 linger.as_mut().reset(Instant::now() + ACK_LINGER);
                 linger_armed = true;
             }
-            let drain_deadline = draining.map(|since| since + cfg.shutdown_timeout);
+            let drain_deadline =
+                draining.map(|since| crate::deadline::deadline_from(since, cfg.shutdown_timeout));
             tokio::select! {
                 biased;
                 _ = &mut cancelled, if draining.is_none() => {
@@ -483,12 +505,13 @@ impl Consumer {
                     }
                 }
                 Some(done) = running.next(), if !running.is_empty() => {
-                    if matches!(done, Done::Handled { .. }) {
+                    if matches!(done, Done::Handled { .. } | Done::Skipped { .. }) {
                         handlers_running -= 1;
                         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                         metrics.in_flight.decrement(1.0);
                     }
-                    if let Some(next) = self.settle(done, &mut acker, publisher, &queue, metrics) {
+                    let settling = Settling { acker: &mut acker, publisher, queue: &queue, metrics, shutdown };
+                    if let Some(next) = self.settle(done, settling) {
                         running.push(next);
                     }
                 }
@@ -498,26 +521,21 @@ impl Consumer {
                         metrics.delivered.increment(1);
                         let incoming = Incoming::new(delivery);
                         acker.track(incoming.delivery.delivery_tag());
-                        if self.seen_before(&incoming) {
-                            self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-                            metrics.deduplicated.increment(1);
-                            acker.ack(incoming.delivery.delivery_tag());
-                        } else {
-                            handlers_running += 1;
-                            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                            metrics.in_flight.increment(1.0);
-                            let span = handle_span(&queue, &incoming);
-                            let call = Invocation {
-                                handler: Arc::clone(handler),
-                                incoming,
-                                immediate: cfg.retry.immediate,
-                                timeout: cfg.handler_timeout,
-                                stats: Arc::clone(&self.stats),
-                                metrics: Arc::clone(metrics),
-                                span: span.clone(),
-                            };
-                            running.push(Box::pin(call.run().instrument(span)));
-                        }
+                        handlers_running += 1;
+                        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                        metrics.in_flight.increment(1.0);
+                        let span = handle_span(&queue, &incoming);
+                        let call = Invocation {
+                            handler: Arc::clone(handler),
+                            incoming,
+                            immediate: cfg.retry.immediate,
+                            timeout: cfg.handler_timeout,
+                            stats: Arc::clone(&self.stats),
+                            metrics: Arc::clone(metrics),
+                            store: cfg.idempotency.clone(),
+                            span: span.clone(),
+                        };
+                        running.push(Box::pin(call.run().instrument(span)));
                     }
                     Some(Err(err)) if err.kind() == AmqpErrorKind::ConsumerCancelled => break SessionEnd::Cancelled(err.into()),
                     Some(Err(err)) => break SessionEnd::Lost(err.into()),
@@ -538,23 +556,18 @@ impl Consumer {
         if !matches!(end, SessionEnd::Shutdown) && !running.is_empty() {
             // The channel is gone, but handlers already running are let finish (within
             // their timeout): their side effects complete and a success is recorded in
-            // the idempotency store, so the broker's redelivery is recognised. Their acks
-            // are refused (the channel closed), never applied to another message.
-            let deadline = Instant::now() + cfg.handler_timeout;
-            while let Ok(Some(done)) = tokio::time::timeout_at(deadline, running.next()).await {
-                if matches!(done, Done::Handled { .. }) {
+            // the idempotency store (by the invocation), so the broker's redelivery is
+            // recognised. Their acks are refused (the channel closed), never applied to
+            // another message. A failed message's copy is not moved now (moves still
+            // under way are dropped): the original comes back.
+            let deadline = crate::deadline::deadline_after(cfg.handler_timeout);
+            while handlers_running > 0
+                && let Ok(Some(done)) = tokio::time::timeout_at(deadline, running.next()).await
+            {
+                if matches!(done, Done::Handled { .. } | Done::Skipped { .. }) {
                     handlers_running -= 1;
                     self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                     metrics.in_flight.decrement(1.0);
-                }
-                // A failed message's copy is not moved now; the original comes back.
-                if let Done::Handled {
-                    incoming,
-                    outcome: Outcome::Ack,
-                    ..
-                } = &done
-                {
-                    self.remember(incoming);
                 }
             }
         }
@@ -573,45 +586,24 @@ impl Consumer {
         end
     }
 
-    /// Records a handled message in the idempotency store.
-    fn remember(&self, incoming: &Incoming) {
-        if let (Some(store), Some(id)) = (&self.config.idempotency, incoming.message_id())
-            && let Err(e) = store.insert(id)
-        {
-            tracing::warn!(error = %e, "idempotency store insert failed");
-        }
-    }
-
-    fn seen_before(&self, incoming: &Incoming) -> bool {
-        let (Some(store), Some(id)) = (&self.config.idempotency, incoming.message_id()) else {
-            return false;
-        };
-        store.contains(id).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "idempotency store lookup failed; handling the message");
-            false
-        })
-    }
-
-    /// Applies a finished handler or republish; may start a republish.
-    fn settle(
-        &self,
-        done: Done,
-        acker: &mut Acker,
-        publisher: &Publisher,
-        queue: &str,
-        metrics: &ConsumeMetrics,
-    ) -> Option<Running> {
+    /// Applies a finished handler or move; may start a move.
+    fn settle(&self, done: Done, s: Settling<'_>) -> Option<Running> {
         let cfg = &self.config;
         match done {
+            Done::Skipped { incoming } => {
+                self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                s.metrics.deduplicated.increment(1);
+                s.acker.ack(incoming.delivery.delivery_tag());
+                None
+            }
             Done::Handled {
                 incoming,
                 outcome: Outcome::Ack,
                 ..
             } => {
-                self.remember(&incoming);
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
-                metrics.acked.increment(1);
-                acker.ack(incoming.delivery.delivery_tag());
+                s.metrics.acked.increment(1);
+                s.acker.ack(incoming.delivery.delivery_tag());
                 None
             }
             Done::Handled {
@@ -632,15 +624,15 @@ impl Consumer {
                     Outcome::Ack => (None, String::new(), retries),
                 };
                 let target = match reason {
-                    None => cfg.retry.wait_queue(queue, tier),
-                    Some(_) => cfg.retry.dlq(queue),
+                    None => cfg.retry.wait_queue(s.queue, tier),
+                    Some(_) => cfg.retry.dlq(s.queue),
                 };
                 let failure = Failure {
                     failed_attempts,
                     retries: u32::try_from(tier + usize::from(reason.is_none()))
                         .unwrap_or(u32::MAX),
                     error: &error,
-                    queue,
+                    queue: s.queue,
                     exchange: incoming.exchange(),
                     routing_key: incoming.routing_key(),
                     consumer: &cfg.name,
@@ -651,53 +643,115 @@ impl Consumer {
                     .properties()
                     .clone()
                     .with_headers(failure_headers(headers, &failure));
-                let publisher = publisher.clone();
-                let dead_lettered = reason.is_some();
-                // Published inside the message's span, so the copy continues its trace.
-                Some(Box::pin(
-                    async move {
-                        let result = publisher.publish(copy).await.map_err(|e| e.error);
-                        Done::Moved {
-                            incoming,
-                            result,
-                            dead_lettered,
-                            tier,
-                        }
-                    }
-                    .instrument(span),
-                ))
+                let mv = Move {
+                    incoming,
+                    dead_lettered: reason.is_some(),
+                    tier,
+                    pauses: None,
+                    span,
+                };
+                Some(mv.start(s.publisher.clone(), copy, None))
             }
-            Done::Moved {
-                incoming,
-                result,
-                dead_lettered,
-                tier,
-            } => {
-                let tag = incoming.delivery.delivery_tag();
-                match result {
-                    Ok(()) => {
-                        if dead_lettered {
-                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                            metrics.dead_lettered.increment(1);
-                            tracing::warn!(message_id = ?incoming.message_id(), "message dead-lettered");
-                        } else if let Some(counter) = self.stats.retried.get(tier) {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            if let Some(c) = metrics.retried.get(tier) {
-                                c.increment(1);
-                            }
-                        }
-                        acker.ack(tag);
-                    }
-                    Err(e) => {
-                        // The copy did not make it: keep the original, the broker
-                        // delivers it again.
-                        tracing::warn!(error = %e, "moving a failed message failed; requeueing it");
-                        acker.nack_requeue(tag);
+            Done::Moved { result: Ok(()), mv } => {
+                if mv.dead_lettered {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    s.metrics.dead_lettered.increment(1);
+                    tracing::warn!(message_id = ?mv.incoming.message_id(), "message dead-lettered");
+                } else if let Some(counter) = self.stats.retried.get(mv.tier) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = s.metrics.retried.get(mv.tier) {
+                        c.increment(1);
                     }
                 }
+                s.acker.ack(mv.incoming.delivery.delivery_tag());
                 None
             }
+            Done::Moved {
+                result: Err((error, copy)),
+                mut mv,
+            } => {
+                let tag = mv.incoming.delivery.delivery_tag();
+                self.stats.move_failures.fetch_add(1, Ordering::Relaxed);
+                s.acker.hold(tag);
+                if s.shutdown.is_cancelled() {
+                    // Held until the channel closes, which gives it back to the queue.
+                    tracing::warn!(error = %error, "moving a failed message failed during shutdown; it goes back to the queue");
+                    return None;
+                }
+                let held = s.acker.age(tag).unwrap_or_default();
+                if held >= cfg.broker_consumer_timeout / 2 {
+                    // Before the broker closes the channel over it (and every other
+                    // message on it): one requeue, not a loop of them.
+                    tracing::error!(error = %error, ?held, "moving a failed message kept failing; returning it to the queue");
+                    s.acker.nack_requeue(tag);
+                    return None;
+                }
+                let pauses = mv.pauses.get_or_insert_with(|| {
+                    ReconnectPolicy::default()
+                        .initial_delay(MOVE_RETRY_FIRST_PAUSE)
+                        .max_delay(MOVE_RETRY_MAX_PAUSE)
+                        .delays()
+                });
+                let pause = pauses.next().unwrap_or(MOVE_RETRY_MAX_PAUSE);
+                tracing::warn!(error = %error, ?pause, message_id = ?mv.incoming.message_id(), "moving a failed message failed; holding it and trying again");
+                Some(mv.start(
+                    s.publisher.clone(),
+                    *copy,
+                    Some((pause, s.shutdown.clone())),
+                ))
+            }
         }
+    }
+}
+
+/// What settling a finished future needs from its session.
+struct Settling<'a> {
+    acker: &'a mut Acker,
+    publisher: &'a Publisher,
+    queue: &'a str,
+    metrics: &'a ConsumeMetrics,
+    shutdown: &'a CancellationToken,
+}
+
+/// A failed message on its way to a wait queue or the dead-letter queue.
+struct Move {
+    incoming: Incoming,
+    dead_lettered: bool,
+    tier: usize,
+    /// The pauses before further attempts, once one failed.
+    pauses: Option<Backoff>,
+    span: tracing::Span,
+}
+
+impl Move {
+    /// Publishes `copy` (after `wait`'s pause, unless shutdown comes first), inside the
+    /// message's span so the copy continues its trace.
+    fn start(
+        self,
+        publisher: Publisher,
+        copy: Message,
+        wait: Option<(Duration, CancellationToken)>,
+    ) -> Running {
+        let span = self.span.clone();
+        Box::pin(
+            async move {
+                if let Some((pause, shutdown)) = wait {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.cancelled() => {
+                            let stopped = Error::new(ErrorKind::Closed, "consumer shutting down");
+                            return Done::Moved { result: Err((stopped, Box::new(copy))), mv: self };
+                        }
+                    }
+                }
+                let result = publisher
+                    .publish(copy)
+                    .await
+                    .map_err(|e| (e.error, e.message));
+                Done::Moved { result, mv: self }
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -705,102 +759,5 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The `handle` span of one message, child of the trace in its headers.
-fn handle_span(queue: &str, incoming: &Incoming) -> tracing::Span {
-    let span = tracing::info_span!(
-        "handle",
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation = "process",
-        messaging.source.name = queue,
-        messaging.message.id = incoming.message_id().unwrap_or_default(),
-        messaging.rabbitmq.destination.routing_key = incoming.routing_key(),
-        attempt = incoming.attempt(),
-    );
-    trace::extract_into(&span, incoming.headers());
-    span
-}
-
-/// One message's handling: the handler, retried in process, with panics and timeouts
-/// turned into failures.
-struct Invocation<H> {
-    handler: Arc<H>,
-    incoming: Incoming,
-    immediate: u32,
-    timeout: Duration,
-    stats: Arc<ConsumerStats>,
-    metrics: Arc<ConsumeMetrics>,
-    span: tracing::Span,
-}
-
-impl<H: Handler> Invocation<H> {
-    async fn run(self) -> Done {
-        let Invocation {
-            handler,
-            incoming,
-            immediate,
-            timeout,
-            stats,
-            metrics,
-            span,
-        } = self;
-        let mut failures = 0u32;
-        loop {
-            let started = Instant::now();
-            let mut this_attempt = incoming.clone();
-            this_attempt.attempt = incoming.attempt.saturating_add(failures);
-            let run = AssertUnwindSafe(handler.handle(this_attempt)).catch_unwind();
-            let result = tokio::time::timeout(timeout, run).await;
-            metrics.duration.record(started.elapsed().as_secs_f64());
-            let outcome = match result {
-                Ok(Ok(outcome)) => {
-                    if outcome != Outcome::Ack {
-                        metrics.errors.increment(1);
-                    }
-                    outcome
-                }
-                Ok(Err(panic)) => {
-                    stats.panics.fetch_add(1, Ordering::Relaxed);
-                    metrics.panics.increment(1);
-                    let text = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic payload".into());
-                    tracing::error!(message_id = ?incoming.message_id(), panic = %text, "handler panicked");
-                    Outcome::Retry(format!("handler panicked: {text}"))
-                }
-                Err(_) => {
-                    stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                    metrics.timeouts.increment(1);
-                    tracing::warn!(message_id = ?incoming.message_id(), ?timeout, "handler timed out");
-                    Outcome::Retry(format!("handler timed out after {timeout:?}"))
-                }
-            };
-            let finished = match &outcome {
-                Outcome::Ack => true,
-                Outcome::DeadLetter(_) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    failures += 1;
-                    true
-                }
-                Outcome::Retry(_) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    failures += 1;
-                    failures > immediate
-                }
-            };
-            if finished {
-                return Done::Handled {
-                    incoming,
-                    outcome,
-                    failures,
-                    span,
-                };
-            }
-        }
     }
 }

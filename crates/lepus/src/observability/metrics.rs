@@ -122,6 +122,7 @@ pub(crate) fn publish_failed(exchange: &str, kind: crate::ErrorKind) {
         crate::ErrorKind::Nacked => "nacked",
         crate::ErrorKind::Timeout => "timeout",
         crate::ErrorKind::BufferFull => "buffer_full",
+        crate::ErrorKind::TooLarge => "too_large",
         crate::ErrorKind::Closed | crate::ErrorKind::Failed => "closed",
         _ => "error",
     };

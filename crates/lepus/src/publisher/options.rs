@@ -1,0 +1,119 @@
+//! How a publisher behaves, and what a failed publish gives back.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::message::Message;
+
+/// Unconfirmed messages on the wire at once.
+pub const DEFAULT_WINDOW: usize = 1000;
+/// Messages that may wait (while disconnected, blocked or the window is full).
+pub const DEFAULT_BUFFER: usize = 10_000;
+/// How long a message may take from `send` to its confirm.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Nacks a message may get before it fails: no count, only the publish timeout bounds
+/// them.
+pub const DEFAULT_NACK_RETRIES: u32 = u32::MAX;
+
+/// How a [`Publisher`](super::Publisher) behaves.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PublisherOptions {
+    pub(super) window: usize,
+    pub(super) buffer: usize,
+    pub(super) publish_timeout: Duration,
+    pub(super) mandatory: bool,
+    pub(super) nack_retries: u32,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        Self {
+            window: DEFAULT_WINDOW,
+            buffer: DEFAULT_BUFFER,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            mandatory: false,
+            nack_retries: DEFAULT_NACK_RETRIES,
+        }
+    }
+}
+
+impl PublisherOptions {
+    /// Unconfirmed messages in flight at once (backpressure beyond).
+    pub fn window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Messages that may wait for the connection, the broker's unblock, or window room.
+    /// Past it, [`Publisher::send`](super::Publisher::send) waits for room until the
+    /// publish timeout, then fails with the message handed back.
+    pub fn buffer(mut self, buffer: usize) -> Self {
+        self.buffer = buffer.max(1);
+        self
+    }
+
+    /// The most a message may take from `send` to confirm, republishes after nacks and
+    /// reconnects included. `Duration::MAX` means no limit.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Publish as `mandatory` by default: unroutable messages fail with
+    /// [`ErrorKind::Unroutable`](crate::ErrorKind::Unroutable) instead of vanishing.
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// Republish a nacked message up to this many times before failing it with
+    /// [`ErrorKind::Nacked`](crate::ErrorKind::Nacked); by default
+    /// ([`DEFAULT_NACK_RETRIES`]) only the publish timeout limits them.
+    ///
+    /// RabbitMQ nacks when it cannot take a message *now*: a quorum queue electing a new
+    /// leader after a node failed, a queue in `reject-publish` overflow. Each republish
+    /// waits a little longer (20 ms doubling to 1 s) and, after two nacks in a row, goes
+    /// out on a fresh channel. A nack never extends the publish timeout: a message still
+    /// refused when its timeout is near fails as nacked. Set 0 to fail a nack at once
+    /// (a full queue that should push back on its producers, say).
+    pub fn nack_retries(mut self, retries: u32) -> Self {
+        self.nack_retries = retries;
+        self
+    }
+}
+
+/// A failed publish, with the message handed back.
+#[derive(Debug)]
+pub struct PublishError {
+    /// Why.
+    pub error: Error,
+    /// The message, untouched.
+    pub message: Box<Message>,
+}
+
+impl PublishError {
+    /// The message, to retry or store elsewhere.
+    pub fn into_message(self) -> Message {
+        *self.message
+    }
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "publish to '{}' ({}) failed: {}",
+            self.message.exchange, self.message.routing_key, self.error
+        )
+    }
+}
+
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The result of one publish.
+pub type PublishResult = Result<(), PublishError>;
