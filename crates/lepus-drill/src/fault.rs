@@ -148,21 +148,26 @@ impl Fault {
         rec: &Recorder,
     ) -> anyhow::Result<Window> {
         let lab = env.lab();
-        let start = rec.now();
+        // The fault counts from the moment it is in place (applying it takes a few
+        // `ip` or signal calls) to the moment undoing it begins, so that neither
+        // confirms that slipped through while it was applied nor those that come while
+        // it is undone count as a recovery.
+        let mut start = rec.now();
+        let mut end = None;
         match self {
             Fault::KillClientNode { down } | Fault::KillClientAndLeaderNode { down } => {
                 blocking(lab, move |lab| lab.kill(client)).await?;
-                tokio::time::sleep(down).await;
+                (start, end) = hold_for(rec, down).await;
                 blocking(lab, move |lab| lab.restart(client)).await?;
             }
             Fault::KillLeaderNode { down } => {
                 blocking(lab, move |lab| lab.kill(leader)).await?;
-                tokio::time::sleep(down).await;
+                (start, end) = hold_for(rec, down).await;
                 blocking(lab, move |lab| lab.restart(leader)).await?;
             }
             Fault::PauseNode { hold } => {
                 blocking(lab, move |lab| lab.pause(client)).await?;
-                tokio::time::sleep(hold).await;
+                (start, end) = hold_for(rec, hold).await;
                 blocking(lab, move |lab| lab.resume(client)).await?;
             }
             Fault::CutClientZone { hold } => {
@@ -174,17 +179,17 @@ impl Fault {
                     Ok(())
                 })
                 .await?;
-                tokio::time::sleep(hold).await;
+                (start, end) = hold_for(rec, hold).await;
                 blocking(lab, |lab| lab.heal()).await?;
             }
             Fault::IsolateBrokerZone { hold } => {
                 blocking(lab, move |lab| lab.isolate(client)).await?;
-                tokio::time::sleep(hold).await;
+                (start, end) = hold_for(rec, hold).await;
                 blocking(lab, |lab| lab.heal()).await?;
             }
             Fault::Blackhole { hold } => {
                 env.proxy(client)?.set_blackhole(Direction::Both, true);
-                tokio::time::sleep(hold).await;
+                (start, end) = hold_for(rec, hold).await;
                 env.proxy(client)?.clear();
             }
             Fault::Latency { base, jitter, hold } => {
@@ -192,7 +197,7 @@ impl Fault {
                 for proxy in env.proxies() {
                     proxy.set_latency(Direction::Both, Some(latency));
                 }
-                tokio::time::sleep(hold).await;
+                (start, end) = hold_for(rec, hold).await;
                 env.proxies().iter().for_each(|p| p.clear());
             }
             Fault::Bandwidth {
@@ -202,14 +207,14 @@ impl Fault {
                 for proxy in env.proxies() {
                     proxy.set_bandwidth(Direction::Both, Some(bytes_per_sec));
                 }
-                tokio::time::sleep(hold).await;
+                (start, end) = hold_for(rec, hold).await;
                 env.proxies().iter().for_each(|p| p.clear());
             }
             Fault::Resets { period, hold } => {
                 for proxy in env.proxies() {
                     proxy.reset_every(Some(period));
                 }
-                tokio::time::sleep(hold).await;
+                (start, end) = hold_for(rec, hold).await;
                 env.proxies().iter().for_each(|p| p.clear());
             }
             Fault::RollingRestart => {
@@ -225,10 +230,12 @@ impl Fault {
             }
             Fault::ClusterStopStart => {
                 blocking(lab, |lab| each_node(lab, |lab, node| lab.stop(node))).await?;
+                start = rec.now();
+                end = Some(start);
                 blocking(lab, |lab| each_node(lab, |lab, node| lab.restart(node))).await?;
             }
         }
-        let end = rec.now();
+        let end = end.unwrap_or_else(|| rec.now());
         let recover_from = if self.majority_reachable() {
             start
         } else {
@@ -240,6 +247,13 @@ impl Fault {
             recover_from,
         })
     }
+}
+
+/// Waits `hold` with the fault in place; returns when the wait began and ended.
+async fn hold_for(rec: &Recorder, hold: Duration) -> (Duration, Option<Duration>) {
+    let start = rec.now();
+    tokio::time::sleep(hold).await;
+    (start, Some(rec.now()))
 }
 
 /// Runs `op` for every node at once (stopping or starting a cluster node by node would
