@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::error::Error;
-use crate::node::{self, Node, Ports};
+use crate::node::{self, Node, Placement, Ports};
 use crate::tls::{ServerTls, TlsFiles};
 
 /// How long [`BrokerBuilder::start`] waits for a node by default. A node starts in about
@@ -67,6 +67,8 @@ pub struct BrokerBuilder {
     management: bool,
     config: Vec<String>,
     start_timeout: Duration,
+    net_ticktime: Option<u32>,
+    placement: Option<Placement>,
 }
 
 impl Default for BrokerBuilder {
@@ -78,6 +80,8 @@ impl Default for BrokerBuilder {
             management: false,
             config: Vec::new(),
             start_timeout: DEFAULT_START_TIMEOUT,
+            net_ticktime: None,
+            placement: None,
         }
     }
 }
@@ -127,6 +131,20 @@ impl BrokerBuilder {
         self
     }
 
+    /// Erlang's `net_ticktime` in seconds (default 60): how long a silent peer takes to
+    /// be declared down. A few seconds make a network partition visible quickly.
+    pub fn net_ticktime(mut self, seconds: u32) -> Self {
+        self.net_ticktime = Some(seconds);
+        self
+    }
+
+    /// Runs the node inside a network namespace, listening on `placement.ip` with
+    /// RabbitMQ's usual ports.
+    pub(crate) fn placement(mut self, placement: Placement) -> Self {
+        self.placement = Some(placement);
+        self
+    }
+
     /// Starts the node and waits until it is ready.
     pub fn start(self) -> Result<Broker, Error> {
         let name = format!("lepus-{:08x}@localhost", rand::random::<u32>());
@@ -156,13 +174,23 @@ impl BrokerBuilder {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let ports = match self.placement {
+                Some(_) => Ports::usual(self.tls, self.management),
+                None => Ports::pick(self.tls, self.management)?,
+            };
             let node = Node {
                 dir: dir.path().to_path_buf(),
                 name: name.clone(),
                 cookie: cookie.clone(),
-                ports: Ports::pick(self.tls, self.management)?,
+                ports,
                 tls: tls.clone(),
                 config: self.config.clone(),
+                erl_args: self
+                    .net_ticktime
+                    .map(|secs| format!("-kernel net_ticktime {secs}"))
+                    .into_iter()
+                    .collect(),
+                placement: self.placement.clone(),
             };
             node.wipe_state()?;
             node.write_files()?;
@@ -231,12 +259,21 @@ impl Broker {
         })
     }
 
-    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` (a node in a zone: its zone's address).
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.node.ports.amqp)
+        format!(
+            "amqp://guest:guest@{}:{}/%2f",
+            self.node.ip(),
+            self.node.ports.amqp
+        )
     }
 
-    /// The AMQP port on 127.0.0.1.
+    /// The address the node listens on: 127.0.0.1, or its zone's address.
+    pub fn ip(&self) -> std::net::Ipv4Addr {
+        self.node.ip()
+    }
+
+    /// The AMQP port on [`Broker::ip`].
     pub fn port(&self) -> u16 {
         self.node.ports.amqp
     }
@@ -314,7 +351,7 @@ impl Broker {
     /// process's sockets only once its last thread is gone.
     fn wait_port_closed(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = std::time::Instant::now() + timeout;
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port()));
+        let addr = std::net::SocketAddr::from((self.node.ip(), self.port()));
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             if std::time::Instant::now() >= deadline {
                 return Err(Error::State(format!(

@@ -39,29 +39,18 @@ impl Cluster {
         let id = format!("{:08x}", rand::random::<u32>());
         let cookie = random_cookie();
         let name = |i: usize| format!("lepus-{id}-{i}@localhost");
-        // Boot all nodes at once; they are standalone until they join the first one.
-        let started: Vec<Result<Broker, Error>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (1..=n)
-                .map(|i| {
-                    let builder = builder.clone();
-                    let name = name(i);
-                    let cookie = cookie.clone();
-                    scope.spawn(move || builder.start_named(name, cookie))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|handle| {
-                    handle.join().unwrap_or_else(|_| {
-                        Err(Error::State("a node-starting thread panicked".to_owned()))
-                    })
-                })
-                .collect()
-        });
-        // Started nodes are dropped (killed) if any other failed.
-        let nodes = started.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let nodes = (1..=n).map(|i| (builder.clone(), name(i))).collect();
+        Cluster::join(start_all(nodes, &cookie)?)
+    }
+
+    /// Joins running standalone nodes (sharing one Erlang cookie) to the first of them.
+    pub(crate) fn join(nodes: Vec<Broker>) -> Result<Cluster, Error> {
         let cluster = Cluster { nodes };
-        let first = name(1);
+        let first = cluster
+            .nodes
+            .first()
+            .map(|node| node.node_name().to_owned())
+            .ok_or_else(|| Error::State("a cluster needs at least one node".to_owned()))?;
         // One at a time: concurrent joins contend for the same schema change.
         for node in cluster.nodes.iter().skip(1) {
             node.join_cluster(&first)?;
@@ -97,8 +86,34 @@ impl Cluster {
     }
 }
 
+/// Boots standalone nodes all at once, each `(options, name)` with the shared `cookie`.
+/// Nodes that did start are killed again if any other failed.
+pub(crate) fn start_all(
+    nodes: Vec<(BrokerBuilder, String)>,
+    cookie: &str,
+) -> Result<Vec<Broker>, Error> {
+    let started: Vec<Result<Broker, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .into_iter()
+            .map(|(builder, name)| {
+                let cookie = cookie.to_owned();
+                scope.spawn(move || builder.start_named(name, cookie))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(Error::State("a node-starting thread panicked".to_owned()))
+                })
+            })
+            .collect()
+    });
+    started.into_iter().collect()
+}
+
 /// The `running_nodes` array of `rabbitmqctl cluster_status --formatter json`.
-fn running_nodes(json: &str) -> Option<Vec<String>> {
+pub(crate) fn running_nodes(json: &str) -> Option<Vec<String>> {
     let key = "\"running_nodes\":";
     let start = json.find(key)? + key.len();
     let rest = json.get(start..)?.trim_start().strip_prefix('[')?;

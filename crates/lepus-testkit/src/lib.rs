@@ -8,6 +8,8 @@
 //!   stop, restart on the same ports with its data, pause (SIGSTOP, for heartbeat tests),
 //!   or drive with `rabbitmqctl`.
 //! - [`Cluster`]: several such nodes joined into one cluster, for failover tests.
+//! - [`Lab`]: a cluster with each node in a zone of its own (a network namespace on a
+//!   private bridge), for partitions: a zone cut off, two zones cut apart, healed again.
 //! - [`shared_broker`] / [`shared_tls_broker`]: for tests that only need *a* broker. They
 //!   use the node `scripts/test` starts once for the whole run when its URL is in the
 //!   environment, and otherwise start a node of their own.
@@ -45,6 +47,7 @@ mod state;
 mod tls;
 #[cfg(feature = "tokio")]
 mod wait;
+pub mod zones;
 
 pub use broker::{Broker, BrokerBuilder, DEFAULT_START_TIMEOUT};
 pub use certs::{CertSpec, CertificateAuthority, IssuedCert, Validity};
@@ -57,6 +60,7 @@ pub use state::STATE_FILE;
 pub use tls::{CLIENT_CERT_USER, ServerTls, TlsFiles};
 #[cfg(feature = "tokio")]
 pub use wait::{POLL_INTERVAL, blocking, wait_until};
+pub use zones::{Endpoint, Lab, LabBuilder};
 
 /// `prefix` followed by a random suffix, e.g. `orders-3f9a0c1d2b4e`: a queue or exchange
 /// name no other test uses.

@@ -3,10 +3,11 @@
 //! Everything the node writes (database, logs, pid file, crash dump, plugin expansion,
 //! Erlang cookie) lives in its directory; nothing lands in `/var/lib/rabbitmq`, so any
 //! number of nodes can run side by side. Listeners, including Erlang distribution, bind
-//! to 127.0.0.1 only.
+//! to 127.0.0.1 only, or, for a node placed in a zone, to the zone's address inside its
+//! own network namespace.
 
 use std::fmt::Write as _;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +62,25 @@ impl Ports {
             management: if management { Some(next()?) } else { None },
         })
     }
+
+    /// RabbitMQ's usual ports: a node alone in its network namespace has them all.
+    pub(crate) fn usual(tls: bool, management: bool) -> Ports {
+        Ports {
+            amqp: 5672,
+            dist: 25672,
+            amqps: tls.then_some(5671),
+            management: management.then_some(15672),
+        }
+    }
+}
+
+/// A node's own network namespace and its address there (see [`crate::zones`]). Every
+/// RabbitMQ program for the node runs inside the namespace (`ip netns exec`), so
+/// `rabbitmqctl` still reaches its node while the zone is cut off from everything else.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    pub(crate) netns: String,
+    pub(crate) ip: Ipv4Addr,
 }
 
 /// Everything needed to start, watch and stop one node.
@@ -72,6 +92,11 @@ pub(crate) struct Node {
     pub(crate) ports: Ports,
     pub(crate) tls: Option<ServerTls>,
     pub(crate) config: Vec<String>,
+    /// Extra arguments for the node's Erlang VM (and for `rabbitmqctl`'s), such as
+    /// `-kernel net_ticktime 5`.
+    pub(crate) erl_args: Vec<String>,
+    /// `None`: loopback of the test's own network namespace.
+    pub(crate) placement: Option<Placement>,
 }
 
 /// A failed start, and whether it is worth another try.
@@ -119,20 +144,48 @@ impl Node {
         self.dir.join("erl_crash.dump")
     }
 
-    /// A command for one of RabbitMQ's programs with this node's environment.
+    /// The address the node listens on: 127.0.0.1, or its zone's address.
+    pub(crate) fn ip(&self) -> Ipv4Addr {
+        self.placement
+            .as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, |placement| placement.ip)
+    }
+
+    /// A command for one of RabbitMQ's programs with this node's environment, inside the
+    /// node's network namespace if it has one.
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(Path::new(RABBITMQ_BIN).join(program));
+        let program = Path::new(RABBITMQ_BIN).join(program);
+        let mut cmd = match &self.placement {
+            Some(placement) => {
+                let mut cmd = Command::new(crate::zones::ip_program());
+                cmd.args(["netns", "exec", &placement.netns]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        };
         for (key, _) in std::env::vars_os() {
             if key.as_bytes().starts_with(b"RABBITMQ_") {
                 cmd.env_remove(key);
             }
         }
         let dir = &self.dir;
-        let loopback_dist = "-kernel inet_dist_use_interface {127,0,0,1}";
+        let ip = self.ip();
+        let mut erl_args = format!(
+            "-kernel inet_dist_use_interface {{{}}}",
+            ip.octets().map(|o| o.to_string()).join(",")
+        );
+        for arg in &self.erl_args {
+            erl_args.push(' ');
+            erl_args.push_str(arg);
+        }
+        if self.placement.is_some() {
+            // Nodes in zones reach each other by address: rabbit@10.213.7.11.
+            cmd.env("RABBITMQ_USE_LONGNAME", "true");
+        }
         cmd.current_dir(dir)
             .env("HOME", dir)
             .env("RABBITMQ_NODENAME", &self.name)
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_IP_ADDRESS", ip.to_string())
             .env("RABBITMQ_NODE_PORT", self.ports.amqp.to_string())
             .env("RABBITMQ_DIST_PORT", self.ports.dist.to_string())
             .env("RABBITMQ_BASE", dir)
@@ -143,13 +196,14 @@ impl Node {
             .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
             .env("RABBITMQ_PID_FILE", self.pid_file())
-            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", loopback_dist)
-            .env("RABBITMQ_CTL_ERL_ARGS", loopback_dist)
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", &erl_args)
+            .env("RABBITMQ_CTL_ERL_ARGS", &erl_args)
             // Many rabbitmqctl calls may run at once across test processes; the default
             // range for their own distribution ports has only eleven.
             .env("RABBITMQ_CTL_DIST_PORT_MIN", "35672")
             .env("RABBITMQ_CTL_DIST_PORT_MAX", "35971")
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            // epmd also listens on loopback; in a zone it must answer the other zones.
+            .env("ERL_EPMD_ADDRESS", ip.to_string())
             .env("ERL_CRASH_DUMP", self.crash_dump());
         cmd
     }
@@ -161,10 +215,11 @@ impl Node {
             .map_err(|e| Error::io(format!("creating {}", self.dir.display()), e))?;
         write_private(&self.dir.join(".erlang.cookie"), self.cookie.as_bytes())?;
         let mut conf = String::from("# written by lepus-testkit\n");
-        let _ = writeln!(conf, "listeners.tcp.1 = 127.0.0.1:{}", self.ports.amqp);
+        let ip = self.ip();
+        let _ = writeln!(conf, "listeners.tcp.1 = {ip}:{}", self.ports.amqp);
         let mut plugins = Vec::new();
         if let Some(port) = self.ports.management {
-            let _ = writeln!(conf, "management.tcp.ip = 127.0.0.1");
+            let _ = writeln!(conf, "management.tcp.ip = {ip}");
             let _ = writeln!(conf, "management.tcp.port = {port}");
             plugins.push("rabbitmq_management");
         }

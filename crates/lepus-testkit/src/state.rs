@@ -21,6 +21,9 @@
 //! pid=12345
 //! ```
 //!
+//! A node in a zone (see [`crate::zones`]) also has `netns=` (its network namespace),
+//! `ip=` (its address there) and `erl_args=` (such as `-kernel net_ticktime 5`).
+//!
 //! The Erlang cookie stays in `home/.erlang.cookie` (mode 600), where the node reads it.
 //! The pid line is what the node had when it last became ready; whether it still runs is
 //! decided from RabbitMQ's own pid file and `/proc`, never from this line alone.
@@ -29,7 +32,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::node::{Node, Ports};
+use crate::node::{Node, Placement, Ports};
 use crate::tls::ServerTls;
 
 /// The state file's name inside a node's directory.
@@ -53,6 +56,13 @@ pub(crate) fn render(node: &Node, pid: Option<i32>) -> String {
         let _ = writeln!(out, "tls_cert={}", tls.cert.display());
         let _ = writeln!(out, "tls_key={}", tls.key.display());
         let _ = writeln!(out, "tls_require_client_cert={}", tls.require_client_cert);
+    }
+    if let Some(placement) = &node.placement {
+        let _ = writeln!(out, "netns={}", placement.netns);
+        let _ = writeln!(out, "ip={}", placement.ip);
+    }
+    if !node.erl_args.is_empty() {
+        let _ = writeln!(out, "erl_args={}", node.erl_args.join(" "));
     }
     if let Some(pid) = pid {
         let _ = writeln!(out, "pid={pid}");
@@ -95,6 +105,19 @@ pub(crate) fn load(dir: &Path) -> Result<Node, Error> {
         ),
         _ => None,
     };
+    let placement = match (get("netns"), get("ip")) {
+        (Some(netns), Some(ip)) => Some(Placement {
+            netns: netns.trim().to_owned(),
+            ip: ip
+                .trim()
+                .parse()
+                .map_err(|_| bad("ip is not an IPv4 address"))?,
+        }),
+        _ => None,
+    };
+    let erl_args = get("erl_args")
+        .map(|args| vec![args.trim().to_owned()])
+        .unwrap_or_default();
     let cookie = std::fs::read_to_string(node_dir.join(".erlang.cookie")).unwrap_or_default();
     Ok(Node {
         dir: node_dir,
@@ -103,5 +126,7 @@ pub(crate) fn load(dir: &Path) -> Result<Node, Error> {
         ports,
         tls,
         config: Vec::new(),
+        erl_args,
+        placement,
     })
 }

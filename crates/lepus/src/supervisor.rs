@@ -174,12 +174,15 @@ impl Supervised {
         let mut delays = plan.policy.delays();
         let mut since = Instant::now();
         let mut lost_at: Option<Instant> = None;
+        // The host of the latest connection: once that connection is lost, the host is
+        // tried last.
+        let mut suspect: Option<String> = None;
         loop {
             attempt += 1;
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             self.metrics.attempts.increment(1);
             let outcome = tokio::select! {
-                r = connect_any(&plan.endpoints) => r,
+                r = connect_any(&plan.endpoints, suspect.as_deref()) => r,
                 _ = cancel.cancelled() => break,
             };
             let err = match outcome {
@@ -219,6 +222,7 @@ impl Supervised {
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     let host = endpoint.address;
                     tracing::info!(role = self.role, %host, generation, "connected");
+                    suspect = Some(host.clone());
                     // State first: whoever wakes up to the live connection (such as
                     // `Client::wait_connected`) then reads `Connected`, never the state
                     // before it.
@@ -372,13 +376,28 @@ struct Connected {
     address: String,
 }
 
-/// Tries every endpoint once, in a fresh random order, until one connects. When all
+/// The endpoints in a fresh random order, except that `suspect` (the `host:port` whose
+/// connection was just lost) comes last: a node that died or went silent usually still
+/// is, and trying it first would cost a whole connection timeout (a blackholed host
+/// answers nothing) before a healthy node is tried.
+fn attempt_order<'a>(endpoints: &'a [Endpoint], suspect: Option<&str>) -> Vec<&'a Endpoint> {
+    let mut order: Vec<&Endpoint> = endpoints.iter().collect();
+    order.shuffle(&mut rand::rng());
+    // Stable: the others keep their random order.
+    order.sort_by_key(|e| suspect.is_some_and(|host| e.options.address() == host));
+    order
+}
+
+/// Tries every endpoint once, in a fresh random order with `suspect` last, until one
+/// connects. When all
 /// fail, the error names each endpoint and how it failed; it is one that retrying cannot
 /// fix only if that is true of every endpoint (a wrong password on one node may be a
 /// node not yet updated; a TLS failure on one says nothing of the others).
-async fn connect_any(endpoints: &[Endpoint]) -> Result<(Connection, Connected)> {
-    let mut order: Vec<&Endpoint> = endpoints.iter().collect();
-    order.shuffle(&mut rand::rng());
+async fn connect_any(
+    endpoints: &[Endpoint],
+    suspect: Option<&str>,
+) -> Result<(Connection, Connected)> {
+    let order = attempt_order(endpoints, suspect);
     let mut failures: Vec<(&str, lepus_amqp::Error)> = Vec::with_capacity(order.len());
     for endpoint in order {
         match Connection::connect(endpoint.options.clone()).await {
@@ -416,5 +435,43 @@ async fn connect_any(endpoints: &[Endpoint]) -> Result<(Connection, Connected)> 
         )),
         Some((_, err)) => Err(Error::with_amqp(ErrorKind::Amqp, text, err)),
         None => Err(Error::new(ErrorKind::Config, "no endpoints configured")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_host_just_lost_is_tried_last() {
+        let endpoints: Vec<Endpoint> = ["a", "b", "c"]
+            .iter()
+            .map(|h| Endpoint {
+                options: ConnectionOptions::from_uri(&format!("amqp://{h}:5672/%2f")).unwrap(),
+                label: (*h).to_owned(),
+            })
+            .collect();
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let order = attempt_order(&endpoints, Some("b:5672"));
+            assert_eq!(order.len(), 3);
+            assert_eq!(order.last().unwrap().label, "b");
+            firsts.insert(order.first().unwrap().label.clone());
+        }
+        // The others are still shuffled.
+        assert_eq!(firsts.len(), 2);
+        let mut anywhere = std::collections::HashSet::new();
+        for _ in 0..200 {
+            anywhere.insert(
+                attempt_order(&endpoints, None)
+                    .last()
+                    .unwrap()
+                    .label
+                    .clone(),
+            );
+        }
+        assert_eq!(anywhere.len(), 3);
     }
 }

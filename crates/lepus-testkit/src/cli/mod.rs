@@ -185,6 +185,8 @@ fn start(settings: &Settings, args: &[String]) -> anyhow::Result<ExitCode> {
             ports: settings.ports(i, tls)?,
             tls: files.as_ref().map(TlsFiles::server_tls),
             config: Vec::new(),
+            erl_args: Vec::new(),
+            placement: None,
         };
         node.require_free_ports()?;
         // A stopped node starts from empty data: one that was part of another cluster

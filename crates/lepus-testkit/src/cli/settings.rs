@@ -118,6 +118,8 @@ impl Settings {
                 )
             }),
             config: Vec::new(),
+            erl_args: Vec::new(),
+            placement: None,
             dir,
         })
     }
