@@ -160,16 +160,22 @@ impl Message {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        // The properties are taken out once and put back once: they are large, and each
+        // builder call moves them.
+        let mut properties = std::mem::take(&mut self.properties);
         if needs_id {
             let ts = uuid::Timestamp::from_unix(uuid::NoContext, now.as_secs(), now.subsec_nanos());
             let id = uuid::Uuid::new_v7(ts);
             let mut buf = uuid::Uuid::encode_buffer();
             let text = id.hyphenated().encode_lower(&mut buf);
-            self.properties = std::mem::take(&mut self.properties).with_message_id(short(text));
+            // A hyphenated UUID is 36 ASCII bytes: always a valid short string.
+            properties =
+                properties.with_message_id(ShortString::try_new(&*text).unwrap_or_default());
         }
         if needs_time {
-            self.properties = std::mem::take(&mut self.properties).with_timestamp(now.as_secs());
+            properties = properties.with_timestamp(now.as_secs());
         }
+        self.properties = properties;
     }
 }
 

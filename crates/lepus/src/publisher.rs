@@ -156,13 +156,48 @@ impl Shared {
 #[must_use = "a confirm does nothing unless awaited"]
 pub struct Confirm {
     rx: oneshot::Receiver<PublishResult>,
-    message_id: String,
+    message_id: IdText,
 }
 
 impl Confirm {
     /// The message's id (the one given, or the UUIDv7 the publisher assigned).
     pub fn message_id(&self) -> &str {
-        &self.message_id
+        self.message_id.as_str()
+    }
+}
+
+/// The bytes of a hyphenated UUID, the id the publisher assigns.
+const INLINE_ID: usize = 36;
+
+/// A copy of a message id, kept without an allocation when it is no longer than a UUID
+/// (every id the publisher assigns): one less allocation, and free on another thread,
+/// per message.
+enum IdText {
+    Inline { bytes: [u8; INLINE_ID], len: u8 },
+    Heap(String),
+}
+
+impl IdText {
+    fn new(id: &str) -> IdText {
+        let mut bytes = [0u8; INLINE_ID];
+        match (bytes.get_mut(..id.len()), u8::try_from(id.len())) {
+            (Some(head), Ok(len)) => {
+                head.copy_from_slice(id.as_bytes());
+                IdText::Inline { bytes, len }
+            }
+            _ => IdText::Heap(id.to_owned()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `&str`, so always valid UTF-8.
+            IdText::Inline { bytes, len } => bytes
+                .get(..usize::from(*len))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default(),
+            IdText::Heap(id) => id,
+        }
     }
 }
 
@@ -266,7 +301,7 @@ impl Publisher {
             }
         };
         let (tx, rx) = oneshot::channel();
-        let message_id = message.message_id().unwrap_or_default().to_owned();
+        let message_id = IdText::new(message.message_id().unwrap_or_default());
         self.enqueue(message, Reply::Wait(tx), deadline, permit)?;
         Ok(Confirm { rx, message_id })
     }
@@ -277,6 +312,10 @@ impl Publisher {
             return Err(Error::new(ErrorKind::Closed, "the publisher is closed"));
         }
         let deadline = crate::deadline::deadline_after(self.options.publish_timeout);
+        // Room in the buffer is the usual case: take it without building a timer.
+        if let Ok(permit) = Arc::clone(&self.admit).try_acquire_owned() {
+            return Ok((deadline, permit));
+        }
         match tokio::time::timeout_at(deadline, Arc::clone(&self.admit).acquire_owned()).await {
             Ok(Ok(permit)) => Ok((deadline, permit)),
             Ok(Err(_)) => Err(Error::new(ErrorKind::Closed, "the publisher is closed")),
@@ -442,5 +481,21 @@ impl Publisher {
     /// Counters.
     pub fn stats(&self) -> &PublisherStats {
         &self.shared.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdText;
+
+    #[test]
+    fn a_message_id_reads_back_whatever_its_length() {
+        let uuid = "0192f0c1-7d3a-7b8e-9a4f-2c1d5e6f7a8b";
+        let long = "é".repeat(100);
+        for id in ["", "mine", uuid, &format!("{uuid}x"), &long] {
+            assert_eq!(IdText::new(id).as_str(), id);
+        }
+        assert!(matches!(IdText::new(uuid), IdText::Inline { .. }));
+        assert!(matches!(IdText::new(&long), IdText::Heap(_)));
     }
 }

@@ -10,6 +10,7 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -123,7 +124,17 @@ impl<H: Handler> Invocation<H> {
             let call = std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(this_attempt)));
             let result = match call {
                 Ok(future) => {
-                    tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await
+                    // Most handlers finish on their first poll: the timer is built only
+                    // for one that does not, with the deadline counted from the start.
+                    let mut call = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
+                    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx)));
+                    match first.await {
+                        Poll::Ready(done) => Ok(done),
+                        Poll::Pending => {
+                            let deadline = crate::deadline::deadline_from(started, timeout);
+                            tokio::time::timeout_at(deadline, call).await
+                        }
+                    }
                 }
                 Err(panic) => Ok(Err(panic)),
             };

@@ -425,8 +425,22 @@ impl Consumer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One wait on the token for the whole session: a new one per turn of the loop
         // would register and unregister a waiter for every message.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // Once registered with this task's waker, the wait is not polled again while
+        // deliveries flow: reading the flag is enough, and much cheaper than re-arming
+        // the waiter every turn. A different waker (the session moved to another task)
+        // re-registers.
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        let mut registered: Option<std::task::Waker> = None;
+        let mut cancel_wait = std::pin::pin!(std::future::poll_fn(|cx| {
+            if shutdown.is_cancelled() {
+                return std::task::Poll::Ready(());
+            }
+            if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return std::task::Poll::Pending;
+            }
+            registered = Some(cx.waker().clone());
+            cancelled.as_mut().poll(cx)
+        }));
         let end = loop {
             if let Some(since) = draining {
                 if running.is_empty() {
@@ -450,7 +464,7 @@ impl Consumer {
                 draining.map(|since| crate::deadline::deadline_from(since, cfg.shutdown_timeout));
             tokio::select! {
                 biased;
-                _ = &mut cancelled, if draining.is_none() => {
+                _ = &mut cancel_wait, if draining.is_none() => {
                     draining = Some(Instant::now());
                     if let Err(e) = consumer.cancel().await {
                         tracing::debug!(error = %e, "cancelling the consumer failed");

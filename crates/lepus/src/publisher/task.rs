@@ -92,7 +92,16 @@ impl Task {
             self.expire();
             let event = self.next_event().await;
             match event {
-                Event::Job(Some(job)) => self.waiting.push_back(job),
+                Event::Job(Some(job)) => {
+                    self.waiting.push_back(job);
+                    // What else is queued already comes along (up to a window's worth):
+                    // one turn of this loop per burst, not one per message.
+                    while self.waiting.len() < self.options.window.max(1)
+                        && let Ok(job) = self.rx.try_recv()
+                    {
+                        self.waiting.push_back(job);
+                    }
+                }
                 Event::Job(None) | Event::Stop => break,
                 Event::Confirmed(outcome) => {
                     if let Some((job, _)) = self.inflight.pop_front() {
