@@ -129,9 +129,15 @@ impl Env {
         (0..NODES).map(|i| self.url(i)).collect()
     }
 
-    /// A client on `urls`, reconnecting quickly (at most half a second apart).
-    pub fn client(&self, name: &str, urls: &[String]) -> anyhow::Result<Client> {
-        let mut builder = Client::builder().name(name).reconnect(
+    /// A client on `urls` declaring `topology`, reconnecting quickly (at most half a
+    /// second apart).
+    pub fn client(
+        &self,
+        name: &str,
+        urls: &[String],
+        topology: Topology,
+    ) -> anyhow::Result<Client> {
+        let mut builder = Client::builder().name(name).topology(topology).reconnect(
             ReconnectPolicy::default()
                 .initial_delay(Duration::from_millis(50))
                 .max_delay(Duration::from_millis(500)),
@@ -184,25 +190,33 @@ impl Env {
     }
 
     /// Declares `queue` through a connection to node `leader` only, so that its leader
-    /// (quorum) or its home (classic) is that node. Returns the leader reported by the
-    /// broker for a quorum queue.
+    /// (quorum) or its home (classic) is that node: the queue is deleted first, since
+    /// the drill client's own topology has declared it already on whichever node it
+    /// connected to. Returns the leader reported by the broker for a quorum queue.
     pub async fn declare(
         &self,
         queue: &str,
         kind: QueueKind,
         leader: usize,
     ) -> anyhow::Result<usize> {
-        let q = match kind {
-            QueueKind::Classic => Queue::new(queue),
-            QueueKind::Quorum => Queue::new(queue).quorum(),
-        };
         let url = self.url(leader)?;
         let mut builder = Client::builder()
             .name("drill-admin")
-            .topology(Topology::new().queue(q));
+            .topology(Topology::new().queue(queue_def(queue, kind)));
         builder = builder.endpoint(&url)?;
         let admin = builder.build()?;
-        let up = admin.wait_connected(Duration::from_secs(60)).await;
+        let up = async {
+            admin.wait_connected(Duration::from_secs(60)).await?;
+            let channel = admin.channel().await?;
+            channel.queue_delete(queue, Default::default()).await?;
+            drop(channel);
+            let report = admin.redeclare(Role::Publish).await?;
+            if let Some(failure) = report.failures.first() {
+                bail!("{failure}");
+            }
+            anyhow::Ok(())
+        }
+        .await;
         let _ = admin.close(Duration::from_secs(5)).await;
         up.with_context(|| format!("declaring {queue} on node {leader}"))?;
         if kind == QueueKind::Classic {
@@ -264,5 +278,13 @@ impl Env {
         })
         .await
         .context("bringing the cluster back to three running nodes")
+    }
+}
+
+/// The queue a scenario publishes to and consumes from, as its clients declare it.
+pub fn queue_def(queue: &str, kind: QueueKind) -> Queue {
+    match kind {
+        QueueKind::Classic => Queue::new(queue),
+        QueueKind::Quorum => Queue::new(queue).quorum(),
     }
 }

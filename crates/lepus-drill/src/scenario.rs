@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use lepus::{CancellationToken, Publisher, Role};
+use lepus::{CancellationToken, Publisher, Role, Topology};
 
 use crate::check::{Row, check};
 use crate::env::{Env, QueueKind};
@@ -162,7 +162,13 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     } else {
         urls.clone()
     };
-    let client = env.client("drill", &client_urls)?;
+    // The queue is in the client's topology, as lepus recommends: a connection whose
+    // node cannot reach the queue's node is then not used to publish into it.
+    let client = env.client(
+        "drill",
+        &client_urls,
+        Topology::new().queue(crate::env::queue_def(&id, scenario.queue)),
+    )?;
     client
         .wait_connected(Duration::from_secs(60))
         .await

@@ -83,7 +83,11 @@ impl ClientBuilder {
         self
     }
 
-    /// What to declare on every connect.
+    /// What to declare on every connect. Declare the queues you publish to here: a
+    /// connection on which such a queue is unavailable (its node is down, see
+    /// [`Error::is_queue_unavailable`]) is not used; the client retries, and publishes
+    /// wait, until the queue's node is back. Other failed declarations are reported
+    /// ([`Client::topology_report`]) and the connection is used.
     pub fn topology(mut self, topology: Topology) -> Self {
         self.topology = topology;
         self

@@ -120,6 +120,15 @@ impl Error {
         self.amqp().is_some_and(|e| e.is_not_found())
     }
 
+    /// A queue exists but cannot be used now: the broker answered 404 NOT_FOUND saying
+    /// the home node of the durable (classic) queue is down or inaccessible. Publishing
+    /// to it then loses messages the broker still confirms, so the supervisor treats a
+    /// topology with such a queue as not ready and retries later. Retrying may succeed.
+    pub fn is_queue_unavailable(&self) -> bool {
+        self.amqp()
+            .is_some_and(|e| names_unavailable_queue(e.reply_code(), e.message()))
+    }
+
     /// A message was over the broker's or the client's size limit.
     pub fn is_too_large(&self) -> bool {
         self.kind() == ErrorKind::TooLarge
@@ -138,6 +147,9 @@ impl Error {
 
     /// Whether trying again (on a new connection) may succeed.
     pub fn is_recoverable(&self) -> bool {
+        if self.is_queue_unavailable() {
+            return true;
+        }
         match self.kind() {
             ErrorKind::Amqp => self.amqp().is_none_or(|e| e.is_recoverable()),
             ErrorKind::Timeout | ErrorKind::BufferFull | ErrorKind::Nacked | ErrorKind::Storage => {
@@ -158,6 +170,12 @@ impl Error {
             Self::from(err)
         }
     }
+}
+
+/// Whether a broker reply (`code`, and the text the engine's message carries) says a
+/// queue's home node is down: the one place that reply is recognised.
+pub(crate) fn names_unavailable_queue(code: Option<u16>, text: &str) -> bool {
+    code == Some(404) && text.contains("home node") && text.contains("down or inaccessible")
 }
 
 impl From<lepus_amqp::Error> for Error {
@@ -190,5 +208,28 @@ impl std::error::Error for Error {
             .amqp
             .as_ref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_unavailable_queue;
+
+    #[test]
+    fn a_queue_whose_home_node_is_down_is_unavailable() {
+        let down = "broker closed the channel: 404 NOT_FOUND - home node 'rabbit@a' of durable \
+                    queue 'orders' in vhost '/' is down or inaccessible";
+        assert!(names_unavailable_queue(Some(404), down));
+        // Other replies are not: a missing queue, another code, no code at all.
+        assert!(!names_unavailable_queue(
+            Some(404),
+            "broker closed the channel: 404 NOT_FOUND - no queue 'orders' in vhost '/'"
+        ));
+        assert!(!names_unavailable_queue(Some(406), down));
+        assert!(!names_unavailable_queue(None, down));
+        assert!(!names_unavailable_queue(
+            Some(406),
+            "406 PRECONDITION_FAILED - inequivalent arg 'x-queue-type'"
+        ));
     }
 }

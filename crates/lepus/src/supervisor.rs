@@ -194,7 +194,29 @@ impl Supervised {
                     };
                     match report {
                         Ok(report) => {
+                            let unavailable = not_ready(&report, &endpoint.label);
                             self.report.send_replace(report);
+                            if let Some(err) = unavailable {
+                                // A queue of the topology is there but its node is down:
+                                // the broker would confirm publishes to it and drop them.
+                                // Not connected yet; try again (maybe another node) later.
+                                let _ = conn.close().await;
+                                tracing::warn!(role = self.role, error = %err, "topology not ready; retrying");
+                                if self
+                                    .give_up_or_wait(
+                                        &plan,
+                                        &cancel,
+                                        attempt,
+                                        since,
+                                        &mut delays,
+                                        err,
+                                    )
+                                    .await
+                                {
+                                    break;
+                                }
+                                continue;
+                            }
                         }
                         Err(err) => {
                             // The connection died while declaring (say, an exchange type
@@ -360,6 +382,18 @@ impl Supervised {
             }
         }
     }
+}
+
+/// The failure that keeps a declared topology from being ready, if any: a queue that
+/// exists but whose node is down ([`Error::is_queue_unavailable`]). Other failures
+/// (inequivalent arguments, say) are reported and recovery goes on.
+fn not_ready(report: &TopologyReport, label: &str) -> Option<Error> {
+    let failure = report
+        .failures
+        .iter()
+        .find(|f| f.error.is_queue_unavailable())?;
+    let text = format!("{label}: topology not ready: {}", failure.error);
+    Some(failure.error.context(ErrorKind::Topology, text))
 }
 
 /// One broker address to try, with how to name it in errors and states.

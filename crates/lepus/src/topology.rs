@@ -2,7 +2,10 @@
 //!
 //! A failing declaration (say, a queue that exists with other arguments) is reported with
 //! the entity named and the broker's reason (which names the argument), and recovery goes
-//! on with the rest: one bad queue must not keep a service from its other queues.
+//! on with the rest: one bad queue must not keep a service from its other queues. The
+//! exception is a queue that exists but whose node is down: the supervisor does not use
+//! that connection (see `supervisor::not_ready`), since the broker would confirm
+//! publishes to the queue and drop them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

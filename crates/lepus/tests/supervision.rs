@@ -290,3 +290,82 @@ async fn a_connection_lost_soon_after_connecting_is_a_failed_attempt() {
     assert_eq!(client.connects(Role::Publish), 3);
     assert_eq!(client.connect_attempts(Role::Publish), 3);
 }
+
+/// A durable classic queue whose home node is down is still routed to, and the broker
+/// confirms publishes it then drops. Declaring it fails ("home node ... is down or
+/// inaccessible"), so a client with the queue in its topology must not count itself
+/// connected: its publishes wait until the node is back, then land in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_whose_node_is_down_keeps_the_client_from_connecting() {
+    let cluster = std::sync::Arc::new(blocking(|| lepus_testkit::Cluster::start(2).unwrap()).await);
+    let queue = unique_name("homeless");
+    let topology = Topology::new().queue(Queue::new(&queue));
+    // Declared on node 0: its home.
+    let admin = common::client(&cluster.urls()[0], topology.clone());
+    admin.wait_connected(Duration::from_secs(20)).await.unwrap();
+    admin.close(Duration::from_secs(5)).await.unwrap();
+    let c = cluster.clone();
+    blocking(move || c.node(0).unwrap().stop().unwrap()).await;
+
+    // Node 1 only.
+    let client = common::client(&cluster.urls()[1], topology);
+    let mut states = client.watch_state(Role::Publish);
+    let publisher = lepus::Publisher::new(
+        &client,
+        lepus::PublisherOptions::default().publish_timeout(Duration::from_secs(60)),
+    );
+    let p = publisher.clone();
+    let body = b"kept".to_vec();
+    let q = queue.clone();
+    let published =
+        tokio::spawn(async move { p.publish(lepus::Message::new("", q.as_str(), body)).await });
+    // Several refused attempts, none of them Connected, the last error naming the queue.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = states.borrow_and_update().clone();
+        assert!(
+            !state.is_connected(),
+            "connected while the queue's node is down"
+        );
+        if let ConnectionState::Reconnecting {
+            attempt,
+            last_error,
+        } = &state
+        {
+            seen.push(last_error.to_string());
+            if *attempt >= 3 {
+                assert!(last_error.is_queue_unavailable(), "{last_error}");
+                assert!(last_error.to_string().contains(&queue), "{last_error}");
+                break;
+            }
+        }
+        tokio::time::timeout_at(deadline, states.changed())
+            .await
+            .unwrap_or_else(|_| panic!("no third attempt; states: {seen:?}"))
+            .unwrap();
+    }
+    assert!(!published.is_finished(), "the publish did not wait");
+
+    let c = cluster.clone();
+    blocking(move || c.node(0).unwrap().restart().unwrap()).await;
+    client
+        .wait_connected(Duration::from_secs(30))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), published)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let channel = client.channel().await.unwrap();
+    let got = channel
+        .basic_get(&queue)
+        .await
+        .unwrap()
+        .expect("the message is in the queue");
+    assert_eq!(&got.delivery.body()[..], b"kept");
+    drop(channel);
+    publisher.close(Duration::from_secs(5)).await.unwrap();
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
