@@ -80,6 +80,23 @@ pub struct ConnectArgs {
 }
 
 /// The resolved options (set by `main`; the defaults if it did not).
+/// The consuming connection of `client`, for a command that inspects the broker; when
+/// none comes within `timeout`, the client is closed, the user told, and the exit code
+/// for an unreachable broker is the `Err`.
+pub async fn inspecting_connection(
+    client: &Client,
+    timeout: Duration,
+) -> Result<lepus::Live, std::process::ExitCode> {
+    match client.connection(Role::Consume, timeout).await {
+        Ok(live) => Ok(live),
+        Err(err) => {
+            let _ = client.close(Duration::from_secs(2)).await;
+            eprintln!("lepus: cannot connect to {}: {err}", global().describe());
+            Err(std::process::ExitCode::from(crate::exit::UNREACHABLE))
+        }
+    }
+}
+
 pub fn global() -> &'static ConnectArgs {
     RESOLVED.get_or_init(|| ConnectArgs::default().with_defaults())
 }

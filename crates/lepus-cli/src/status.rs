@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use lepus::amqp::{Channel, Connection, QueueDeclareOptions};
-use lepus::{RetryPolicy, Role, Topology};
+use lepus::{RetryPolicy, Topology};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -291,13 +291,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let client = global.client("lepus status", Topology::new(), true)?;
-    let live = match client.connection(Role::Consume, args.timeout).await {
+    let live = match connect::inspecting_connection(&client, args.timeout).await {
         Ok(live) => live,
-        Err(err) => {
-            let _ = client.close(Duration::from_secs(2)).await;
-            eprintln!("lepus: cannot connect to {}: {err}", global.describe());
-            return Ok(ExitCode::from(exit::UNREACHABLE));
-        }
+        Err(code) => return Ok(code),
     };
     let channel = live.connection.open_channel().await?;
     let mut probe = Probe {

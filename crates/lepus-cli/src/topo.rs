@@ -319,13 +319,9 @@ async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let (vhost, defs) = read_file(&args)?;
     let global = connect::global();
     let client = global.client("lepus topology plan", Topology::new(), true)?;
-    let live = match client.connection(Role::Consume, args.timeout).await {
+    let live = match connect::inspecting_connection(&client, args.timeout).await {
         Ok(live) => live,
-        Err(err) => {
-            let _ = client.close(Duration::from_secs(2)).await;
-            eprintln!("lepus: cannot connect to {}: {err}", global.describe());
-            return Ok(ExitCode::from(exit::UNREACHABLE));
-        }
+        Err(code) => return Ok(code),
     };
     let channel = live.connection.open_channel().await?;
     let mut prober = Prober {
@@ -435,10 +431,8 @@ async fn apply(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let topology = Topology::from_definitions(&defs)?;
     let global = connect::global();
     let client = global.client("lepus topology apply", topology, true)?;
-    if let Err(err) = client.connection(Role::Consume, args.timeout).await {
-        let _ = client.close(Duration::from_secs(2)).await;
-        eprintln!("lepus: cannot connect to {}: {err}", global.describe());
-        return Ok(ExitCode::from(exit::UNREACHABLE));
+    if let Err(code) = connect::inspecting_connection(&client, args.timeout).await {
+        return Ok(code);
     }
     let report = client.topology_report(Role::Consume);
     let _ = client.close(Duration::from_secs(5)).await;
