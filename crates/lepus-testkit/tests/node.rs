@@ -36,13 +36,15 @@ fn kill_refuses_the_port_and_restart_brings_back_durable_messages() {
     assert!(broker.is_running());
     assert!(port_accepts(broker.port()), "port refuses after restart");
 
-    // The node answers before every recovered queue does; wait (bounded) until the queue
-    // reports its message, so a slow recovery is not mistaken for a loss.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The node answers before every recovered queue does (after kill -9 the message store
+    // is rebuilt, slow on a loaded machine); wait (bounded) until the queue reports its
+    // message, so a slow recovery is not mistaken for a loss.
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let listed = broker
-            .rabbitmqctl(&["-q", "list_queues", "name", "messages"])
-            .unwrap_or_default();
+        let listed = match broker.rabbitmqctl(&["-q", "list_queues", "name", "messages"]) {
+            Ok(listed) => listed,
+            Err(err) => format!("rabbitmqctl failed: {err}"),
+        };
         let recovered = listed.lines().any(|line| {
             let mut cols = line.split_whitespace();
             cols.next() == Some(queue.as_str()) && cols.next() == Some("1")
