@@ -42,28 +42,22 @@
 //! # Ok(()) }
 //! ```
 
-mod api;
 mod channel;
 mod codec;
 mod connection;
-mod consumer;
 mod error;
 mod message;
 mod options;
-mod outbox;
-mod returns;
-mod tables;
-mod transport;
 
 pub use amq_protocol::protocol::BasicProperties;
 pub use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
-pub use api::{
+pub use channel::{
     Arguments, Channel, ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, PublishOptions,
     QueueDeclareOptions, QueueDeleteOptions, QueueInfo, short_string,
 };
 pub use codec::ShortStr;
 pub use connection::{Connection, Negotiated};
-pub use consumer::Consumer;
+pub use channel::Consumer;
 pub use error::{Error, ErrorKind, Result, TlsFailure};
 pub use message::{Confirmation, Delivery, GetMessage, PublishConfirm, Returned};
 pub use options::{

@@ -2,10 +2,13 @@
 //! socket, and a cheap clonable handle.
 //!
 //! The reader parses frames and applies each one to its channel's state directly (no
-//! per-frame message passing); the writer drains the [`Outbox`](crate::outbox) and sends
+//! per-frame message passing); the writer drains the [`Outbox`](write_buffer) and sends
 //! heartbeats when idle. Either task failing fails the whole connection: every waiter,
 //! confirm and consumer learns why. The connection never reconnects; that is the
 //! supervisor's job one layer up.
+
+mod transport;
+mod write_buffer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,13 +22,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::Channel;
+use crate::channel::Channel;
 use crate::channel::ChannelShared;
 use crate::codec::{self, Frame};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::{AuthMechanism, ConnectionOptions};
-use crate::outbox::Outbox;
-use crate::transport::{self, ReadHalf, WriteHalf};
+use write_buffer::Outbox;
+use transport::{ReadHalf, WriteHalf};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// How long the socket tasks outlive a failed connection to flush its last frames (a
@@ -215,7 +218,7 @@ impl ConnShared {
         self: &Arc<Self>,
     ) -> Option<tokio::sync::mpsc::Receiver<crate::Delivery>> {
         let (one, two) = (self.allocate_channel().ok()?, self.allocate_channel().ok()?);
-        let (slot, rx, _) = crate::consumer::consumer_pair(16, false);
+        let (slot, rx, _) = crate::channel::consumer::consumer_pair(16, false);
         one.insert_consumer("c", slot);
         two.set_confirm_mode();
         Some(rx)

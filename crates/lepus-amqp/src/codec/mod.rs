@@ -7,6 +7,8 @@
 //! per-message path (`basic.publish`, `basic.deliver`, `basic.ack`/`nack` both ways), which
 //! are written by hand here because they are simple and hot.
 
+mod decode_guard;
+
 use amq_protocol::frame::{AMQPContentHeader, WriteContext};
 use amq_protocol::protocol::{AMQPClass, BasicProperties};
 use bytes::{Buf, Bytes, BytesMut};
@@ -182,7 +184,7 @@ fn decode_payload(kind: u8, channel: u16, payload: Bytes) -> Result<Frame> {
 }
 
 fn decode_header(payload: &[u8]) -> Result<AMQPContentHeader> {
-    crate::tables::check_content_header(payload)?;
+    decode_guard::check_content_header(payload)?;
     let (rest, header) = amq_protocol::frame::parsing::parse_content_header(payload)
         .map_err(|e| Error::protocol(format!("malformed content header: {e}")))?;
     if !rest.is_empty() {
@@ -278,12 +280,12 @@ fn decode_method(channel: u16, payload: Bytes) -> Result<Frame> {
             })
         }
         _ => {
-            if !crate::tables::sent_by_broker(class, method) {
+            if !decode_guard::sent_by_broker(class, method) {
                 return Err(Error::protocol(format!(
                     "method {class}.{method} on channel {channel} is not one a broker sends"
                 )));
             }
-            crate::tables::check_method(&payload)?;
+            decode_guard::check_method(&payload)?;
             let (rest, class) = amq_protocol::protocol::parse_class(&payload[..]).map_err(|e| {
                 Error::protocol(format!(
                     "unknown or malformed method {class}.{method} on channel {channel}: {e}"

@@ -8,7 +8,7 @@ use amq_protocol::types::{FieldTable, ShortString};
 
 use crate::channel::{self as chan, ChannelShared, Expect, Reply, name};
 use crate::connection::Lifeline;
-use crate::consumer::{Consumer, consumer_pair};
+use crate::channel::consumer::{Consumer, consumer_pair};
 use crate::error::{Error, Result};
 use crate::message::{GetMessage, PublishConfirm};
 

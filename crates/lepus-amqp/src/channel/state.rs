@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{self, DeliverArgs, Frame, Settle, ShortStr};
 use crate::connection::ConnShared;
-use crate::consumer::{ConsumerEnd, ConsumerSlot};
+use crate::channel::consumer::{ConsumerEnd, ConsumerSlot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Confirmation, Delivery, GetMessage, PublishConfirm, Returned};
-use crate::returns::{self, Fingerprint};
+use crate::channel::returns::{self, Fingerprint};
 
 /// What a caller waiting on a synchronous method gets back.
 pub(crate) enum Reply {
