@@ -51,13 +51,13 @@ mod options;
 
 pub use amq_protocol::protocol::BasicProperties;
 pub use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+pub use channel::Consumer;
 pub use channel::{
     Arguments, Channel, ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, PublishOptions,
     QueueDeclareOptions, QueueDeleteOptions, QueueInfo, short_string,
 };
 pub use codec::ShortStr;
 pub use connection::{Connection, Negotiated};
-pub use channel::Consumer;
 pub use error::{Error, ErrorKind, Result, TlsFailure};
 pub use message::{Confirmation, Delivery, GetMessage, PublishConfirm, Returned};
 pub use options::{

@@ -176,3 +176,28 @@ impl std::fmt::Debug for Consumer {
             .finish()
     }
 }
+
+/// A channel's consumers, by tag. Channels carry one or a few consumers, so a short
+/// list compared by bytes beats hashing the tag of every delivery.
+#[derive(Default)]
+pub(super) struct Consumers(Vec<(String, ConsumerSlot)>);
+
+impl Consumers {
+    pub(super) fn get(&self, tag: &str) -> Option<&ConsumerSlot> {
+        self.0.iter().find(|(t, _)| t == tag).map(|(_, s)| s)
+    }
+
+    pub(super) fn insert(&mut self, tag: String, slot: ConsumerSlot) {
+        self.remove(&tag);
+        self.0.push((tag, slot));
+    }
+
+    pub(super) fn remove(&mut self, tag: &str) -> Option<ConsumerSlot> {
+        let i = self.0.iter().position(|(t, _)| t == tag)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = ConsumerSlot> + '_ {
+        self.0.drain(..).map(|(_, s)| s)
+    }
+}

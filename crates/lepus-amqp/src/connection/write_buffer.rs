@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, ErrorKind, Result};
 
-pub(crate) struct Outbox {
+pub(crate) struct WriteBuffer {
     state: Mutex<State>,
     /// Bytes queued, readable without the lock.
     queued: AtomicUsize,
@@ -30,7 +30,7 @@ struct State {
     closed: Option<Error>,
 }
 
-impl Outbox {
+impl WriteBuffer {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
             state: Mutex::new(State {

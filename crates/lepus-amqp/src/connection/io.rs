@@ -1,0 +1,196 @@
+//! The two socket tasks: the reader, which decodes frames and applies each to its
+//! channel's state directly (no per-frame message passing), and the writer, which drains
+//! the [`WriteBuffer`](super::write_buffer::WriteBuffer) with one syscall per batch and
+//! sends heartbeats when idle.
+//!
+//! Either task failing fails the whole connection. Both end, at the latest,
+//! [`CLOSE_LINGER`] after the connection failed, so a peer that stopped reading cannot
+//! keep a socket (and its buffers) alive.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::shared::ConnShared;
+use super::transport::{ReadHalf, WriteHalf};
+use crate::codec;
+use crate::error::{Error, ErrorKind, Result};
+
+pub(super) const READ_CHUNK: usize = 64 * 1024;
+/// How long the socket tasks outlive a failed connection to flush its last frames (a
+/// `close-ok`, a `connection.close`). A writer blocked on a frozen peer is cut off here,
+/// and the socket goes with it.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Counts a socket task as alive until it ends, whichever way it ends.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Starts the reader and the writer for an opened connection.
+pub(super) fn spawn(shared: &Arc<ConnShared>, rd: ReadHalf, wr: WriteHalf, buf: BytesMut) {
+    let heartbeat = Duration::from_secs(u64::from(shared.negotiated.heartbeat));
+    let alive = Alive::new(&shared.io_tasks);
+    tokio::spawn(read_loop(Arc::clone(shared), rd, buf, heartbeat, alive));
+    let alive = Alive::new(&shared.io_tasks);
+    tokio::spawn(write_loop(Arc::clone(shared), wr, heartbeat, alive));
+}
+
+async fn read_loop(
+    shared: Arc<ConnShared>,
+    mut rd: ReadHalf,
+    mut buf: BytesMut,
+    heartbeat: Duration,
+    _alive: Alive,
+) {
+    let mut kill = shared.kill.subscribe();
+    let dead = failed_a_while_ago(&shared);
+    let result = tokio::select! {
+        r = read_frames(&shared, &mut rd, &mut buf, heartbeat) => r,
+        _ = kill.wait_for(|k| *k) => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
+        () = dead => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
+    };
+    if let Err(err) = result {
+        if err.kind() == ErrorKind::Protocol || err.kind() == ErrorKind::FrameTooLarge {
+            // Tell the broker why before hanging up (501 FRAME_ERROR / 505 UNEXPECTED_FRAME).
+            let code = if err.kind() == ErrorKind::FrameTooLarge {
+                501
+            } else {
+                505
+            };
+            let text: String = err.message().chars().take(200).collect();
+            shared.begin_close(code, &text);
+        }
+        shared.fail(err);
+    }
+}
+
+async fn read_frames(
+    shared: &Arc<ConnShared>,
+    rd: &mut ReadHalf,
+    buf: &mut BytesMut,
+    heartbeat: Duration,
+) -> Result<()> {
+    let silence_limit = heartbeat * 2;
+    let mut last = None;
+    loop {
+        while let Some(frame) = codec::decode_frame(buf, shared.frame_max)? {
+            shared.dispatch(frame, &mut last)?;
+        }
+        if shared.close_reason().is_some() {
+            return Ok(());
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = if heartbeat.is_zero() {
+            rd.read_buf(buf).await
+        } else {
+            match tokio::time::timeout(silence_limit, rd.read_buf(buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::MissedHeartbeat,
+                        format!("no traffic from the broker for {silence_limit:?} (two heartbeat intervals)"),
+                    ));
+                }
+            }
+        }
+        .map_err(|e| Error::io("read failed", e))?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "the broker closed the socket without connection.close",
+            ));
+        }
+    }
+}
+
+/// Resolves [`CLOSE_LINGER`] after the connection failed: the socket tasks end then,
+/// whatever they are waiting on (a write to a peer that stopped reading never returns).
+fn failed_a_while_ago(shared: &ConnShared) -> impl std::future::Future<Output = ()> + use<> {
+    let mut closed = shared.closed.subscribe();
+    async move {
+        if closed.wait_for(|c| c.is_some()).await.is_ok() {
+            tokio::time::sleep(CLOSE_LINGER).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn write_loop(
+    shared: Arc<ConnShared>,
+    mut wr: WriteHalf,
+    heartbeat: Duration,
+    _alive: Alive,
+) {
+    let mut kill = shared.kill.subscribe();
+    let dead = failed_a_while_ago(&shared);
+    tokio::pin!(dead);
+    let mut spare: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let idle_limit = heartbeat / 2;
+    let mut last_write = Instant::now();
+    loop {
+        if shared.out.take(&mut spare).is_err() {
+            let _ = wr.shutdown().await;
+            return;
+        }
+        if spare.is_empty() {
+            let beat = async {
+                if heartbeat.is_zero() {
+                    std::future::pending::<()>().await;
+                }
+                // Saturating: no deadline arithmetic may panic, whatever the limits.
+                match last_write.checked_add(idle_limit) {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = shared.out.writer_wait() => continue,
+                _ = beat => codec::put_heartbeat(&mut spare),
+                _ = kill.wait_for(|k| *k) => return,
+                () = &mut dead => {
+                    shared.out.discard();
+                    return;
+                }
+            }
+        }
+        let write = async {
+            wr.write_all(&spare).await?;
+            wr.flush().await
+        };
+        let result = tokio::select! {
+            r = write => r,
+            _ = kill.wait_for(|k| *k) => return,
+            () = &mut dead => {
+                // Blocked on a peer that stopped reading: drop the socket mid-write.
+                shared.out.discard();
+                return;
+            }
+        };
+        if let Err(e) = result {
+            shared.fail(Error::io("write failed", e));
+            shared.out.discard();
+            return;
+        }
+        last_write = Instant::now();
+        shared.out.written();
+    }
+}
