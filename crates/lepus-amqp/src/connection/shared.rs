@@ -266,25 +266,3 @@ impl ConnShared {
         }
     }
 }
-
-impl Frame {
-    pub(super) fn channel(&self) -> u16 {
-        match self {
-            Frame::Method(c, _)
-            | Frame::Deliver(c, _)
-            | Frame::Header(c, _)
-            | Frame::Body(c, _) => *c,
-            Frame::Confirm { channel, .. } | Frame::BadHeader { channel, .. } => *channel,
-            Frame::Heartbeat => 0,
-        }
-    }
-
-    pub(super) fn name(&self) -> &'static str {
-        match self {
-            Frame::Method(..) | Frame::Deliver(..) | Frame::Confirm { .. } => "method",
-            Frame::Header(..) | Frame::BadHeader { .. } => "content header",
-            Frame::Body(..) => "body",
-            Frame::Heartbeat => "heartbeat",
-        }
-    }
-}
