@@ -97,6 +97,8 @@ pub(crate) struct TlsError {
     pub(crate) source: rustls::Error,
 }
 
+/// Transparent: it reads as rustls's error and passes on rustls's own cause, so the
+/// chain says what rustls said once. It exists to carry the [`TlsFailure`].
 impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.source, f)
@@ -105,7 +107,7 @@ impl fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        std::error::Error::source(&self.source)
     }
 }
 
@@ -183,7 +185,8 @@ impl Error {
         } else {
             ErrorKind::Io
         };
-        Self::with_source(kind, format!("{context}: {err}"), err)
+        // The message says what we were doing; what the OS said comes through `source()`.
+        Self::with_source(kind, context, err)
     }
 
     pub(crate) fn timeout(what: &str, after: std::time::Duration) -> Self {
@@ -306,9 +309,28 @@ impl fmt::Debug for Error {
     }
 }
 
+/// The error's own message only: its cause, if any, comes through
+/// [`source()`](std::error::Error::source), so a printer that walks the chain (`anyhow`'s
+/// `{:#}`, `lepus`'s reports) says each thing once.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.inner.message)
+    }
+}
+
+/// An error and its causes on one line (`message: cause: cause`), for our own log lines,
+/// which print a single value.
+pub(crate) struct Chain<'a>(pub(crate) &'a Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.message())?;
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
 }
 
@@ -322,8 +344,35 @@ impl std::error::Error for Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Fails if any error in `err`'s chain repeats the text of its cause.
+    pub(crate) fn assert_causes_not_repeated(err: &(dyn std::error::Error + 'static)) {
+        let mut current = err;
+        while let Some(cause) = current.source() {
+            let (text, cause_text) = (current.to_string(), cause.to_string());
+            assert!(
+                !text.contains(&cause_text),
+                "{text:?} repeats its cause {cause_text:?}"
+            );
+            current = cause;
+        }
+    }
+
+    #[test]
+    fn an_io_error_keeps_its_cause_out_of_its_message() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by peer");
+        let err = Error::io("cannot connect to h:1", io);
+        assert_eq!(err.to_string(), "cannot connect to h:1");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("refused by peer"));
+        assert_causes_not_repeated(&err);
+        assert_eq!(Chain(&err).to_string(), "cannot connect to h:1: refused by peer");
+        let timed_out = Error::io("read failed", std::io::ErrorKind::TimedOut.into());
+        assert!(timed_out.is_timeout());
+        assert_causes_not_repeated(&timed_out);
+    }
 
     #[test]
     fn reply_codes_map_to_kinds() {

@@ -15,7 +15,7 @@ use super::state::{ChanState, ChannelShared, Expect, Waiter};
 use crate::channel::consumer::ConsumerEnd;
 use crate::channel::returns::{self, Fingerprint};
 use crate::codec::{self, DeliverArgs, Settle};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::message::Returned;
 
 impl ChannelShared {
@@ -100,7 +100,7 @@ impl ChannelShared {
         let err = Error::with_source(
             error.kind(),
             format!(
-                "channel {}: message properties cannot be decoded: {error}",
+                "channel {}: message properties cannot be decoded",
                 self.id
             ),
             error,
@@ -135,7 +135,7 @@ impl ChannelShared {
                     channel = self.id,
                     exchange = %ret.exchange,
                     routing_key = %ret.routing_key,
-                    error = %err,
+                    error = %Chain(&err),
                     "returned message cannot be decoded; its publish is reported returned without it"
                 );
                 // Its publish must still resolve as returned, not as acked; without the
@@ -172,7 +172,7 @@ impl ChannelShared {
                 channel = self.id,
                 consumer_tag = %ctag,
                 delivery_tag = tag,
-                error = %err,
+                error = %Chain(&err),
                 "delivery refused: rejected without requeue (dead-lettered if the queue has a dead-letter exchange)"
             );
         }

@@ -13,7 +13,7 @@ use super::Negotiated;
 use super::write_buffer::WriteBuffer;
 use crate::channel::ChannelShared;
 use crate::codec::{self, Frame};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::options::ConnectionOptions;
 
 pub(crate) struct ConnShared {
@@ -96,7 +96,7 @@ impl ConnShared {
             }
         });
         if first {
-            tracing::debug!(error = %err, "connection closed");
+            tracing::debug!(error = %Chain(&err), "connection closed");
         }
         self.out.close(err.clone());
         let channels: Vec<_> = {

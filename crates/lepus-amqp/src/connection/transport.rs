@@ -104,8 +104,9 @@ pub(crate) fn tls_error(
         }
         _ => "the TLS handshake failed".to_owned(),
     };
+    // What rustls said is the source; the message is ours only.
     let message = format!(
-        "{during} with {} (server name {name:?}) failed: {reason} ({rustls_err})",
+        "{during} with {} (server name {name:?}) failed: {reason}",
         opts.address()
     );
     let source = TlsError {
@@ -260,11 +261,19 @@ mod tests {
         assert_eq!(err.tls_failure(), Some(TlsFailure::Expired));
         assert!(!err.is_recoverable());
         assert!(err.to_string().contains("broker.example:5671"), "{err}");
+        assert!(err.to_string().contains("has expired"), "{err}");
+        crate::error::tests::assert_causes_not_repeated(&err);
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(
+            cause,
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired).to_string())
+        );
         // A reset during the handshake is the network's doing: an I/O error, recoverable.
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         let err = tls_io_error(&opts, "TLS handshake", reset);
         assert_eq!(err.kind(), ErrorKind::Io);
         assert_eq!(err.tls_failure(), None);
         assert!(err.is_recoverable());
+        crate::error::tests::assert_causes_not_repeated(&err);
     }
 }
