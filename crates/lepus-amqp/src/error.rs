@@ -368,7 +368,10 @@ pub(crate) mod tests {
         let cause = std::error::Error::source(&err).map(ToString::to_string);
         assert_eq!(cause.as_deref(), Some("refused by peer"));
         assert_causes_not_repeated(&err);
-        assert_eq!(Chain(&err).to_string(), "cannot connect to h:1: refused by peer");
+        assert_eq!(
+            Chain(&err).to_string(),
+            "cannot connect to h:1: refused by peer"
+        );
         let timed_out = Error::io("read failed", std::io::ErrorKind::TimedOut.into());
         assert!(timed_out.is_timeout());
         assert_causes_not_repeated(&timed_out);

@@ -13,16 +13,12 @@ use std::time::{Duration, Instant};
 
 use lepus_amqp::*;
 use lepus_testkit::proxy::{Direction, FaultProxy};
-use lepus_testkit::{SharedBroker, shared_broker, unique_name};
+use lepus_testkit::{SharedBroker, blocking, shared_broker, unique_name};
 
 /// Heartbeat interval negotiated for these tests, in seconds.
 const HEARTBEAT: u16 = 1;
 /// Scheduling slack on top of two intervals (a loaded two-core machine).
 const SLACK: Duration = Duration::from_millis(750);
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
 
 /// A broker, a proxy in front of it and a connection through the proxy.
 async fn through_proxy() -> (SharedBroker, FaultProxy, Connection) {

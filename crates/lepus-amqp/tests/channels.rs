@@ -500,7 +500,10 @@ async fn refused_tcp_connect_is_recoverable_io() {
     assert_eq!(err.kind(), ErrorKind::Io);
     assert!(err.is_recoverable());
     // The message says what we did; the OS's words come once, through source().
-    assert_eq!(err.to_string(), format!("cannot connect to 127.0.0.1:{port}"));
+    assert_eq!(
+        err.to_string(),
+        format!("cannot connect to 127.0.0.1:{port}")
+    );
     let cause = std::error::Error::source(&err)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
         .expect("the io::Error is the source");

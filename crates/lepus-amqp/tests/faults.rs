@@ -12,11 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lepus_amqp::*;
-use lepus_testkit::{Broker, shared_tls_broker, unique_name};
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
+use lepus_testkit::{Broker, blocking, shared_tls_broker, unique_name};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_broker_is_detected_by_missed_heartbeats() {

@@ -12,13 +12,9 @@
 use std::time::Duration;
 
 use lepus_amqp::*;
-use lepus_testkit::{Broker, unique_name};
+use lepus_testkit::{Broker, blocking, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_are_recoverable_and_wrong_passwords_are_not() {

@@ -136,10 +136,12 @@ async fn undeliverable_messages_are_dead_lettered_and_the_connection_goes_on() {
     assert!(conn.is_open() && ch.is_open(), "{:?}", conn.close_reason());
 
     // Both refused messages went to the dead-letter queue, nowhere else.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while message_count(&pch, &dlq).await < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    lepus_testkit::wait_until(
+        "both refused messages in the dead-letter queue",
+        Duration::from_secs(10),
+        || async { message_count(&pch, &dlq).await >= 2 },
+    )
+    .await;
     assert_eq!(message_count(&pch, &dlq).await, 2);
     assert_eq!(message_count(&pch, &queue).await, 0);
 

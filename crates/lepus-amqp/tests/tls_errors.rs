@@ -8,11 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use lepus_amqp::*;
-use lepus_testkit::{Broker, CertSpec, CertificateAuthority, ServerTls, Validity};
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
+use lepus_testkit::{Broker, CertSpec, CertificateAuthority, ServerTls, Validity, blocking};
 
 /// Writes `ca`'s certificate and a server certificate made from `spec` into `dir`, and
 /// returns the listener files for a node.

@@ -144,6 +144,9 @@ impl ChannelShared {
             };
             let _ = p.tx.send(Ok(result));
         };
+        // The broker may confirm in any order (each queue confirms on its own), but
+        // `multiple` means "every sequence number up to this one", and `pending` is
+        // in sequence order: pop from the front. A single one is found by binary search.
         if multiple {
             while st.pending.front().is_some_and(|p| p.seq <= tag) {
                 if let Some(p) = st.pending.pop_front() {

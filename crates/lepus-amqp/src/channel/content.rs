@@ -93,6 +93,12 @@ impl ChannelShared {
         Ok(())
     }
 
+    /// Adds one body frame to the message being assembled.
+    ///
+    /// The size check comes first, whichever state the body is in: the header announced
+    /// the size, and a broker that sends more is out of step with us, a connection error.
+    /// A refused message's frames only count towards its size (`Body::Skip`), and the
+    /// common single-frame body stays the received slice (`Body::One`) without a copy.
     pub(super) fn handle_body(self: &Arc<Self>, bytes: Bytes) -> Result<()> {
         let mut st = self.lock();
         let Some(incoming) = st.incoming.as_mut() else {

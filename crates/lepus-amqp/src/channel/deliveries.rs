@@ -99,10 +99,7 @@ impl ChannelShared {
         let size = usize::try_from(body_size).unwrap_or(usize::MAX);
         let err = Error::with_source(
             error.kind(),
-            format!(
-                "channel {}: message properties cannot be decoded",
-                self.id
-            ),
+            format!("channel {}: message properties cannot be decoded", self.id),
             error,
         );
         self.refuse(st, size, err)

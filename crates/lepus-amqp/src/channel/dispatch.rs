@@ -36,6 +36,11 @@ impl ChannelShared {
         }
     }
 
+    /// A method frame other than the hot ones the codec decodes on its own.
+    ///
+    /// First the methods the broker sends on its own initiative (they must be answered or
+    /// acted on whatever we are waiting for), then the content methods, which start a
+    /// message; anything else is the reply to the oldest synchronous method we sent.
     pub(super) fn handle_method(self: &Arc<Self>, method: AMQPClass) -> Result<()> {
         match method {
             AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {

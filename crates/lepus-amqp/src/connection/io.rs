@@ -80,6 +80,11 @@ async fn read_loop(
     }
 }
 
+/// Reads and applies frames until the connection closes or fails.
+///
+/// Frames are applied as soon as they are decoded and before the next read, which is what
+/// keeps every channel's state in the order the broker sent it. The silence limit counts
+/// any traffic, not only heartbeat frames: a busy broker need not send them.
 async fn read_frames(
     shared: &Arc<ConnShared>,
     rd: &mut ReadHalf,
@@ -134,6 +139,13 @@ fn failed_a_while_ago(shared: &ConnShared) -> impl std::future::Future<Output = 
     }
 }
 
+/// Drains the write buffer onto the socket until the connection ends.
+///
+/// Long because every wait in it races the same three ends: the connection killed (we
+/// closed it), the close linger elapsing (the peer stopped reading, so a pending write
+/// would never return), and, while idle, the heartbeat deadline. Heartbeats are only
+/// sent when nothing else was written for half the interval: any frame tells the broker
+/// we are alive.
 async fn write_loop(
     shared: Arc<ConnShared>,
     mut wr: WriteHalf,
@@ -147,6 +159,8 @@ async fn write_loop(
     let idle_limit = heartbeat / 2;
     let mut last_write = Instant::now();
     loop {
+        // `take` swaps the queued bytes into `spare`; it fails only once the buffer is
+        // closed *and* empty, so the last frames (a close-ok, a connection.close) still go.
         if shared.out.take(&mut spare).is_err() {
             let _ = wr.shutdown().await;
             return;
