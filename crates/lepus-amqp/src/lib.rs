@@ -42,6 +42,15 @@
 //! # Ok(()) }
 //! ```
 
+// Layout, for whoever changes this crate next:
+// - connection/: the `Connection` handle (mod.rs), the handshake, the reader and writer
+//   tasks (io.rs), the state they share (shared.rs), the write buffer, TCP and TLS;
+// - channel/: the `Channel` handle and its topology methods, the per-channel state the
+//   reader updates (state.rs, dispatch.rs), message assembly (content.rs), consumers and
+//   deliveries, publisher confirms and returns;
+// - codec/: frames in (decode.rs, behind decode_guard.rs) and out (encode.rs);
+// - options/: `ConnectionOptions` and the AMQP URI; error.rs and message.rs: the public
+//   error and message types.
 mod channel;
 mod codec;
 mod connection;
