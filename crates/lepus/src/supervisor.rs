@@ -76,8 +76,12 @@ impl std::fmt::Display for ConnectionState {
             ConnectionState::Reconnecting {
                 attempt,
                 last_error,
-            } => write!(f, "Reconnecting (attempt {attempt}): {last_error}"),
-            ConnectionState::Failed(e) => write!(f, "Failed: {e}"),
+            } => write!(
+                f,
+                "Reconnecting (attempt {attempt}): {}",
+                last_error.report()
+            ),
+            ConnectionState::Failed(e) => write!(f, "Failed: {}", e.report()),
             other => f.write_str(other.name()),
         }
     }
@@ -201,7 +205,7 @@ impl Supervised {
                                 // the broker would confirm publishes to it and drop them.
                                 // Not connected yet; try again (maybe another node) later.
                                 let _ = conn.close().await;
-                                tracing::warn!(role = self.role, error = %err, "topology not ready; retrying");
+                                tracing::warn!(role = self.role, error = %err.report(), "topology not ready; retrying");
                                 if self
                                     .give_up_or_wait(
                                         &plan,
@@ -225,12 +229,12 @@ impl Supervised {
                             let err = Error::with_amqp(
                                 ErrorKind::Amqp,
                                 format!(
-                                    "{}: connected, then lost while declaring the topology: {err}",
+                                    "{}: connected, then lost while declaring the topology",
                                     endpoint.label
                                 ),
                                 err,
                             );
-                            tracing::warn!(role = self.role, error = %err, "connection lost while declaring topology");
+                            tracing::warn!(role = self.role, error = %err.report(), "connection lost while declaring topology");
                             if self
                                 .give_up_or_wait(&plan, &cancel, attempt, since, &mut delays, err)
                                 .await
@@ -270,13 +274,10 @@ impl Supervised {
                     let uptime = connected_at.elapsed();
                     let err = Error::with_amqp(
                         ErrorKind::Amqp,
-                        format!(
-                            "{}: connection lost after {uptime:?}: {lost}",
-                            endpoint.label
-                        ),
+                        format!("{}: connection lost after {uptime:?}", endpoint.label),
                         lost,
                     );
-                    tracing::warn!(role = self.role, error = %err, "connection lost; reconnecting");
+                    tracing::warn!(role = self.role, error = %err.report(), "connection lost; reconnecting");
                     if uptime >= plan.policy.healthy_after {
                         // A connection that stayed up a while ends the outage: the
                         // backoff and the limits start over, and the first attempt after
@@ -333,22 +334,22 @@ impl Supervised {
         } else if policy.max_attempts.is_some_and(|max| attempt >= max) {
             Some(err.context(
                 ErrorKind::Failed,
-                format!("gave up after {attempt} attempts: {err}"),
+                format!("gave up after {attempt} attempts"),
             ))
         } else if policy.max_elapsed.is_some_and(|max| since.elapsed() >= max) {
             Some(err.context(
                 ErrorKind::Failed,
-                format!("gave up after {:?}: {err}", since.elapsed()),
+                format!("gave up after {:?}", since.elapsed()),
             ))
         } else {
             None
         };
         if let Some(reason) = give_up {
-            tracing::error!(role = self.role, error = %reason, "giving up");
+            tracing::error!(role = self.role, error = %reason.report(), "giving up");
             self.state.send_replace(ConnectionState::Failed(reason));
             return true;
         }
-        tracing::debug!(role = self.role, attempt, error = %err, "connect attempt failed");
+        tracing::debug!(role = self.role, attempt, error = %err.report(), "connect attempt failed");
         self.state.send_replace(ConnectionState::Reconnecting {
             attempt: attempt.saturating_add(1),
             last_error: err,
@@ -392,7 +393,7 @@ fn not_ready(report: &TopologyReport, label: &str) -> Option<Error> {
         .failures
         .iter()
         .find(|f| f.error.is_queue_unavailable())?;
-    let text = format!("{label}: topology not ready: {}", failure.error);
+    let text = format!("{label}: topology not ready");
     Some(failure.error.context(ErrorKind::Topology, text))
 }
 
@@ -445,14 +446,14 @@ async fn connect_any(
                 ));
             }
             Err(err) => {
-                tracing::debug!(endpoint = %endpoint.label, error = %err, "endpoint unavailable");
+                tracing::debug!(endpoint = %endpoint.label, error = %crate::error::report(&err), "endpoint unavailable");
                 failures.push((&endpoint.label, err));
             }
         }
     }
     let text = failures
         .iter()
-        .map(|(label, err)| format!("{label}: {err}"))
+        .map(|(label, err)| format!("{label}: {}", crate::error::report(err)))
         .collect::<Vec<_>>()
         .join("; ");
     // The error underneath is a recoverable one if any endpoint's was, so the predicates
@@ -462,12 +463,14 @@ async fn connect_any(
         .position(|(_, e)| e.is_recoverable())
         .unwrap_or(0);
     match failures.into_iter().nth(chosen) {
-        Some((_, err)) if endpoints.len() > 1 => Err(Error::with_amqp(
+        // Several endpoints: the message lists each one's failure, so none comes again
+        // as the source.
+        Some((_, err)) if endpoints.len() > 1 => Err(Error::summarising(
             ErrorKind::Amqp,
             format!("every endpoint failed: {text}"),
             err,
         )),
-        Some((_, err)) => Err(Error::with_amqp(ErrorKind::Amqp, text, err)),
+        Some((label, err)) => Err(Error::with_amqp(ErrorKind::Amqp, label.to_string(), err)),
         None => Err(Error::new(ErrorKind::Config, "no endpoints configured")),
     }
 }

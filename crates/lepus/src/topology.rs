@@ -433,7 +433,8 @@ pub struct TopologyFailure {
 
 impl std::fmt::Display for TopologyFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.entity, self.error)
+        // The error's own message names the entity; the broker's reply follows.
+        write!(f, "{}", self.error.report())
     }
 }
 
@@ -488,10 +489,10 @@ async fn declare_with(
                 true
             }
             Err(err) => {
-                tracing::warn!(%entity, error = %err, "declaration failed; continuing with the rest");
+                tracing::warn!(%entity, error = %crate::error::report(&err), "declaration failed; continuing with the rest");
                 report.failures.push(TopologyFailure {
                     entity: entity.clone(),
-                    error: Error::with_amqp(ErrorKind::Topology, format!("{entity}: {err}"), err),
+                    error: Error::with_amqp(ErrorKind::Topology, entity.clone(), err),
                 });
                 false
             }
