@@ -91,7 +91,11 @@ pub async fn inspecting_connection(
         Ok(live) => Ok(live),
         Err(err) => {
             let _ = client.close(Duration::from_secs(2)).await;
-            eprintln!("lepus: cannot connect to {}: {err}", global().describe());
+            eprintln!(
+                "lepus: cannot connect to {}: {}",
+                global().describe(),
+                err.report()
+            );
             Err(std::process::ExitCode::from(crate::exit::UNREACHABLE))
         }
     }

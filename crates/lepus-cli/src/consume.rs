@@ -121,7 +121,8 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         }
         if let Err(err) = settle(args.ack_mode, &delivery) {
             eprintln!(
-                "lepus: could not settle message #{seen}: {err} (the broker will redeliver it)"
+                "lepus: could not settle message #{seen}: {} (the broker will redeliver it)",
+                lepus::error::report(&err)
             );
         }
         if args.ack_mode == AckMode::Requeue {

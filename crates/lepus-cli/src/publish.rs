@@ -185,9 +185,9 @@ fn message(args: &PublishArgs, body: &Bytes, n: u64) -> (String, Message) {
 fn report(json: bool, id: &str, outcome: lepus::PublishResult) -> bool {
     let line = match (&outcome, json) {
         (Ok(()), false) => format!("{id} confirmed"),
-        (Err(err), false) => format!("{id} failed: {}", err.error),
+        (Err(err), false) => format!("{id} failed: {}", err.error.report()),
         (Ok(()), true) => serde_json::json!({"message_id": id, "result": "confirmed"}).to_string(),
-        (Err(err), true) => serde_json::json!({"message_id": id, "result": "failed", "error": err.error.to_string()}).to_string(),
+        (Err(err), true) => serde_json::json!({"message_id": id, "result": "failed", "error": err.error.report().to_string()}).to_string(),
     };
     // A closed stdout (say, piped into `head`) must not turn into a panic.
     let _ = writeln!(std::io::stdout().lock(), "{line}");

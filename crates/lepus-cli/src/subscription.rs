@@ -99,8 +99,9 @@ impl Subscription {
                 Ok(Some(Ok(delivery))) => return Ok(Next::Delivery(delivery)),
                 Ok(Some(Err(err))) => {
                     eprintln!(
-                        "lepus: consumer on '{}' stopped: {err}; subscribing again",
-                        self.queue
+                        "lepus: consumer on '{}' stopped: {}; subscribing again",
+                        self.queue,
+                        lepus::error::report(&err)
                     );
                     self.consumer = None;
                 }
@@ -127,14 +128,19 @@ impl Subscription {
                     return Ok(());
                 }
                 Err(err) if is_final(&err) => {
-                    bail!("cannot consume from '{}': {err}", self.queue)
+                    bail!(
+                        "cannot consume from '{}': {}",
+                        self.queue,
+                        lepus::error::report(&err)
+                    )
                 }
                 Err(err) => {
                     if Instant::now() + delay >= deadline {
                         bail!(
-                            "could not subscribe to '{}' within {:?}: {err}",
+                            "could not subscribe to '{}' within {:?}: {}",
                             self.queue,
-                            self.timeout
+                            self.timeout,
+                            lepus::error::report(&err)
                         );
                     }
                     tokio::time::sleep(delay).await;

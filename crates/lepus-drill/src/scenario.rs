@@ -223,7 +223,7 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     let _ = client.close(secs(5)).await;
     let window = fault?;
     if let Err(e) = flushed {
-        eprintln!("drill: {name}: publisher flush: {e}");
+        eprintln!("drill: {name}: publisher flush: {}", e.report());
     }
     match consumer_end {
         Ok(Ok(Ok(()))) => {}

@@ -18,7 +18,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// A file or process operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,

@@ -59,7 +59,7 @@ impl ClientBuilder {
         let opts = ConnectionOptions::from_uri(uri).map_err(|e| {
             Error::with_amqp(
                 ErrorKind::Config,
-                format!("bad endpoint {}: {e}", redact_uri(uri)),
+                format!("bad endpoint {}", redact_uri(uri)),
                 e,
             )
         })?;

@@ -42,7 +42,7 @@ mod client;
 mod clock;
 mod consumer;
 mod deadline;
-mod error;
+pub mod error;
 pub mod failure;
 mod idempotency;
 mod message;

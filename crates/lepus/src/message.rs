@@ -51,10 +51,7 @@ impl Message {
         value: &T,
     ) -> Result<Self> {
         let body = serde_json::to_vec(value).map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("cannot encode message as JSON: {e}"),
-            )
+            Error::with_source(ErrorKind::Config, "cannot encode message as JSON", e)
         })?;
         Ok(Self::new(exchange, routing_key, body).content_type("application/json"))
     }

@@ -235,10 +235,17 @@ async fn a_password_never_shows_in_debug_errors_or_logs() {
         .wait_connected(Duration::from_secs(10))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err:?}");
-    assert!(err.to_string().contains("Connection refused"), "{err:?}");
+    assert!(
+        err.report().to_string().contains("ACCESS_REFUSED"),
+        "{err:?}"
+    );
+    assert!(
+        err.report().to_string().contains("Connection refused"),
+        "{err:?}"
+    );
     shown += &format!(
-        "{err} {err:?} {client:?} {}",
+        "{} {err:?} {client:?} {}",
+        err.report(),
         client.state(lepus::Role::Publish)
     );
     shown += &format!(

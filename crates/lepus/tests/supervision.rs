@@ -61,10 +61,15 @@ async fn a_declaration_that_kills_the_connection_backs_off_and_hits_the_attempt_
         limited.state(Role::Publish)
     );
     assert!(
-        err.to_string().contains("gave up after 4 attempts"),
+        err.report()
+            .to_string()
+            .contains("gave up after 4 attempts"),
         "{err}"
     );
-    assert!(err.to_string().contains("unknown exchange type"), "{err}");
+    assert!(
+        err.report().to_string().contains("unknown exchange type"),
+        "{err}"
+    );
     assert_eq!(limited.connect_attempts(Role::Publish), 4);
     let window = Duration::from_millis(1500);
     tokio::time::sleep_until((started + window).into()).await;
@@ -280,11 +285,17 @@ async fn a_connection_lost_soon_after_connecting_is_a_failed_attempt() {
     .expect("the client gives up");
     println!("Failed after {:?}: {failed}", started.elapsed());
     assert!(
-        failed.to_string().contains("gave up after 3 attempts"),
+        failed
+            .report()
+            .to_string()
+            .contains("gave up after 3 attempts"),
         "{failed}"
     );
     assert!(
-        failed.to_string().contains("connection lost after"),
+        failed
+            .report()
+            .to_string()
+            .contains("connection lost after"),
         "{failed}"
     );
     assert_eq!(client.connects(Role::Publish), 3);
@@ -336,7 +347,10 @@ async fn a_queue_whose_node_is_down_keeps_the_client_from_connecting() {
             seen.push(last_error.to_string());
             if *attempt >= 3 {
                 assert!(last_error.is_queue_unavailable(), "{last_error}");
-                assert!(last_error.to_string().contains(&queue), "{last_error}");
+                assert!(
+                    last_error.report().to_string().contains(&queue),
+                    "{last_error}"
+                );
                 break;
             }
         }

@@ -80,7 +80,10 @@ pub async fn delete_exchange(client: &Client, exchange: &str) {
     };
     match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
         Ok(Ok(())) => {}
-        Ok(Err(err)) => eprintln!("lepus bench: could not delete exchange '{exchange}': {err}"),
+        Ok(Err(err)) => eprintln!(
+            "lepus bench: could not delete exchange '{exchange}': {}",
+            lepus::error::report(&err)
+        ),
         Err(_) => eprintln!("lepus bench: could not delete exchange '{exchange}' in time"),
     }
 }
@@ -99,7 +102,10 @@ pub async fn delete_queue(client: &Client, queue: &str) {
     };
     match tokio::time::timeout(OPERATION_TIMEOUT, op).await {
         Ok(Ok(_)) => {}
-        Ok(Err(err)) => eprintln!("lepus bench: could not delete queue '{queue}': {err}"),
+        Ok(Err(err)) => eprintln!(
+            "lepus bench: could not delete queue '{queue}': {}",
+            lepus::error::report(&err)
+        ),
         Err(_) => eprintln!("lepus bench: could not delete queue '{queue}' in time"),
     }
 }

@@ -191,7 +191,10 @@ pub async fn run(
         plan.timeout + Duration::from_secs(5)
     };
     if let Err(err) = publisher.flush(flush).await {
-        ctx.fail(format!("producer {producer}: {err}"));
+        ctx.fail(format!(
+            "producer {producer}: {}",
+            lepus::error::report(&err)
+        ));
     }
     let _ = publisher.close(Duration::from_secs(2)).await;
     let republished = publisher.stats().republished.load(Ordering::Relaxed);
@@ -262,7 +265,10 @@ async fn run_unconfirmed(
     let channel = match channel {
         Ok(channel) => channel,
         Err(err) => {
-            ctx.fail(format!("producer {producer}: {err}"));
+            ctx.fail(format!(
+                "producer {producer}: {}",
+                lepus::error::report(&err)
+            ));
             return outcome;
         }
     };
@@ -292,7 +298,10 @@ async fn run_unconfirmed(
         ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = sent {
             ctx.counters.failed.fetch_add(1, Ordering::Relaxed);
-            ctx.fail(format!("producer {producer}: {err}"));
+            ctx.fail(format!(
+                "producer {producer}: {}",
+                lepus::error::report(&err)
+            ));
             break;
         }
         published.increment(1);

@@ -367,7 +367,9 @@ fn broker_checks(checks: &mut Vec<Check>, conn: &Connection) {
 async fn exercise(conn: &Connection, args: &DoctorArgs) -> Check {
     let queue = format!("lepus-doctor-{:08x}", rand::random::<u32>());
     let steps = async {
-        let step = |what: &'static str| move |e: lepus::amqp::Error| (what, e.message().to_owned());
+        let step = |what: &'static str| {
+            move |e: lepus::amqp::Error| (what, lepus::error::report(&e).to_string())
+        };
         let ch = conn.open_channel().await.map_err(step("open a channel"))?;
         let options = QueueDeclareOptions {
             exclusive: true,

@@ -16,7 +16,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
-use super::{ConsumerStats, Done, Handler, Incoming, Outcome};
+use super::session::Done;
+use super::{ConsumerStats, Handler, Incoming, Outcome};
 use crate::error::{Error, ErrorKind};
 use crate::idempotency::IdempotencyStore;
 use crate::observability::metrics::ConsumeMetrics;
@@ -44,12 +45,12 @@ pub(super) async fn seen(store: &Arc<dyn IdempotencyStore>, id: &str) -> bool {
         let (store, id) = (Arc::clone(store), id.to_owned());
         tokio::task::spawn_blocking(move || store.contains(&id))
             .await
-            .unwrap_or_else(|e| Err(join_error(&e)))
+            .unwrap_or_else(|e| Err(join_error(e)))
     } else {
         store.contains(id)
     };
     result.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "idempotency store lookup failed; handling the message");
+        tracing::warn!(error = %e.report(), "idempotency store lookup failed; handling the message");
         false
     })
 }
@@ -61,19 +62,20 @@ pub(super) async fn remember(store: &Arc<dyn IdempotencyStore>, id: &str) {
         let (store, id) = (Arc::clone(store), id.to_owned());
         tokio::task::spawn_blocking(move || store.insert(&id))
             .await
-            .unwrap_or_else(|e| Err(join_error(&e)))
+            .unwrap_or_else(|e| Err(join_error(e)))
     } else {
         store.insert(id)
     };
     if let Err(e) = result {
-        tracing::warn!(error = %e, "idempotency store insert failed");
+        tracing::warn!(error = %e.report(), "idempotency store insert failed");
     }
 }
 
-fn join_error(e: &tokio::task::JoinError) -> Error {
-    Error::new(
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::with_source(
         ErrorKind::Storage,
-        format!("idempotency store call did not complete: {e}"),
+        "idempotency store call did not complete",
+        e,
     )
 }
 

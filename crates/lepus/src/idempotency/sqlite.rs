@@ -27,7 +27,7 @@ impl std::fmt::Debug for SqliteStore {
 /// A failed SQL call: a storage error (a locked or busy database, a full disk, a
 /// damaged file), not a mistake in the configuration.
 fn sql(e: rusqlite::Error) -> Error {
-    Error::new(ErrorKind::Storage, format!("idempotency store: {e}"))
+    Error::with_source(ErrorKind::Storage, "idempotency store", e)
 }
 
 fn now_secs() -> i64 {

@@ -83,12 +83,12 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot listen on {addr}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::with_source(ErrorKind::Config, format!("cannot listen on {addr}"), e)
+    })?;
     let bound = listener
         .local_addr()
-        .map_err(|e| Error::new(ErrorKind::Config, format!("no local address: {e}")))?;
+        .map_err(|e| Error::with_source(ErrorKind::Config, "no local address", e))?;
     tokio::spawn(async move {
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await });

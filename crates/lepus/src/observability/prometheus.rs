@@ -20,9 +20,10 @@ pub fn install_prometheus() -> Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
         .and_then(|b| b.install_recorder())
         .map_err(|e| {
-            Error::new(
+            Error::with_source(
                 ErrorKind::Config,
-                format!("cannot install the Prometheus recorder: {e}"),
+                "cannot install the Prometheus recorder",
+                e,
             )
         })?;
     let upkeep = handle.clone();
@@ -34,11 +35,6 @@ pub fn install_prometheus() -> Result<PrometheusHandle> {
                 upkeep.run_upkeep();
             }
         })
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("cannot start metrics upkeep: {e}"),
-            )
-        })?;
+        .map_err(|e| Error::with_source(ErrorKind::Config, "cannot start metrics upkeep", e))?;
     Ok(handle)
 }

@@ -170,9 +170,10 @@ where
                 .try_init()
         };
         result.map_err(|e| {
-            Error::new(
+            Error::with_source(
                 ErrorKind::Config,
-                format!("cannot install the tracing subscriber: {e}"),
+                "cannot install the tracing subscriber",
+                e,
             )
         })?;
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -275,10 +276,7 @@ fn provider(
             .with_http()
             .build()
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("cannot build the OTLP exporter: {e}"),
-                )
+                Error::with_source(ErrorKind::Config, "cannot build the OTLP exporter", e)
             })?;
         builder.with_batch_exporter(exporter)
     } else {

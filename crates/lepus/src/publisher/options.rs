@@ -103,8 +103,8 @@ impl std::fmt::Display for PublishError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "publish to '{}' ({}) failed: {}",
-            self.message.exchange, self.message.routing_key, self.error
+            "publish to '{}' ({}) failed",
+            self.message.exchange, self.message.routing_key
         )
     }
 }

@@ -541,7 +541,7 @@ fn channel_level(open: &Open, err: &lepus_amqp::Error) -> bool {
 /// The error a refused publish fails with: the broker's reply, typed.
 fn refusal(err: lepus_amqp::Error) -> Error {
     if culprit::is_size_refusal(&err) {
-        Error::with_amqp(ErrorKind::TooLarge, err.to_string(), err)
+        Error::as_kind(ErrorKind::TooLarge, err)
     } else {
         Error::from(err)
     }

@@ -107,10 +107,7 @@ impl Definitions {
     /// lepus wrote).
     pub fn from_json(text: &str) -> Result<Definitions> {
         serde_json::from_str(text).map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("not a RabbitMQ definitions document: {e}"),
-            )
+            Error::with_source(ErrorKind::Config, "not a RabbitMQ definitions document", e)
         })
     }
 

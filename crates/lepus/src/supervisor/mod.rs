@@ -2,14 +2,18 @@
 //!
 //! A single task owns the connection's lifecycle. Callers never reconnect; they wait on
 //! the `current` watch for the next live connection, so however many of them notice a
-//! failure at once, exactly one reconnect happens.
+//! failure at once, exactly one reconnect happens.//!
+//! `state.rs` holds what callers see of it ([`ConnectionState`], [`Live`]);
+//! `endpoints.rs` the order endpoints are tried in and one round of attempts.
+
+mod endpoints;
+mod state;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lepus_amqp::{Connection, ConnectionOptions};
-use rand::seq::SliceRandom;
+use lepus_amqp::Connection;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,79 +22,9 @@ use crate::backoff::ReconnectPolicy;
 use crate::error::{Error, ErrorKind, Result};
 use crate::observability::metrics::ConnectionMetrics;
 use crate::topology::{self, Names, Topology, TopologyReport};
-
-/// Where a supervised connection is in its life.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum ConnectionState {
-    /// The first connect is under way.
-    Connecting,
-    /// Connected to `host` (`host:port`), topology declared.
-    Connected {
-        /// The broker address in use.
-        host: String,
-    },
-    /// The connection was lost (or never made); attempt `attempt` is next or under way.
-    Reconnecting {
-        /// Attempts since the last good connection, starting at 1.
-        attempt: u32,
-        /// Why the last connection or attempt failed: for a refused attempt, each
-        /// endpoint (password masked) and how it failed.
-        last_error: Error,
-    },
-    /// Closed by the application.
-    Closed,
-    /// Gave up: every endpoint failed in a way retrying cannot fix (wrong credentials,
-    /// say), or the policy's limits were reached. The error names each endpoint and how
-    /// it failed.
-    Failed(Error),
-}
-
-impl ConnectionState {
-    /// The state's name: `Connecting`, `Connected`, `Reconnecting`, `Closed` or `Failed`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ConnectionState::Connecting => "Connecting",
-            ConnectionState::Connected { .. } => "Connected",
-            ConnectionState::Reconnecting { .. } => "Reconnecting",
-            ConnectionState::Closed => "Closed",
-            ConnectionState::Failed(_) => "Failed",
-        }
-    }
-
-    /// Whether a connection is up.
-    pub fn is_connected(&self) -> bool {
-        matches!(self, ConnectionState::Connected { .. })
-    }
-
-    /// Whether the supervisor has stopped for good.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, ConnectionState::Closed | ConnectionState::Failed(_))
-    }
-}
-
-impl std::fmt::Display for ConnectionState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectionState::Connected { host } => write!(f, "Connected to {host}"),
-            ConnectionState::Reconnecting {
-                attempt,
-                last_error,
-            } => write!(f, "Reconnecting (attempt {attempt}): {last_error}"),
-            ConnectionState::Failed(e) => write!(f, "Failed: {e}"),
-            other => f.write_str(other.name()),
-        }
-    }
-}
-
-/// A live connection and which one it is (generations only grow).
-#[derive(Clone, Debug)]
-pub struct Live {
-    /// Increments on every new connection.
-    pub generation: u64,
-    /// The connection.
-    pub connection: Connection,
-}
+pub(crate) use endpoints::Endpoint;
+use endpoints::connect_any;
+pub use state::{ConnectionState, Live};
 
 /// Counters of a supervised connection.
 #[derive(Debug, Default)]
@@ -201,7 +135,7 @@ impl Supervised {
                                 // the broker would confirm publishes to it and drop them.
                                 // Not connected yet; try again (maybe another node) later.
                                 let _ = conn.close().await;
-                                tracing::warn!(role = self.role, error = %err, "topology not ready; retrying");
+                                tracing::warn!(role = self.role, error = %err.report(), "topology not ready; retrying");
                                 if self
                                     .give_up_or_wait(
                                         &plan,
@@ -225,12 +159,12 @@ impl Supervised {
                             let err = Error::with_amqp(
                                 ErrorKind::Amqp,
                                 format!(
-                                    "{}: connected, then lost while declaring the topology: {err}",
+                                    "{}: connected, then lost while declaring the topology",
                                     endpoint.label
                                 ),
                                 err,
                             );
-                            tracing::warn!(role = self.role, error = %err, "connection lost while declaring topology");
+                            tracing::warn!(role = self.role, error = %err.report(), "connection lost while declaring topology");
                             if self
                                 .give_up_or_wait(&plan, &cancel, attempt, since, &mut delays, err)
                                 .await
@@ -270,13 +204,10 @@ impl Supervised {
                     let uptime = connected_at.elapsed();
                     let err = Error::with_amqp(
                         ErrorKind::Amqp,
-                        format!(
-                            "{}: connection lost after {uptime:?}: {lost}",
-                            endpoint.label
-                        ),
+                        format!("{}: connection lost after {uptime:?}", endpoint.label),
                         lost,
                     );
-                    tracing::warn!(role = self.role, error = %err, "connection lost; reconnecting");
+                    tracing::warn!(role = self.role, error = %err.report(), "connection lost; reconnecting");
                     if uptime >= plan.policy.healthy_after {
                         // A connection that stayed up a while ends the outage: the
                         // backoff and the limits start over, and the first attempt after
@@ -333,22 +264,22 @@ impl Supervised {
         } else if policy.max_attempts.is_some_and(|max| attempt >= max) {
             Some(err.context(
                 ErrorKind::Failed,
-                format!("gave up after {attempt} attempts: {err}"),
+                format!("gave up after {attempt} attempts"),
             ))
         } else if policy.max_elapsed.is_some_and(|max| since.elapsed() >= max) {
             Some(err.context(
                 ErrorKind::Failed,
-                format!("gave up after {:?}: {err}", since.elapsed()),
+                format!("gave up after {:?}", since.elapsed()),
             ))
         } else {
             None
         };
         if let Some(reason) = give_up {
-            tracing::error!(role = self.role, error = %reason, "giving up");
+            tracing::error!(role = self.role, error = %reason.report(), "giving up");
             self.state.send_replace(ConnectionState::Failed(reason));
             return true;
         }
-        tracing::debug!(role = self.role, attempt, error = %err, "connect attempt failed");
+        tracing::debug!(role = self.role, attempt, error = %err.report(), "connect attempt failed");
         self.state.send_replace(ConnectionState::Reconnecting {
             attempt: attempt.saturating_add(1),
             last_error: err,
@@ -392,120 +323,6 @@ fn not_ready(report: &TopologyReport, label: &str) -> Option<Error> {
         .failures
         .iter()
         .find(|f| f.error.is_queue_unavailable())?;
-    let text = format!("{label}: topology not ready: {}", failure.error);
+    let text = format!("{label}: topology not ready");
     Some(failure.error.context(ErrorKind::Topology, text))
-}
-
-/// One broker address to try, with how to name it in errors and states.
-#[derive(Debug, Clone)]
-pub(crate) struct Endpoint {
-    pub(crate) options: ConnectionOptions,
-    /// The URI with its password masked (or scheme, address and vhost).
-    pub(crate) label: String,
-}
-
-/// Which endpoint connected: its label and `host:port`.
-struct Connected {
-    label: String,
-    address: String,
-}
-
-/// The endpoints in a fresh random order, except that `suspect` (the `host:port` whose
-/// connection was just lost) comes last: a node that died or went silent usually still
-/// is, and trying it first would cost a whole connection timeout (a blackholed host
-/// answers nothing) before a healthy node is tried.
-fn attempt_order<'a>(endpoints: &'a [Endpoint], suspect: Option<&str>) -> Vec<&'a Endpoint> {
-    let mut order: Vec<&Endpoint> = endpoints.iter().collect();
-    order.shuffle(&mut rand::rng());
-    // Stable: the others keep their random order.
-    order.sort_by_key(|e| suspect.is_some_and(|host| e.options.address() == host));
-    order
-}
-
-/// Tries every endpoint once, in a fresh random order with `suspect` last, until one
-/// connects. When all
-/// fail, the error names each endpoint and how it failed; it is one that retrying cannot
-/// fix only if that is true of every endpoint (a wrong password on one node may be a
-/// node not yet updated; a TLS failure on one says nothing of the others).
-async fn connect_any(
-    endpoints: &[Endpoint],
-    suspect: Option<&str>,
-) -> Result<(Connection, Connected)> {
-    let order = attempt_order(endpoints, suspect);
-    let mut failures: Vec<(&str, lepus_amqp::Error)> = Vec::with_capacity(order.len());
-    for endpoint in order {
-        match Connection::connect(endpoint.options.clone()).await {
-            Ok(conn) => {
-                return Ok((
-                    conn,
-                    Connected {
-                        label: endpoint.label.clone(),
-                        address: endpoint.options.address(),
-                    },
-                ));
-            }
-            Err(err) => {
-                tracing::debug!(endpoint = %endpoint.label, error = %err, "endpoint unavailable");
-                failures.push((&endpoint.label, err));
-            }
-        }
-    }
-    let text = failures
-        .iter()
-        .map(|(label, err)| format!("{label}: {err}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    // The error underneath is a recoverable one if any endpoint's was, so the predicates
-    // (`is_auth_failure`, `is_recoverable`) answer for the whole list.
-    let chosen = failures
-        .iter()
-        .position(|(_, e)| e.is_recoverable())
-        .unwrap_or(0);
-    match failures.into_iter().nth(chosen) {
-        Some((_, err)) if endpoints.len() > 1 => Err(Error::with_amqp(
-            ErrorKind::Amqp,
-            format!("every endpoint failed: {text}"),
-            err,
-        )),
-        Some((_, err)) => Err(Error::with_amqp(ErrorKind::Amqp, text, err)),
-        None => Err(Error::new(ErrorKind::Config, "no endpoints configured")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn the_host_just_lost_is_tried_last() {
-        let endpoints: Vec<Endpoint> = ["a", "b", "c"]
-            .iter()
-            .map(|h| Endpoint {
-                options: ConnectionOptions::from_uri(&format!("amqp://{h}:5672/%2f")).unwrap(),
-                label: (*h).to_owned(),
-            })
-            .collect();
-        let mut firsts = std::collections::HashSet::new();
-        for _ in 0..200 {
-            let order = attempt_order(&endpoints, Some("b:5672"));
-            assert_eq!(order.len(), 3);
-            assert_eq!(order.last().unwrap().label, "b");
-            firsts.insert(order.first().unwrap().label.clone());
-        }
-        // The others are still shuffled.
-        assert_eq!(firsts.len(), 2);
-        let mut anywhere = std::collections::HashSet::new();
-        for _ in 0..200 {
-            anywhere.insert(
-                attempt_order(&endpoints, None)
-                    .last()
-                    .unwrap()
-                    .label
-                    .clone(),
-            );
-        }
-        assert_eq!(anywhere.len(), 3);
-    }
 }

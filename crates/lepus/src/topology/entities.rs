@@ -1,0 +1,255 @@
+//! The entities a topology declares, as builders: an exchange, a queue (with the
+//! arguments RabbitMQ knows by name, such as a quorum queue's delivery limit) and their
+//! checks before anything is sent to a broker.
+
+use std::time::Duration;
+
+use lepus_amqp::{AMQPValue, ExchangeKind, FieldTable};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// An exchange to declare.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Exchange {
+    pub(crate) name: String,
+    pub(crate) kind: ExchangeKind,
+    pub(crate) durable: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) internal: bool,
+    pub(crate) arguments: FieldTable,
+}
+
+impl Exchange {
+    /// A durable exchange of `kind`.
+    pub fn new(name: impl Into<String>, kind: ExchangeKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        }
+    }
+
+    /// A durable topic exchange.
+    pub fn topic(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Topic)
+    }
+
+    /// A durable direct exchange.
+    pub fn direct(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Direct)
+    }
+
+    /// A durable fanout exchange.
+    pub fn fanout(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Fanout)
+    }
+
+    /// A durable headers exchange.
+    pub fn headers(name: impl Into<String>) -> Self {
+        Self::new(name, ExchangeKind::Headers)
+    }
+
+    /// Survives broker restarts (default true).
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Deleted when its last binding goes.
+    pub fn auto_delete(mut self, auto_delete: bool) -> Self {
+        self.auto_delete = auto_delete;
+        self
+    }
+
+    /// Only reachable through exchange-to-exchange bindings.
+    pub fn internal(mut self, internal: bool) -> Self {
+        self.internal = internal;
+        self
+    }
+
+    /// Any other argument (e.g. `alternate-exchange`).
+    pub fn argument(mut self, key: &str, value: AMQPValue) -> Self {
+        self.arguments.insert(key.into(), value);
+        self
+    }
+
+    /// The exchange's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Classic or quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueueType {
+    /// A classic queue.
+    #[default]
+    Classic,
+    /// A replicated quorum queue (durable, not exclusive).
+    Quorum,
+}
+
+/// What a full queue does with more messages (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message.
+    DropHead,
+    /// Refuse new messages (publishers see a nack).
+    RejectPublish,
+    /// Refuse new messages and dead-letter them.
+    RejectPublishDlx,
+}
+
+/// A queue to declare.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Queue {
+    pub(crate) name: String,
+    pub(crate) server_named: bool,
+    pub(crate) queue_type: QueueType,
+    pub(crate) durable: bool,
+    pub(crate) exclusive: bool,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
+}
+
+impl Queue {
+    /// A durable classic queue.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            server_named: false,
+            queue_type: QueueType::Classic,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        }
+    }
+
+    /// A queue the broker names, exclusive to the consuming connection. `alias` is how
+    /// bindings and [`crate::Client::queue_name`] refer to it; its real name changes on
+    /// every reconnect and bindings follow it.
+    pub fn server_named(alias: impl Into<String>) -> Self {
+        Self {
+            server_named: true,
+            durable: false,
+            exclusive: true,
+            ..Self::new(alias)
+        }
+    }
+
+    /// A quorum queue (durable, replicated).
+    pub fn quorum(mut self) -> Self {
+        self.queue_type = QueueType::Quorum;
+        self.durable = true;
+        self
+    }
+
+    /// Classic or quorum.
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// Survives broker restarts (default true).
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Only the declaring connection may use it; deleted when it closes.
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
+    }
+
+    /// Deleted when its last consumer goes.
+    pub fn auto_delete(mut self, auto_delete: bool) -> Self {
+        self.auto_delete = auto_delete;
+        self
+    }
+
+    /// Dead-letter rejected and expired messages to this exchange.
+    pub fn dead_letter_exchange(self, exchange: &str) -> Self {
+        self.argument("x-dead-letter-exchange", long_string(exchange))
+    }
+
+    /// Dead-letter with this routing key instead of the message's own.
+    pub fn dead_letter_routing_key(self, routing_key: &str) -> Self {
+        self.argument("x-dead-letter-routing-key", long_string(routing_key))
+    }
+
+    /// Messages expire after this long in the queue.
+    pub fn message_ttl(self, ttl: Duration) -> Self {
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.argument("x-message-ttl", AMQPValue::LongLongInt(ms))
+    }
+
+    /// At most this many ready messages.
+    pub fn max_length(self, messages: i64) -> Self {
+        self.argument("x-max-length", AMQPValue::LongLongInt(messages))
+    }
+
+    /// At most this many bytes of ready message bodies.
+    pub fn max_length_bytes(self, bytes: i64) -> Self {
+        self.argument("x-max-length-bytes", AMQPValue::LongLongInt(bytes))
+    }
+
+    /// What happens when the queue is full.
+    pub fn overflow(self, overflow: Overflow) -> Self {
+        let value = match overflow {
+            Overflow::DropHead => "drop-head",
+            Overflow::RejectPublish => "reject-publish",
+            Overflow::RejectPublishDlx => "reject-publish-dlx",
+        };
+        self.argument("x-overflow", long_string(value))
+    }
+
+    /// Quorum queues: dead-letter (or drop) a message returned this many times.
+    pub fn delivery_limit(self, limit: i64) -> Self {
+        self.argument("x-delivery-limit", AMQPValue::LongLongInt(limit))
+    }
+
+    /// Any other argument.
+    pub fn argument(mut self, key: &str, value: AMQPValue) -> Self {
+        self.arguments.insert(key.into(), value);
+        self
+    }
+
+    /// The queue's name (its alias, if server-named).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        if self.queue_type == QueueType::Quorum
+            && (!self.durable || self.exclusive || self.auto_delete)
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "quorum queue '{}' must be durable, not exclusive and not auto-delete",
+                    self.name
+                ),
+            ));
+        }
+        if self.name.len() > 255 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "queue name longer than 255 bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
