@@ -80,6 +80,8 @@ pub struct PublisherStats {
     pub republished: AtomicU64,
     /// Messages failed back to the caller.
     pub failed: AtomicU64,
+    /// Channels given up because nothing was confirmed for the stall timeout.
+    pub stalls: AtomicU64,
     /// Messages waiting to be published.
     pub buffered: AtomicUsize,
     /// Messages published and not yet confirmed.
@@ -268,6 +270,8 @@ impl Publisher {
             delayed: Vec::new(),
             probe: 0,
             renew: None,
+            progress: Instant::now(),
+            stalls: 0,
             channel: None,
             blocked: None,
             live: client.watch_connection(Role::Publish),

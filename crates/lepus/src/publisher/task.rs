@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Job, PublisherOptions, Shared, culprit};
 use crate::error::{Error, ErrorKind};
-use crate::observability::metrics::PublishMetrics;
+use crate::observability::metrics::{self as m, PublishMetrics};
 use crate::supervisor::Live;
 
 /// The pause before the first republish of a nacked message; it doubles per nack.
@@ -40,6 +40,9 @@ const NACKS_BEFORE_NEW_CHANNEL: u32 = 2;
 /// The longest wait for a channel's in-flight confirms before replacing it anyway (its
 /// unconfirmed messages then go out again on the new one).
 const RENEW_WAIT: Duration = Duration::from_secs(1);
+/// Stalls in a row (a fresh channel stalling as well) after which the connection is
+/// closed, so the client reconnects, to another node first.
+const STALLS_BEFORE_RECONNECT: u32 = 2;
 
 pub(super) struct Task {
     pub(super) rx: mpsc::UnboundedReceiver<Job>,
@@ -61,6 +64,12 @@ pub(super) struct Task {
     /// Set (to when) after repeated nacks: publish nothing more on this channel, and
     /// replace it once its in-flight messages are settled, or after [`RENEW_WAIT`].
     pub(super) renew: Option<Instant>,
+    /// The last sign of life of the channel: a confirm, the channel opening, the broker
+    /// blocking or unblocking. The stall clock runs from it (or from the oldest
+    /// unconfirmed publish, if later).
+    pub(super) progress: Instant,
+    /// Stalls in a row without a confirm in between (see [`Task::check_stall`]).
+    pub(super) stalls: u32,
 }
 
 /// The channel in use and the connection it is on.
@@ -84,6 +93,7 @@ impl Task {
         loop {
             self.settle_ready();
             self.release_delayed();
+            self.check_stall();
             self.ensure_channel().await;
             if self.publish_waiting().await {
                 // The channel closed under a publish: a new one, now.
@@ -128,6 +138,7 @@ impl Task {
             .chain(self.inflight.front().map(|(j, _)| j.deadline))
             .chain(self.delayed.iter().map(|(at, _)| *at))
             .chain(self.renew.map(|since| since + RENEW_WAIT))
+            .chain(self.stall_at())
             .min();
         let inflight = &mut self.inflight;
         let front_confirm = std::future::poll_fn(|cx| match inflight.front_mut() {
@@ -154,7 +165,11 @@ impl Task {
             outcome = front_confirm => Event::Confirmed(outcome),
             job = self.rx.recv() => Event::Job(job),
             _ = self.live.changed() => Event::Changed,
-            _ = blocked => Event::Changed,
+            _ = blocked => {
+                // Confirms wait while the broker blocks: not a stall.
+                self.progress = Instant::now();
+                Event::Changed
+            }
             _ = deadline => Event::Deadline,
         }
     }
@@ -212,6 +227,8 @@ impl Task {
             Err(err) => return self.channel_lost(Some((job, err))),
         };
         self.probe = self.probe.saturating_sub(1);
+        self.progress = now;
+        self.stalls = 0;
         match outcome {
             Confirmation::Nack => {
                 self.shared.stats.nacked.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +361,56 @@ impl Task {
         }
     }
 
+    /// When the channel counts as stalled if no confirm arrives before: the stall
+    /// timeout after the later of the last sign of life and the oldest unconfirmed
+    /// publish. `None` while nothing is in flight, there is no channel, the broker
+    /// blocks the connection, or the channel is being replaced anyway.
+    fn stall_at(&self) -> Option<Instant> {
+        if self.channel.is_none() || self.renew.is_some() || self.is_blocked() {
+            return None;
+        }
+        let (oldest, _) = self.inflight.front()?;
+        let since = oldest.sent_at.map_or(self.progress, |at| at.max(self.progress));
+        since.checked_add(self.options.stall_timeout)
+    }
+
+    /// Gives up on a channel that confirmed nothing for the stall timeout while
+    /// messages waited on it: RabbitMQ keeps a quorum queue's leader per channel, and a
+    /// channel that still points at a leader cut off from the cluster neither confirms
+    /// nor nacks until that node is back. Everything unconfirmed goes out again, in
+    /// order, on a fresh channel (which asks for the current leader); if the fresh one
+    /// stalls as well, the connection is closed so the client reconnects, to another
+    /// node first.
+    fn check_stall(&mut self) {
+        let Some(at) = self.stall_at() else { return };
+        let now = Instant::now();
+        if at > now {
+            return;
+        }
+        self.stalls = self.stalls.saturating_add(1);
+        self.shared.stats.stalls.fetch_add(1, Ordering::Relaxed);
+        m::publish_stalled();
+        let waited = now.saturating_duration_since(self.progress);
+        let move_node = self.stalls >= STALLS_BEFORE_RECONNECT;
+        tracing::warn!(
+            in_flight = self.inflight.len(),
+            waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            stalls = self.stalls,
+            reconnect = move_node,
+            "no confirm within the stall timeout; publishing the unconfirmed messages again on a new channel"
+        );
+        if move_node && let Some(open) = &self.channel {
+            self.stalls = 0;
+            let connection = open.connection.clone();
+            // The close waits for the broker's reply (bounded by the connection's
+            // operation timeout); the supervisor reconnects once it is done.
+            tokio::spawn(async move {
+                let _ = connection.close().await;
+            });
+        }
+        self.channel_lost(None);
+    }
+
     fn drop_channel(&mut self) -> Option<Open> {
         self.blocked = None;
         self.renew = None;
@@ -391,6 +458,7 @@ impl Task {
             Ok(channel) => {
                 tracing::debug!(generation = live.generation, "publisher channel open");
                 self.blocked = Some(live.connection.blocked());
+                self.progress = Instant::now();
                 self.channel = Some(Open {
                     channel,
                     connection: live.connection,
