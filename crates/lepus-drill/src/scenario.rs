@@ -222,7 +222,7 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     load::wait_consumed(&rec, secs(3), secs(60)).await;
     stop_consumer.cancel();
     let consumer_end = tokio::time::timeout(secs(40), consumer).await;
-    let stalls = publisher.stats().stalls.load(std::sync::atomic::Ordering::Relaxed);
+    let stalls = publisher.stats().snapshot().stalls;
     if stalls > 0 {
         eprintln!("drill: {name}: the publisher gave up {stalls} stalled channel(s)");
     }

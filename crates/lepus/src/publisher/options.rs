@@ -1,9 +1,6 @@
-//! How a publisher behaves, and what a failed publish gives back.
+//! How a publisher behaves.
 
 use std::time::Duration;
-
-use crate::error::Error;
-use crate::message::Message;
 
 /// Unconfirmed messages on the wire at once.
 pub const DEFAULT_WINDOW: usize = 1000;
@@ -109,38 +106,3 @@ impl PublisherOptions {
         self
     }
 }
-
-/// A failed publish, with the message handed back.
-#[derive(Debug)]
-pub struct PublishError {
-    /// Why.
-    pub error: Error,
-    /// The message, untouched.
-    pub message: Box<Message>,
-}
-
-impl PublishError {
-    /// The message, to retry or store elsewhere.
-    pub fn into_message(self) -> Message {
-        *self.message
-    }
-}
-
-impl std::fmt::Display for PublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "publish to '{}' ({}) failed: {}",
-            self.message.exchange, self.message.routing_key, self.error
-        )
-    }
-}
-
-impl std::error::Error for PublishError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-/// The result of one publish.
-pub type PublishResult = Result<(), PublishError>;
