@@ -87,6 +87,15 @@ fn select(args: &Args) -> anyhow::Result<Vec<Scenario>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    // lepus's own warnings (a lost connection, a stalled publishing channel) go to
+    // stderr with the scenario's lines; `LEPUS_DRILL_LOG` (an `EnvFilter`) says more or
+    // less.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEPUS_DRILL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("lepus=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     if args.cleanup {
         lepus_testkit::zones::cleanup_stale()?;
         return Ok(ExitCode::SUCCESS);

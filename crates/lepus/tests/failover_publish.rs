@@ -14,7 +14,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lepus::amqp::{Connection, ConsumeOptions};

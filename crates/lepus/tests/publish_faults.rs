@@ -208,13 +208,7 @@ async fn a_nack_fails_as_nacked_at_the_publish_timeout() {
         .unwrap_err();
     assert_eq!(err.error.kind(), ErrorKind::Nacked, "{}", err.error);
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(
-        publisher
-            .stats()
-            .snapshot()
-            .nacked
-            >= 3
-    );
+    assert!(publisher.stats().snapshot().nacked >= 3);
     client.close(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -416,12 +410,6 @@ async fn a_refusal_that_names_no_exchange_is_found_by_probing() {
     }
     let counts = count_ids(broker.url(), &q).await;
     assert_eq!(counts.len(), 200, "every good one, and only those");
-    assert_eq!(
-        publisher
-            .stats()
-            .snapshot()
-            .failed,
-        1
-    );
+    assert_eq!(publisher.stats().snapshot().failed, 1);
     client.close(Duration::from_secs(5)).await.unwrap();
 }

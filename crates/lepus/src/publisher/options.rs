@@ -87,8 +87,8 @@ impl PublisherOptions {
     /// How long a channel may go without a single confirm while messages wait on it
     /// (and the broker does not block the connection) before the publisher stops
     /// trusting it: every unconfirmed message goes out again, in order, on a fresh
-    /// channel, and if that one stalls as well, the connection is closed so the client
-    /// reconnects (trying another node first). Default [`DEFAULT_STALL_TIMEOUT`] (3 s).
+    /// channel (and again on another one each stall timeout while none confirms, until
+    /// the publish timeout). Default [`DEFAULT_STALL_TIMEOUT`] (3 s).
     ///
     /// This is for a quorum queue whose leader moved while the broker's channel still
     /// talks to the old one (a node cut off or paused while the client moved to another):

@@ -1,16 +1,11 @@
 //! The channel: opening it, publishing on it, and giving it up when it stalls.
 
-
 use lepus_amqp::PublishOptions;
 use tokio::time::Instant;
 
 use super::{Open, RENEW_WAIT, Task};
 use crate::error::{Error, ErrorKind};
 use crate::observability::metrics as m;
-
-/// Stalls in a row (a fresh channel stalling as well) after which the connection is
-/// closed, so the client reconnects, to another node first.
-const STALLS_BEFORE_RECONNECT: u32 = 2;
 
 impl Task {
     pub(super) async fn ensure_channel(&mut self) {
@@ -140,17 +135,25 @@ impl Task {
             return None;
         }
         let (oldest, _) = self.inflight.front()?;
-        let since = oldest.sent_at.map_or(self.progress, |at| at.max(self.progress));
+        let since = oldest
+            .sent_at
+            .map_or(self.progress, |at| at.max(self.progress));
         since.checked_add(self.options.stall_timeout)
     }
 
     /// Gives up on a channel that confirmed nothing for the stall timeout while
-    /// messages waited on it: RabbitMQ keeps a quorum queue's leader per channel, and a
-    /// channel that still points at a leader cut off from the cluster neither confirms
-    /// nor nacks until that node is back. Everything unconfirmed goes out again, in
-    /// order, on a fresh channel (which asks for the current leader); if the fresh one
-    /// stalls as well, the connection is closed so the client reconnects, to another
-    /// node first.
+    /// messages waited on it. RabbitMQ's channel sends a quorum queue's messages to the
+    /// leader it learnt when it first used the queue; a channel opened while the old
+    /// leader's node is cut off or paused (and not yet noticed as down by the others)
+    /// keeps sending there, and neither confirms nor nacks until that node is back, even
+    /// once a new leader serves. Everything unconfirmed goes out again, in order, on a
+    /// fresh channel, which asks for the current leader. A fresh channel that stalls as
+    /// well (no leader yet) is replaced in turn, one stall timeout later, until one
+    /// confirms or the messages' publish timeout passes.
+    ///
+    /// The connection is kept: closing it would wait for the broker to close the
+    /// stalled channels, which it cannot do while they wait on the lost node (seen in
+    /// the drill: the close took until the node was back).
     pub(super) fn check_stall(&mut self) {
         let Some(at) = self.stall_at() else { return };
         let now = Instant::now();
@@ -160,24 +163,13 @@ impl Task {
         self.stalls = self.stalls.saturating_add(1);
         self.shared.stats.count_stall();
         m::publish_stalled();
-        let waited = now.saturating_duration_since(self.progress);
-        let move_node = self.stalls >= STALLS_BEFORE_RECONNECT;
         tracing::warn!(
             in_flight = self.inflight.len(),
-            waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-            stalls = self.stalls,
-            reconnect = move_node,
+            stall_timeout_ms =
+                u64::try_from(self.options.stall_timeout.as_millis()).unwrap_or(u64::MAX),
+            in_a_row = self.stalls,
             "no confirm within the stall timeout; publishing the unconfirmed messages again on a new channel"
         );
-        if move_node && let Some(open) = &self.channel {
-            self.stalls = 0;
-            let connection = open.connection.clone();
-            // The close waits for the broker's reply (bounded by the connection's
-            // operation timeout); the supervisor reconnects once it is done.
-            tokio::spawn(async move {
-                let _ = connection.close().await;
-            });
-        }
         self.channel_lost(None);
     }
 }

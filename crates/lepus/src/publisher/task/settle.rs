@@ -48,7 +48,12 @@ impl Task {
     }
 
     /// Applies one confirm outcome of `job` (already out of the in-flight queue).
-    pub(super) fn settle(&mut self, job: Job, outcome: lepus_amqp::Result<Confirmation>, now: Instant) {
+    pub(super) fn settle(
+        &mut self,
+        job: Job,
+        outcome: lepus_amqp::Result<Confirmation>,
+        now: Instant,
+    ) {
         let outcome = match outcome {
             Ok(confirmation) => confirmation,
             // The channel or connection died before the confirm.
