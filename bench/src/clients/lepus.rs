@@ -87,8 +87,8 @@ pub async fn publish(url: &str, queue: &str, workload: &Workload, phase: &Phase)
     // republished (a reconnect in the middle would have shown here).
     let stats = publisher.stats();
     let (confirmed, republished) = (
-        stats.confirmed.load(Ordering::Relaxed),
-        stats.republished.load(Ordering::Relaxed),
+        stats.snapshot().confirmed,
+        stats.snapshot().republished,
     );
     if confirmed != workload.count + 1 || republished != 0 {
         bail!(

@@ -83,9 +83,13 @@ pub fn spawn_consumer(
 }
 
 /// Publisher options of the drill: lepus's defaults (30 s publish timeout, window 1000,
-/// buffer 10,000).
-pub fn publisher_options() -> PublisherOptions {
-    PublisherOptions::default()
+/// buffer 10,000, stall timeout 3 s), the stall timeout replaced if given.
+pub fn publisher_options(stall_timeout: Option<Duration>) -> PublisherOptions {
+    let options = PublisherOptions::default();
+    match stall_timeout {
+        Some(timeout) => options.stall_timeout(timeout),
+        None => options,
+    }
 }
 
 /// Waits until the consumer has handled every confirmed message, or handled nothing new

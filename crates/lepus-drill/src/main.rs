@@ -45,6 +45,10 @@ struct Args {
     /// Seconds of load after the fault ends.
     #[arg(long, default_value_t = 8)]
     tail: u64,
+    /// The publisher's stall timeout in milliseconds (0 turns the check off, to compare
+    /// with a publisher that waits on a stalled channel); lepus's default if not given.
+    #[arg(long, value_name = "MS")]
+    stall_timeout_ms: Option<u64>,
     /// Where the pictures go.
     #[arg(long, default_value = "target/drill")]
     out: PathBuf,
@@ -83,6 +87,15 @@ fn select(args: &Args) -> anyhow::Result<Vec<Scenario>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    // lepus's own warnings (a lost connection, a stalled publishing channel) go to
+    // stderr with the scenario's lines; `LEPUS_DRILL_LOG` (an `EnvFilter`) says more or
+    // less.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEPUS_DRILL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("lepus=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     if args.cleanup {
         lepus_testkit::zones::cleanup_stale()?;
         return Ok(ExitCode::SUCCESS);
@@ -99,6 +112,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         warmup: Duration::from_secs(args.warmup),
         tail: Duration::from_secs(args.tail),
         out_dir: args.out.clone(),
+        stall_timeout: args.stall_timeout_ms.map(|ms| match ms {
+            0 => Duration::MAX,
+            ms => Duration::from_millis(ms),
+        }),
     };
     eprintln!("drill: starting a lab of three zones");
     let env = Env::start(args.heartbeat).await?;

@@ -134,6 +134,8 @@ pub struct RunOptions {
     pub tail: Duration,
     /// Where the pictures go.
     pub out_dir: PathBuf,
+    /// The publisher's stall timeout; `None` keeps lepus's default.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -143,6 +145,7 @@ impl Default for RunOptions {
             warmup: secs(3),
             tail: secs(8),
             out_dir: PathBuf::from("target/drill"),
+            stall_timeout: None,
         }
     }
 }
@@ -191,7 +194,7 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     }
     let stop_consumer = CancellationToken::new();
     let consumer = load::spawn_consumer(&client, &id, Arc::clone(&rec), stop_consumer.clone())?;
-    let publisher = Publisher::new(&client, load::publisher_options());
+    let publisher = Publisher::new(&client, load::publisher_options(opts.stall_timeout));
     let stop_load = CancellationToken::new();
     let generator = load::spawn_load(
         publisher.clone(),
@@ -219,6 +222,10 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     load::wait_consumed(&rec, secs(3), secs(60)).await;
     stop_consumer.cancel();
     let consumer_end = tokio::time::timeout(secs(40), consumer).await;
+    let stalls = publisher.stats().snapshot().stalls;
+    if stalls > 0 {
+        eprintln!("drill: {name}: the publisher gave up {stalls} stalled channel(s)");
+    }
     let _ = publisher.close(secs(5)).await;
     let _ = client.close(secs(5)).await;
     let window = fault?;

@@ -170,7 +170,9 @@ impl Error {
     }
 
     /// A queue exists but cannot be used now: the broker answered 404 NOT_FOUND saying
-    /// the home node of the durable (classic) queue is down or inaccessible. Publishing
+    /// the home node of the durable (classic) queue is down or inaccessible, or (the
+    /// quorum queue's variant, a leader that does not answer) that an operation on the
+    /// queue failed "due to timeout". Publishing
     /// to it then loses messages the broker still confirms, so the supervisor treats a
     /// topology with such a queue as not ready and retries later. Retrying may succeed.
     pub fn is_queue_unavailable(&self) -> bool {
@@ -222,9 +224,13 @@ impl Error {
 }
 
 /// Whether a broker reply (`code`, and the text the engine's message carries) says a
-/// queue's home node is down: the one place that reply is recognised.
+/// queue's home node is down, or that its leader did not answer in time: the one place
+/// those replies are recognised. RabbitMQ 3.10 words them "home node '~s' of durable ~s is
+/// down or inaccessible" and "failed to perform operation on ~s due to timeout".
 pub(crate) fn names_unavailable_queue(code: Option<u16>, text: &str) -> bool {
-    code == Some(404) && text.contains("home node") && text.contains("down or inaccessible")
+    code == Some(404)
+        && ((text.contains("home node") && text.contains("down or inaccessible"))
+            || (text.contains("failed to perform operation on") && text.contains("due to timeout")))
 }
 
 impl From<lepus_amqp::Error> for Error {
@@ -365,6 +371,9 @@ mod tests {
         let down = "broker closed the channel: 404 NOT_FOUND - home node 'rabbit@a' of durable \
                     queue 'orders' in vhost '/' is down or inaccessible";
         assert!(names_unavailable_queue(Some(404), down));
+        let no_leader = "broker closed the channel: 404 NOT_FOUND - failed to perform operation \
+                         on queue 'orders' in vhost '/' due to timeout";
+        assert!(names_unavailable_queue(Some(404), no_leader));
         // Other replies are not: a missing queue, another code, no code at all.
         assert!(!names_unavailable_queue(
             Some(404),

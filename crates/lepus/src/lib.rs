@@ -76,8 +76,9 @@ pub use idempotency::{DEFAULT_MEMORY_CAPACITY, DEFAULT_TTL, IdempotencyStore, Me
 pub use message::Message;
 pub use pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE, PooledChannel};
 pub use publisher::{
-    Confirm, DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW,
-    PublishError, PublishResult, Publisher, PublisherOptions, PublisherStats,
+    Confirm, DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_STALL_TIMEOUT,
+    DEFAULT_WINDOW, PublishError, PublishResult, Publisher, PublisherBuilder, PublisherOptions,
+    PublisherSnapshot, PublisherStats,
 };
 pub use supervisor::{ConnectionState, Live};
 pub use topology::{

@@ -9,224 +9,57 @@
 //!
 //! What counts as a failure is decided per cause (see `task`): a nack is retried with a
 //! growing pause until the publish timeout, a lost channel or connection is not a failure
-//! at all, and a publish the broker refuses (closing the channel over it) fails alone and
-//! at once, with the broker's reply.
+//! at all, a channel that confirms nothing for the stall timeout is given up like a lost
+//! one, and a publish the broker refuses (closing the channel over it) fails alone and at
+//! once, with the broker's reply.
+//!
+//! The files: this one is the handle callers hold; `builder` and `options` say how it
+//! behaves; `shared` is the bookkeeping the handle and the task share; `task` drives the
+//! channel; `confirm`, `error` and `stats` are what callers get back; `span` is the
+//! publish span; `culprit` finds the publish a channel close was about.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, Role};
 use crate::error::{Error, ErrorKind};
 use crate::message::Message;
-use crate::observability::metrics as m;
-use crate::observability::trace;
 
+mod builder;
+mod confirm;
 mod culprit;
+mod error;
 mod options;
+mod shared;
+mod span;
+mod stats;
 mod task;
 
+pub use builder::PublisherBuilder;
+pub use confirm::Confirm;
+pub use error::{PublishError, PublishResult};
 pub use options::{
-    DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_WINDOW, PublishError,
-    PublishResult, PublisherOptions,
+    DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_STALL_TIMEOUT,
+    DEFAULT_WINDOW, PublisherOptions,
 };
+pub use stats::{PublisherSnapshot, PublisherStats};
 
+use shared::{Job, Reply, Shared};
 use task::Task;
-
-/// The name of the span of one publish, from `send` to the broker's confirm.
-pub(crate) const PUBLISH_SPAN: &str = "publish";
-/// The target of the publish span.
-pub(crate) const SPAN_TARGET: &str = "lepus::publisher";
-
-type Callback = Box<dyn FnOnce(PublishResult) + Send>;
-
-enum Reply {
-    Wait(oneshot::Sender<PublishResult>),
-    Callback(Callback),
-}
-
-struct Job {
-    /// Boxed: a job moves through several queues, and a message is large.
-    msg: Box<Message>,
-    reply: Reply,
-    deadline: Instant,
-    nacks: u32,
-    /// When it was last written to a channel, for the confirm latency.
-    sent_at: Option<Instant>,
-    /// The publish span of a sampled trace: from `send` to the confirm (held, never read).
-    _span: tracing::Span,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Counters of a publisher.
-#[derive(Debug, Default)]
-pub struct PublisherStats {
-    /// Messages written to a channel (republishes included).
-    pub published: AtomicU64,
-    /// Messages confirmed by the broker.
-    pub confirmed: AtomicU64,
-    /// Nacks received.
-    pub nacked: AtomicU64,
-    /// Mandatory messages returned as unroutable.
-    pub returned: AtomicU64,
-    /// Messages republished after a connection loss or a nack.
-    pub republished: AtomicU64,
-    /// Messages failed back to the caller.
-    pub failed: AtomicU64,
-    /// Messages waiting to be published.
-    pub buffered: AtomicUsize,
-    /// Messages published and not yet confirmed.
-    pub in_flight: AtomicUsize,
-}
-
-struct Shared {
-    stats: PublisherStats,
-    buffer_gauge: metrics::Gauge,
-    in_flight_gauge: metrics::Gauge,
-    outstanding: AtomicUsize,
-    idle: Notify,
-    closing: AtomicBool,
-}
-
-impl Shared {
-    fn buffered(&self, delta: isize) {
-        if delta >= 0 {
-            self.stats
-                .buffered
-                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-            self.buffer_gauge.increment(delta as f64);
-        } else {
-            self.stats
-                .buffered
-                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-            self.buffer_gauge.decrement(delta.unsigned_abs() as f64);
-        }
-    }
-
-    fn in_flight(&self, delta: isize) {
-        if delta >= 0 {
-            self.stats
-                .in_flight
-                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-            self.in_flight_gauge.increment(delta as f64);
-        } else {
-            self.stats
-                .in_flight
-                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
-            self.in_flight_gauge.decrement(delta.unsigned_abs() as f64);
-        }
-    }
-
-    fn finish(&self, job: Job, result: PublishResult) {
-        if result.is_ok() {
-            self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        match job.reply {
-            Reply::Wait(tx) => {
-                let _ = tx.send(result);
-            }
-            Reply::Callback(cb) => cb(result),
-        }
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    fn fail(&self, mut job: Job, error: Error) {
-        m::publish_failed(&job.msg.exchange, error.kind());
-        let message = std::mem::replace(&mut job.msg, Box::new(Message::new("", "", "")));
-        self.finish(job, Err(PublishError { error, message }));
-    }
-
-    fn succeed(&self, job: Job) {
-        self.finish(job, Ok(()));
-    }
-}
-
-/// Resolves when the broker confirms one message; on failure the message comes back.
-#[must_use = "a confirm does nothing unless awaited"]
-pub struct Confirm {
-    rx: oneshot::Receiver<PublishResult>,
-    message_id: IdText,
-}
-
-impl Confirm {
-    /// The message's id (the one given, or the UUIDv7 the publisher assigned).
-    pub fn message_id(&self) -> &str {
-        self.message_id.as_str()
-    }
-}
-
-/// The bytes of a hyphenated UUID, the id the publisher assigns.
-const INLINE_ID: usize = 36;
-
-/// A copy of a message id, kept without an allocation when it is no longer than a UUID
-/// (every id the publisher assigns): one less allocation, and free on another thread,
-/// per message.
-enum IdText {
-    Inline { bytes: [u8; INLINE_ID], len: u8 },
-    Heap(String),
-}
-
-impl IdText {
-    fn new(id: &str) -> IdText {
-        let mut bytes = [0u8; INLINE_ID];
-        match (bytes.get_mut(..id.len()), u8::try_from(id.len())) {
-            (Some(head), Ok(len)) => {
-                head.copy_from_slice(id.as_bytes());
-                IdText::Inline { bytes, len }
-            }
-            _ => IdText::Heap(id.to_owned()),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            // Copied whole from a `&str`, so always valid UTF-8.
-            IdText::Inline { bytes, len } => bytes
-                .get(..usize::from(*len))
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .unwrap_or_default(),
-            IdText::Heap(id) => id,
-        }
-    }
-}
-
-impl std::future::Future for Confirm {
-    type Output = PublishResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PublishResult> {
-        // The publisher task always answers (it fails what it cannot publish before its
-        // deadline); a dropped sender means the task is gone, which only a panic in it
-        // could cause, and then the message is lost to us: report it plainly.
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(PublishError {
-                    error: Error::new(ErrorKind::Closed, "the publisher stopped"),
-                    message: Box::new(Message::new("", "", "")),
-                })
-            })
-        })
-    }
-}
 
 /// Publishes with confirms, a bounded window, an outage buffer and republish after
 /// reconnect. Cheap to clone; all clones feed one task.
 ///
 /// ```no_run
 /// # async fn demo(client: lepus::Client) -> Result<(), lepus::PublishError> {
-/// use lepus::{Message, Publisher, PublisherOptions};
+/// use lepus::{Message, Publisher};
 ///
-/// let publisher = Publisher::new(&client, PublisherOptions::default().mandatory(true));
+/// let publisher = Publisher::builder(&client).mandatory(true).build();
 /// publisher.publish(Message::new("shop", "order.created", r#"{"id":1}"#)).await?;
 /// # Ok(()) }
 /// ```
@@ -243,40 +76,31 @@ impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("options", &self.options)
-            .field("stats", &self.shared.stats)
+            .field("stats", &self.shared.stats.snapshot())
             .finish()
     }
 }
 
 impl Publisher {
-    /// Starts a publisher on `client`'s publishing connection.
+    /// A builder for a publisher on `client`'s publishing connection, with the default
+    /// options until set.
+    pub fn builder(client: &Client) -> PublisherBuilder {
+        PublisherBuilder::new(client)
+    }
+
+    /// Starts a publisher on `client`'s publishing connection with `options` (the same
+    /// as [`Publisher::builder`] with [`PublisherBuilder::options`]).
     pub fn new(client: &Client, options: PublisherOptions) -> Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            stats: PublisherStats::default(),
-            buffer_gauge: m::buffer_depth(),
-            in_flight_gauge: m::in_flight(),
-            outstanding: AtomicUsize::new(0),
-            idle: Notify::new(),
-            closing: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared::new());
         let stop = client.shutdown_token().child_token();
-        let task = Task {
+        let task = Task::new(
             rx,
-            waiting: VecDeque::new(),
-            inflight: VecDeque::new(),
-            delayed: Vec::new(),
-            probe: 0,
-            renew: None,
-            channel: None,
-            blocked: None,
-            live: client.watch_connection(Role::Publish),
-            metrics: std::collections::HashMap::new(),
-            last_metrics: None,
-            shared: Arc::clone(&shared),
-            options: options.clone(),
-            stop: stop.clone(),
-        };
+            client.watch_connection(Role::Publish),
+            Arc::clone(&shared),
+            options.clone(),
+            stop.clone(),
+        );
         tokio::spawn(task.run());
         Publisher {
             tx,
@@ -301,9 +125,9 @@ impl Publisher {
             }
         };
         let (tx, rx) = oneshot::channel();
-        let message_id = IdText::new(message.message_id().unwrap_or_default());
+        let confirm = Confirm::new(rx, message.message_id().unwrap_or_default());
         self.enqueue(message, Reply::Wait(tx), deadline, permit)?;
-        Ok(Confirm { rx, message_id })
+        Ok(confirm)
     }
 
     /// Waits for room in the buffer; fails if closed or still full at the deadline.
@@ -331,55 +155,13 @@ impl Publisher {
 
     fn enqueue(
         &self,
-        message: Message,
+        mut message: Message,
         reply: Reply,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), PublishError> {
-        let mut message = message;
-        // The attributes are recorded only once the trace is known to be sampled: the
-        // span of an unsampled trace goes nowhere, and building them for every message
-        // would cost more than the rest of the span.
-        let mut span = tracing::info_span!(
-            target: SPAN_TARGET,
-            PUBLISH_SPAN,
-            otel.kind = "producer",
-            messaging.system = tracing::field::Empty,
-            messaging.operation = tracing::field::Empty,
-            messaging.destination.name = tracing::field::Empty,
-            messaging.rabbitmq.destination.routing_key = tracing::field::Empty,
-            messaging.message.id = tracing::field::Empty,
-        );
-        if !span.is_disabled() {
-            // Outside any trace (an outbox relay, say), a message that already carries a
-            // `traceparent` continues that trace instead of starting a new one.
-            if !trace::in_trace(&tracing::Span::current()) {
-                trace::set_parent_from(&span, message.properties.headers().as_ref());
-            }
-            match trace::injected(&span, message.properties.headers().as_ref()) {
-                Some(headers) => {
-                    message.properties =
-                        std::mem::take(&mut message.properties).with_headers(headers);
-                    span.record("messaging.system", "rabbitmq");
-                    span.record("messaging.operation", "publish");
-                    span.record("messaging.destination.name", message.exchange.as_str());
-                    span.record(
-                        "messaging.rabbitmq.destination.routing_key",
-                        message.routing_key.as_str(),
-                    );
-                    span.record(
-                        "messaging.message.id",
-                        message.message_id().unwrap_or_default(),
-                    );
-                }
-                // Not sampled: nobody will see the span, so it ends here, on the thread
-                // that made it, instead of living (and being freed elsewhere) until the
-                // confirm.
-                None => span = tracing::Span::none(),
-            }
-        }
-        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        self.shared.buffered(1);
+        let span = span::publish_span(&mut message);
+        self.shared.taken();
         let job = Job {
             msg: Box::new(message),
             reply,
@@ -390,8 +172,7 @@ impl Publisher {
             _permit: permit,
         };
         self.tx.send(job).map_err(|mpsc::error::SendError(job)| {
-            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-            self.shared.buffered(-1);
+            self.shared.untaken();
             PublishError {
                 error: Error::new(ErrorKind::Closed, "the publisher is closed"),
                 message: job.msg,
@@ -432,12 +213,9 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         message.stamp();
         match self.admit().await {
-            Ok((deadline, permit)) => self.enqueue(
-                message,
-                Reply::Callback(Box::new(callback)),
-                deadline,
-                permit,
-            ),
+            Ok((deadline, permit)) => {
+                self.enqueue(message, Reply::callback(callback), deadline, permit)
+            }
             Err(error) => Err(PublishError {
                 error,
                 message: Box::new(message),
@@ -478,24 +256,8 @@ impl Publisher {
         flushed
     }
 
-    /// Counters.
+    /// Counters; [`PublisherStats::snapshot`] reads them.
     pub fn stats(&self) -> &PublisherStats {
         &self.shared.stats
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IdText;
-
-    #[test]
-    fn a_message_id_reads_back_whatever_its_length() {
-        let uuid = "0192f0c1-7d3a-7b8e-9a4f-2c1d5e6f7a8b";
-        let long = "é".repeat(100);
-        for id in ["", "mine", uuid, &format!("{uuid}x"), &long] {
-            assert_eq!(IdText::new(id).as_str(), id);
-        }
-        assert!(matches!(IdText::new(uuid), IdText::Inline { .. }));
-        assert!(matches!(IdText::new(&long), IdText::Heap(_)));
     }
 }

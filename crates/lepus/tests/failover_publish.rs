@@ -14,7 +14,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lepus::amqp::{Connection, ConsumeOptions};
@@ -140,8 +139,8 @@ async fn publishing_through_a_leader_and_connection_failover_fails_nothing() {
         "{} confirmed, {} failed in {took:?}; nacked {}, republished {}",
         confirmed.len(),
         failed.len(),
-        stats.nacked.load(Ordering::Relaxed),
-        stats.republished.load(Ordering::Relaxed)
+        stats.snapshot().nacked,
+        stats.snapshot().republished
     );
     assert!(
         failed.is_empty(),

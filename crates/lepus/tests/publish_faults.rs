@@ -115,7 +115,7 @@ async fn a_publish_to_a_missing_exchange_fails_alone_and_at_once() {
         assert_eq!(counts.get(&id), Some(&1), "{id}");
     }
     let stats = publisher.stats();
-    assert_eq!(stats.failed.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(stats.snapshot().failed, 3);
     client.close(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -167,7 +167,7 @@ async fn a_nack_is_retried_until_the_queue_takes_it() {
         .unwrap();
     let stats = publisher.stats();
     common::wait_until("two nacks", Duration::from_secs(10), || {
-        stats.nacked.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        stats.snapshot().nacked >= 2
     })
     .await;
     // Room in the queue: the next republish is taken.
@@ -208,13 +208,7 @@ async fn a_nack_fails_as_nacked_at_the_publish_timeout() {
         .unwrap_err();
     assert_eq!(err.error.kind(), ErrorKind::Nacked, "{}", err.error);
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(
-        publisher
-            .stats()
-            .nacked
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 3
-    );
+    assert!(publisher.stats().snapshot().nacked >= 3);
     client.close(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -310,7 +304,7 @@ async fn a_nack_or_return_before_a_lost_connection_is_not_retried() {
         .unwrap()
         .unwrap_err();
     assert_eq!(err.error.kind(), ErrorKind::Unroutable, "{}", err.error);
-    assert_eq!(stats.nacked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(stats.snapshot().nacked, 1);
     let b = broker.clone();
     blocking(move || queue_process(&b, &slow, "resume")).await;
     tokio::time::timeout(Duration::from_secs(10), first)
@@ -416,12 +410,6 @@ async fn a_refusal_that_names_no_exchange_is_found_by_probing() {
     }
     let counts = count_ids(broker.url(), &q).await;
     assert_eq!(counts.len(), 200, "every good one, and only those");
-    assert_eq!(
-        publisher
-            .stats()
-            .failed
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(publisher.stats().snapshot().failed, 1);
     client.close(Duration::from_secs(5)).await.unwrap();
 }

@@ -52,13 +52,7 @@ async fn an_unroutable_mandatory_message_fails_and_comes_back() {
     assert!(err.error.to_string().contains("NO_ROUTE"), "{}", err.error);
     assert_eq!(err.message.message_id(), Some("m-1"));
     assert_eq!(&err.message.body()[..], b"lost?");
-    assert_eq!(
-        publisher
-            .stats()
-            .returned
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(publisher.stats().snapshot().returned, 1);
     client.close(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -262,7 +256,7 @@ async fn nothing_confirmed_is_lost_through_kills_and_forced_closes() {
         consumed.len(),
         counts.len(),
         lost.len(),
-        stats.republished.load(std::sync::atomic::Ordering::Relaxed),
+        stats.snapshot().republished,
     );
     assert!(
         lost.is_empty(),

@@ -197,7 +197,7 @@ pub async fn run(
         ));
     }
     let _ = publisher.close(Duration::from_secs(2)).await;
-    let republished = publisher.stats().republished.load(Ordering::Relaxed);
+    let republished = publisher.stats().snapshot().republished;
     let record = Arc::try_unwrap(record)
         .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
         .unwrap_or_else(|shared| {

@@ -91,7 +91,7 @@ impl Health {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|p| p.stats().buffered.load(Ordering::Relaxed))
+            .map(|p| p.stats().snapshot().buffered)
             .sum();
         let blocked = self
             .client

@@ -210,8 +210,8 @@ where
 fn not_publish_span() -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
     FilterFn::new(|meta| {
         !(meta.is_span()
-            && meta.name() == crate::publisher::PUBLISH_SPAN
-            && meta.target() == crate::publisher::SPAN_TARGET)
+            && meta.name() == super::trace::PUBLISH_SPAN
+            && meta.target() == super::trace::PUBLISH_SPAN_TARGET)
     })
 }
 

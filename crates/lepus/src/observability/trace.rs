@@ -19,6 +19,11 @@
 use lepus_amqp::FieldTable;
 use tracing::Span;
 
+/// The name of the span of one publish, from `send` to the broker's confirm.
+pub(crate) const PUBLISH_SPAN: &str = "publish";
+/// The target of the publish span.
+pub(crate) const PUBLISH_SPAN_TARGET: &str = "lepus::publisher";
+
 #[cfg(feature = "otel")]
 mod w3c {
     use lepus_amqp::{AMQPValue, FieldTable};

@@ -1,9 +1,6 @@
-//! How a publisher behaves, and what a failed publish gives back.
+//! How a publisher behaves.
 
 use std::time::Duration;
-
-use crate::error::Error;
-use crate::message::Message;
 
 /// Unconfirmed messages on the wire at once.
 pub const DEFAULT_WINDOW: usize = 1000;
@@ -14,6 +11,9 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Nacks a message may get before it fails: no count, only the publish timeout bounds
 /// them.
 pub const DEFAULT_NACK_RETRIES: u32 = u32::MAX;
+/// How long the oldest unconfirmed message may go without any confirm arriving before
+/// the publisher gives up on the channel and sends what is outstanding again on a new one.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How a [`Publisher`](super::Publisher) behaves.
 #[derive(Debug, Clone)]
@@ -24,6 +24,7 @@ pub struct PublisherOptions {
     pub(super) publish_timeout: Duration,
     pub(super) mandatory: bool,
     pub(super) nack_retries: u32,
+    pub(super) stall_timeout: Duration,
 }
 
 impl Default for PublisherOptions {
@@ -34,6 +35,7 @@ impl Default for PublisherOptions {
             publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
             mandatory: false,
             nack_retries: DEFAULT_NACK_RETRIES,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -81,39 +83,26 @@ impl PublisherOptions {
         self.nack_retries = retries;
         self
     }
-}
 
-/// A failed publish, with the message handed back.
-#[derive(Debug)]
-pub struct PublishError {
-    /// Why.
-    pub error: Error,
-    /// The message, untouched.
-    pub message: Box<Message>,
-}
-
-impl PublishError {
-    /// The message, to retry or store elsewhere.
-    pub fn into_message(self) -> Message {
-        *self.message
+    /// How long a channel may go without a single confirm while messages wait on it
+    /// (and the broker does not block the connection) before the publisher stops
+    /// trusting it: every unconfirmed message goes out again, in order, on a fresh
+    /// channel (and again on another one each stall timeout while none confirms, until
+    /// the publish timeout). Default [`DEFAULT_STALL_TIMEOUT`] (3 s).
+    ///
+    /// This is for a quorum queue whose leader moved while the broker's channel still
+    /// talks to the old one (a node cut off or paused while the client moved to another):
+    /// RabbitMQ neither confirms nor nacks those publishes until the old leader's node is
+    /// back, however long that takes. A fresh channel asks for the current leader.
+    ///
+    /// Sending again is at-least-once: a message the broker did take before the stall
+    /// may be queued twice, so consumers must be idempotent (lepus's idempotency store
+    /// does this). Each stall is logged (warn) and counted in
+    /// [`PublisherStats`](super::PublisherStats) and the `lepus_publish_stalls_total`
+    /// metric. Set it well above the confirm latency under load; `Duration::MAX`
+    /// turns the check off.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
+        self
     }
 }
-
-impl std::fmt::Display for PublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "publish to '{}' ({}) failed",
-            self.message.exchange, self.message.routing_key
-        )
-    }
-}
-
-impl std::error::Error for PublishError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-/// The result of one publish.
-pub type PublishResult = Result<(), PublishError>;
