@@ -7,24 +7,9 @@
 
 use std::time::Duration;
 
-use lepus::{Client, Consumer, HandlerError, Incoming, RetryPolicy};
-use rusqlite::params;
-
+use crate::args;
 use crate::db::{Db, now_ms};
-
-/// The `dead_letters` table.
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS dead_letters (
-    message_id  TEXT PRIMARY KEY,
-    order_id    TEXT,
-    queue       TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    error       TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    recorded_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letters_order ON dead_letters (order_id);
-";
+use lepus::{Client, Consumer, HandlerError, Incoming, RetryPolicy};
 
 /// The most of a body kept.
 const MAX_BODY: usize = 4096;
@@ -95,14 +80,12 @@ pub async fn record(db: &Db, service: &'static str, msg: Incoming) -> Result<(),
     let log_order = order_id.clone().unwrap_or_default();
     let (log_reason, log_error) = (reason.clone(), error.clone());
     let inserted = db
-        .call(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO dead_letters
-                 (message_id, order_id, queue, reason, error, body, recorded_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![message_id, order_id, queue, reason, error, body, now_ms()],
-            )
-        })
+        .execute(
+            "INSERT INTO dead_letters
+             (message_id, order_id, queue, reason, error, body, recorded_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
+            args![message_id, order_id, queue, reason, error, body, now_ms()],
+        )
         .await
         .map_err(|e| HandlerError::transient(format!("{e:#}")))?;
     if inserted > 0 {
