@@ -274,8 +274,16 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
             observability.switch(row.arm)?;
             let figures = runner.run(row.client, row.label, round + 1).await?;
             observability.switch(observability::Arm::Off)?;
+            let broker = if args.broker_pid.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "broker {:.0}%/{:.0}% of a core, ",
+                    figures.publish_load.broker_cpu_pct, figures.consume_load.broker_cpu_pct
+                )
+            };
             eprintln!(
-                "round {}/{} {:<width$} publish {:>9.0} msg/s {:>6.2} us/msg | consume {:>9.0} msg/s {:>6.2} us/msg | broker {:.0}%/{:.0}% of a core, machine {:.0}%/{:.0}% busy",
+                "round {}/{} {:<width$} publish {:>9.0} msg/s {:>6.2} us/msg | consume {:>9.0} msg/s {:>6.2} us/msg | {broker}machine {:.0}%/{:.0}% busy",
                 round + 1,
                 args.rounds,
                 row.label,
@@ -283,8 +291,6 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
                 figures.publish_cpu_us_per_msg,
                 figures.consume_msgs_per_s,
                 figures.consume_cpu_us_per_msg,
-                figures.publish_load.broker_cpu_pct,
-                figures.consume_load.broker_cpu_pct,
                 figures.publish_load.machine_busy_pct,
                 figures.consume_load.machine_busy_pct,
             );
