@@ -134,6 +134,10 @@ struct Args {
     /// Give up on a phase (and the whole run) after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// A broker process (beam.smp) whose CPU each phase reports, with the machine's
+    /// load; repeat it for a cluster's nodes.
+    #[arg(long, value_name = "PID")]
+    broker_pid: Vec<u32>,
     /// Seconds to let the broker settle between two client runs.
     #[arg(long, default_value_t = 1.0)]
     pause_secs: f64,
@@ -257,6 +261,7 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
         workload,
         args.queues as usize,
         Duration::from_secs(args.timeout_secs),
+        args.broker_pid.clone(),
     )
     .await?;
     let pause = Duration::from_secs_f64(args.pause_secs.max(0.0));
@@ -269,8 +274,16 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
             observability.switch(row.arm)?;
             let figures = runner.run(row.client, row.label, round + 1).await?;
             observability.switch(observability::Arm::Off)?;
+            let broker = if args.broker_pid.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "broker {:.0}%/{:.0}% of a core, ",
+                    figures.publish_load.broker_cpu_pct, figures.consume_load.broker_cpu_pct
+                )
+            };
             eprintln!(
-                "round {}/{} {:<width$} publish {:>9.0} msg/s {:>6.2} us/msg | consume {:>9.0} msg/s {:>6.2} us/msg",
+                "round {}/{} {:<width$} publish {:>9.0} msg/s {:>6.2} us/msg | consume {:>9.0} msg/s {:>6.2} us/msg | {broker}machine {:.0}%/{:.0}% busy",
                 round + 1,
                 args.rounds,
                 row.label,
@@ -278,6 +291,8 @@ async fn bench(args: Args, clients: Vec<Client>, workload: Workload) -> Result<(
                 figures.publish_cpu_us_per_msg,
                 figures.consume_msgs_per_s,
                 figures.consume_cpu_us_per_msg,
+                figures.publish_load.machine_busy_pct,
+                figures.consume_load.machine_busy_pct,
             );
             results.push(row, figures);
             tokio::time::sleep(pause).await;

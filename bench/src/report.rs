@@ -48,6 +48,53 @@ const FIGURES: [Figure; 4] = [
     },
 ];
 
+/// The load around each phase (`--broker-pid`, `/proc/stat`): reported beside the four
+/// figures, never in a ratio or a target.
+const LOAD_FIGURES: [Figure; 6] = [
+    Figure {
+        key: "publish_broker_cpu_pct",
+        title: "broker CPU while publishing, % of one core (--broker-pid)",
+        short: "publish broker CPU %",
+        higher_is_better: false,
+        get: |f| f.publish_load.broker_cpu_pct,
+    },
+    Figure {
+        key: "consume_broker_cpu_pct",
+        title: "broker CPU while consuming, % of one core (--broker-pid)",
+        short: "consume broker CPU %",
+        higher_is_better: false,
+        get: |f| f.consume_load.broker_cpu_pct,
+    },
+    Figure {
+        key: "publish_broker_cpu_us_per_msg",
+        title: "broker CPU while publishing, us/msg (--broker-pid)",
+        short: "publish broker CPU/msg",
+        higher_is_better: false,
+        get: |f| f.publish_load.broker_cpu_us_per_msg,
+    },
+    Figure {
+        key: "consume_broker_cpu_us_per_msg",
+        title: "broker CPU while consuming, us/msg (--broker-pid)",
+        short: "consume broker CPU/msg",
+        higher_is_better: false,
+        get: |f| f.consume_load.broker_cpu_us_per_msg,
+    },
+    Figure {
+        key: "publish_machine_busy_pct",
+        title: "machine busy while publishing, % of all cores (everyone's work)",
+        short: "publish machine busy %",
+        higher_is_better: false,
+        get: |f| f.publish_load.machine_busy_pct,
+    },
+    Figure {
+        key: "consume_machine_busy_pct",
+        title: "machine busy while consuming, % of all cores (everyone's work)",
+        short: "consume machine busy %",
+        higher_is_better: false,
+        get: |f| f.consume_load.machine_busy_pct,
+    },
+];
+
 /// One row of the report: a client, what observability it ran with, and its name (the
 /// table row and the JSON key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +295,14 @@ impl Results {
             "\n{} messages per run; median of {rounds} round(s)",
             self.messages
         );
-        for figure in &FIGURES {
+        let watched =
+            self.rows.iter().flat_map(|(_, r)| r.iter()).any(|f| {
+                f.publish_load.broker_cpu_pct > 0.0 || f.consume_load.broker_cpu_pct > 0.0
+            });
+        let load = LOAD_FIGURES
+            .iter()
+            .filter(|f| watched || !f.key.contains("broker"));
+        for figure in FIGURES.iter().chain(load) {
             let _ = writeln!(out, "\n{}", figure.title);
             let mut head = format!("{:<w$}", "client");
             for r in 1..=rounds {
@@ -382,14 +436,14 @@ impl Results {
         let mut top = Map::new();
         for (row, rounds) in &self.rows {
             let mut entry = Map::new();
-            for figure in &FIGURES {
+            for figure in FIGURES.iter().chain(&LOAD_FIGURES) {
                 entry.insert(figure.key.into(), number(self.median(row.label, figure)));
             }
             let per_round: Vec<Value> = rounds
                 .iter()
                 .map(|f| {
                     let mut m = Map::new();
-                    for figure in &FIGURES {
+                    for figure in FIGURES.iter().chain(&LOAD_FIGURES) {
                         m.insert(figure.key.into(), number(Some((figure.get)(f))));
                     }
                     Value::Object(m)

@@ -15,15 +15,18 @@ use crate::queues::QueueType;
 use tokio::task::JoinSet;
 
 use crate::clients::{Client, Phase, Workload};
-use crate::cpu::{monotonic_secs, process_cpu};
+use crate::cpu::{Load, LoadSnapshot, monotonic_secs, process_cpu};
 
-/// The four figures of one client run.
+/// The four figures of one client run, and the broker's CPU and the machine's load
+/// during each phase.
 #[derive(Debug, Clone, Copy)]
 pub struct Figures {
     pub publish_msgs_per_s: f64,
     pub consume_msgs_per_s: f64,
     pub publish_cpu_us_per_msg: f64,
     pub consume_cpu_us_per_msg: f64,
+    pub publish_load: Load,
+    pub consume_load: Load,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +35,11 @@ enum Kind {
     Consume,
 }
 
-/// Wall time and process CPU time of one phase.
+/// Wall time and process CPU time of one phase, and the load around it.
 struct Measured {
     wall: Duration,
     cpu: Duration,
+    load: Load,
 }
 
 pub struct Runner {
@@ -51,6 +55,8 @@ pub struct Runner {
     admin: Vec<Connection>,
     /// Print each phase's CLOCK_MONOTONIC interval (for `perf report --time`).
     marks: bool,
+    /// The broker processes whose CPU each phase reports (`--broker-pid`).
+    broker_pids: Vec<u32>,
 }
 
 impl Runner {
@@ -60,6 +66,7 @@ impl Runner {
         workload: Workload,
         queues: usize,
         timeout: Duration,
+        broker_pids: Vec<u32>,
     ) -> Result<Runner> {
         let mut admin = Vec::new();
         for url in &urls {
@@ -77,6 +84,7 @@ impl Runner {
             timeout,
             admin,
             marks: std::env::var_os("LEPUS_BENCH_MARKS").is_some(),
+            broker_pids,
         })
     }
 
@@ -180,6 +188,8 @@ impl Runner {
             consume_msgs_per_s: per_s(&consume),
             publish_cpu_us_per_msg: cpu_us(&publish),
             consume_cpu_us_per_msg: cpu_us(&consume),
+            publish_load: publish.load,
+            consume_load: consume.load,
         })
     }
 
@@ -218,9 +228,15 @@ impl Runner {
         let mut finished = Vec::new();
         meet(&mut tasks, phase.start(), deadline, what, &mut finished).await?;
         let (cpu0, t0) = (process_cpu()?, Instant::now());
+        let load0 = LoadSnapshot::take(&self.broker_pids);
         let mark_start = monotonic_secs();
         meet(&mut tasks, phase.done(), deadline, what, &mut finished).await?;
         let (wall, cpu) = (t0.elapsed(), process_cpu()?.saturating_sub(cpu0));
+        let load = load0.until(
+            &LoadSnapshot::take(&self.broker_pids),
+            wall,
+            self.workload.count * names.len() as u64,
+        );
         if self.marks {
             eprintln!(
                 "mark {label} {what} {mark_start:.6},{:.6}",
@@ -249,7 +265,7 @@ impl Runner {
                 );
             }
         }
-        Ok(Measured { wall, cpu })
+        Ok(Measured { wall, cpu, load })
     }
 }
 
