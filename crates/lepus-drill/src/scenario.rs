@@ -224,7 +224,7 @@ pub async fn run(env: &Env, scenario: &Scenario, opts: &RunOptions) -> anyhow::R
     let consumer_end = tokio::time::timeout(secs(40), consumer).await;
     let stalls = publisher.stats().snapshot().stalls;
     if stalls > 0 {
-        eprintln!("drill: {name}: the publisher gave up {stalls} stalled channel(s)");
+        eprintln!("drill: {name}: the publisher stalled {stalls} time(s) and reconnected");
     }
     let _ = publisher.close(secs(5)).await;
     let _ = client.close(secs(5)).await;

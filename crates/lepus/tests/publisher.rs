@@ -331,3 +331,39 @@ async fn json_batch_and_callbacks() {
     assert_eq!(closed.error.kind(), ErrorKind::Closed);
     client.close(Duration::from_secs(5)).await.unwrap();
 }
+
+/// A publisher from the builder publishes with the options set on it, and its snapshot
+/// counts exactly what happened: every message written and confirmed, nothing waiting,
+/// nothing failed, no stall.
+#[tokio::test]
+async fn a_built_publisher_counts_what_it_confirmed() {
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let q = unique_name("built");
+    let client = client(broker.url(), Topology::new().queue(Queue::new(&q)));
+    let publisher = Publisher::builder(&client)
+        .mandatory(true)
+        .window(4)
+        .publish_timeout(Duration::from_secs(20))
+        .stall_timeout(Duration::from_secs(10))
+        .build();
+    let results = publisher
+        .publish_batch((0..20).map(|i| Message::new("", &q, format!("m{i}"))))
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let stats = publisher.stats().snapshot();
+    assert_eq!(
+        (stats.published, stats.confirmed, stats.failed),
+        (20, 20, 0),
+        "{stats:?}"
+    );
+    assert_eq!((stats.buffered, stats.in_flight, stats.stalls), (0, 0, 0));
+    // Mandatory came from the builder: an unroutable message comes back.
+    let err = publisher
+        .publish(Message::new("", unique_name("nobody-home"), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error.kind(), ErrorKind::Unroutable);
+    assert_eq!(publisher.stats().snapshot().returned, 1);
+    assert_eq!(drain_ids(broker.url(), &q).await.len(), 20);
+    client.close(Duration::from_secs(5)).await.unwrap();
+}

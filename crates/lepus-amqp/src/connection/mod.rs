@@ -191,6 +191,20 @@ impl Connection {
         &self.shared.opts
     }
 
+    /// Drops the connection at once, without the `connection.close` handshake: for a
+    /// connection the broker no longer serves (it stopped reading, or answers nothing)
+    /// while its heartbeats still arrive, where a graceful close would wait the whole
+    /// operation timeout. Everything waiting on it fails with `reason`; the broker sees
+    /// the socket close. Does nothing if the connection is already closed.
+    pub fn abort(&self, reason: &str) {
+        if self.shared.close_reason().is_some() {
+            return;
+        }
+        self.shared.kill();
+        self.shared
+            .fail(Error::new(ErrorKind::ConnectionClosed, reason.to_owned()));
+    }
+
     /// Closes gracefully: `connection.close`, then waits (up to the operation timeout) for
     /// the broker's `close-ok`; past the deadline the socket is dropped.
     pub async fn close(&self) -> Result<()> {

@@ -22,8 +22,8 @@ pub const PUBLISH_FAILED: &str = "lepus_publish_failed_total";
 pub const PUBLISH_BUFFER_DEPTH: &str = "lepus_publish_buffer_depth";
 /// Messages published and not yet confirmed.
 pub const PUBLISH_IN_FLIGHT: &str = "lepus_publish_in_flight";
-/// Times a publisher gave up on a channel that confirmed nothing for its stall timeout
-/// (and sent what was unconfirmed again on a fresh one).
+/// Times a publisher dropped its connection because nothing was confirmed for its stall
+/// timeout (and sent what was unconfirmed again on the next connection).
 pub const PUBLISH_STALLS: &str = "lepus_publish_stalls_total";
 /// Time from publish to confirm, in seconds, by exchange.
 pub const CONFIRM_LATENCY: &str = "lepus_confirm_latency_seconds";
@@ -109,7 +109,7 @@ pub(crate) fn in_flight() -> Gauge {
     gauge!(PUBLISH_IN_FLIGHT)
 }
 
-/// Counts a publishing channel given up for want of confirms (a rare path).
+/// Counts a publisher stall (a rare path).
 pub(crate) fn publish_stalled() {
     counter!(PUBLISH_STALLS).increment(1);
 }

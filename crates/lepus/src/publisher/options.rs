@@ -86,14 +86,17 @@ impl PublisherOptions {
 
     /// How long a channel may go without a single confirm while messages wait on it
     /// (and the broker does not block the connection) before the publisher stops
-    /// trusting it: every unconfirmed message goes out again, in order, on a fresh
-    /// channel (and again on another one each stall timeout while none confirms, until
-    /// the publish timeout). Default [`DEFAULT_STALL_TIMEOUT`] (3 s).
+    /// trusting the connection: it drops it (the client reconnects, to another node
+    /// first) and sends every unconfirmed message again, in order, on the next one.
+    /// Opening a channel and waiting for room to write are bounded by it too. Default
+    /// [`DEFAULT_STALL_TIMEOUT`] (3 s).
     ///
-    /// This is for a quorum queue whose leader moved while the broker's channel still
-    /// talks to the old one (a node cut off or paused while the client moved to another):
-    /// RabbitMQ neither confirms nor nacks those publishes until the old leader's node is
-    /// back, however long that takes. A fresh channel asks for the current leader.
+    /// This is for a quorum queue whose leader's node is cut off or paused while the
+    /// client moves to another node: RabbitMQ's channel there still sends to the old
+    /// leader and blocks, the broker stops reading the whole connection, and nothing is
+    /// confirmed or nacked until the old node is back, however long that takes (the
+    /// heartbeats go on, so the connection looks alive). A new connection, once the
+    /// cluster has a new leader, publishes at once.
     ///
     /// Sending again is at-least-once: a message the broker did take before the stall
     /// may be queued twice, so consumers must be idempotent (lepus's idempotency store

@@ -98,7 +98,8 @@ pub struct PublisherSnapshot {
     pub republished: u64,
     /// Messages failed back to the caller.
     pub failed: u64,
-    /// Channels given up because nothing was confirmed for the stall timeout (see
+    /// Times the publisher dropped its connection because nothing was confirmed (or no
+    /// channel opened, or no room to write came) within the stall timeout (see
     /// [`PublisherOptions::stall_timeout`](super::PublisherOptions::stall_timeout)).
     pub stalls: u64,
     /// Messages waiting to be published.

@@ -12,8 +12,8 @@
 //! - a **channel the broker closed because of one publish** (404, 403, 406) fails that
 //!   message at once with the broker's reply, and only that one (see `culprit`);
 //! - a **channel that confirms nothing** for the stall timeout while messages wait on it
-//!   is given up like a lost one (see `channel`): its unconfirmed messages go out again
-//!   on a fresh channel.
+//!   costs its connection (see `channel`): the publisher drops it, and the unconfirmed
+//!   messages go out again, in order, on the next one.
 //!
 //! `settle` holds what each outcome means, `channel` the channel's life; this file the
 //! loop that drives them.

@@ -36,7 +36,21 @@ impl Task {
             ch.confirm_select().await?;
             Ok::<_, lepus_amqp::Error>(ch)
         };
-        match opened.await {
+        // A connection that cannot open a channel within the stall timeout is one the
+        // broker stopped serving (see `check_stall`): drop it rather than wait on it.
+        let opened = match Instant::now().checked_add(self.options.stall_timeout) {
+            Some(limit) => match tokio::time::timeout_at(limit, opened).await {
+                Ok(opened) => opened,
+                Err(_) => {
+                    self.count_stall("no answer to opening a channel", 0);
+                    live.connection
+                        .abort("the publisher's channel did not open within the stall timeout");
+                    return;
+                }
+            },
+            None => opened.await,
+        };
+        match opened {
             Ok(channel) => {
                 tracing::debug!(generation = live.generation, "publisher channel open");
                 self.blocked = Some(live.connection.blocked());
@@ -69,6 +83,11 @@ impl Task {
                 // is in flight on it is settled.
                 return false;
             }
+            // Waiting for room to write is bounded like a confirm: a broker that stops
+            // reading is a stall too.
+            let bound = self
+                .stall_at()
+                .or_else(|| Instant::now().checked_add(self.options.stall_timeout));
             let Some(open) = &self.channel else {
                 return false;
             };
@@ -90,11 +109,26 @@ impl Task {
                 mandatory: job.msg.mandatory.unwrap_or(self.options.mandatory),
             };
             let m = &job.msg;
-            match open
-                .channel
-                .basic_publish(&m.exchange, &m.routing_key, options, &m.properties, &m.body)
-                .await
-            {
+            let publish = open.channel.basic_publish(
+                &m.exchange,
+                &m.routing_key,
+                options,
+                &m.properties,
+                &m.body,
+            );
+            let result = match bound {
+                Some(at) => tokio::time::timeout_at(at, publish).await.ok(),
+                None => Some(publish.await),
+            };
+            let Some(result) = result else {
+                // Not written (the wait for room is all a publish awaits): first on
+                // the next connection.
+                self.shared.buffered(1);
+                self.waiting.push_front(job);
+                self.stalled("no room to write within the stall timeout");
+                return true;
+            };
+            match result {
                 Ok(confirm) => {
                     let mut job = job;
                     job.sent_at = Some(now);
@@ -141,35 +175,49 @@ impl Task {
         since.checked_add(self.options.stall_timeout)
     }
 
-    /// Gives up on a channel that confirmed nothing for the stall timeout while
-    /// messages waited on it. RabbitMQ's channel sends a quorum queue's messages to the
-    /// leader it learnt when it first used the queue; a channel opened while the old
-    /// leader's node is cut off or paused (and not yet noticed as down by the others)
-    /// keeps sending there, and neither confirms nor nacks until that node is back, even
-    /// once a new leader serves. Everything unconfirmed goes out again, in order, on a
-    /// fresh channel, which asks for the current leader. A fresh channel that stalls as
-    /// well (no leader yet) is replaced in turn, one stall timeout later, until one
-    /// confirms or the messages' publish timeout passes.
+    /// Gives up on a connection whose channel confirmed nothing for the stall timeout
+    /// while messages waited on it.
     ///
-    /// The connection is kept: closing it would wait for the broker to close the
-    /// stalled channels, which it cannot do while they wait on the lost node (seen in
-    /// the drill: the close took until the node was back).
+    /// Seen in the drill (RabbitMQ 3.10, a quorum queue): a channel opened while the
+    /// queue's leader is on a node cut off or paused, and not yet noticed as down by the
+    /// rest of the cluster, sends to that leader and blocks; the broker then stops
+    /// reading the whole connection (its flow control waits on that channel) while the
+    /// heartbeats go on. Nothing is confirmed or nacked, a new channel on it never opens,
+    /// and even a graceful close waits for the lost node. So the connection is dropped
+    /// (without the close handshake), the client reconnects (to another node first) and
+    /// everything unconfirmed goes out again, in order, on the new connection. While no
+    /// leader serves, each new connection stalls in turn, one stall timeout later, until
+    /// one confirms or the messages' publish timeout passes.
     pub(super) fn check_stall(&mut self) {
         let Some(at) = self.stall_at() else { return };
-        let now = Instant::now();
-        if at > now {
+        if at > Instant::now() {
             return;
         }
+        self.stalled("no confirm within the stall timeout");
+    }
+
+    /// Counts and logs a stall, drops the connection, and puts what was unconfirmed back
+    /// at the front of the queue.
+    pub(super) fn stalled(&mut self, why: &str) {
+        self.count_stall(why, self.inflight.len());
+        if let Some(open) = &self.channel {
+            open.connection.abort(
+                "the publisher's channel stalled (nothing confirmed within the stall timeout)",
+            );
+        }
+        self.channel_lost(None);
+    }
+
+    fn count_stall(&mut self, why: &str, in_flight: usize) {
         self.stalls = self.stalls.saturating_add(1);
         self.shared.stats.count_stall();
         m::publish_stalled();
         tracing::warn!(
-            in_flight = self.inflight.len(),
+            in_flight,
             stall_timeout_ms =
                 u64::try_from(self.options.stall_timeout.as_millis()).unwrap_or(u64::MAX),
             in_a_row = self.stalls,
-            "no confirm within the stall timeout; publishing the unconfirmed messages again on a new channel"
+            "publisher stalled ({why}); dropping the connection and publishing the unconfirmed messages again on the next"
         );
-        self.channel_lost(None);
     }
 }
