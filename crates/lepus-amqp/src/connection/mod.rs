@@ -11,6 +11,7 @@
 //! Either task failing fails the whole connection: every waiter, confirm and consumer
 //! learns why. The connection never reconnects; that is the supervisor's job one layer up.
 
+mod buffers;
 mod handshake;
 mod io;
 mod shared;
