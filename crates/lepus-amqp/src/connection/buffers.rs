@@ -117,7 +117,10 @@ mod tests {
             rb.buf.clear();
         }
         assert!(widest > READ_START, "never grew: {widest}");
-        assert!(widest <= READ_MAX + READ_MAX / 4, "grew past the cap: {widest}");
+        assert!(
+            widest <= READ_MAX + READ_MAX / 4,
+            "grew past the cap: {widest}"
+        );
         // Quiet again: heartbeats, eight bytes a read.
         for _ in 0..8 {
             let room = rb.prepare();
@@ -126,7 +129,11 @@ mod tests {
             rb.buf.clear();
             rb.settle();
         }
-        assert!(rb.buf.capacity() <= READ_START, "kept {}", rb.buf.capacity());
+        assert!(
+            rb.buf.capacity() <= READ_START,
+            "kept {}",
+            rb.buf.capacity()
+        );
     }
 
     #[test]
@@ -144,10 +151,17 @@ mod tests {
         spare.batch(Instant::now());
         spare.buf.clear();
         spare.idle();
-        assert!(spare.buf.capacity() >= 256 * 1024, "shrank during the burst");
+        assert!(
+            spare.buf.capacity() >= 256 * 1024,
+            "shrank during the burst"
+        );
         tokio::time::advance(WRITE_SHRINK_AFTER).await;
         spare.idle();
-        assert!(spare.buf.capacity() <= WRITE_KEEP, "kept {}", spare.buf.capacity());
+        assert!(
+            spare.buf.capacity() <= WRITE_KEEP,
+            "kept {}",
+            spare.buf.capacity()
+        );
         // Small batches never count as a burst.
         spare.buf.resize(100, 0);
         spare.batch(Instant::now());

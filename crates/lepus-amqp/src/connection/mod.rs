@@ -14,6 +14,7 @@
 mod buffers;
 mod handshake;
 mod io;
+mod server_properties;
 mod shared;
 mod transport;
 mod write_buffer;
@@ -184,7 +185,7 @@ impl Connection {
 
     /// The broker's `server-properties` (product, version, capabilities, ...).
     pub fn server_properties(&self) -> &FieldTable {
-        &self.shared.server_properties
+        self.shared.server_properties.get()
     }
 
     /// The options this connection was opened with.
