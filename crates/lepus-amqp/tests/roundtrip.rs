@@ -17,6 +17,17 @@ fn q(prefix: &str) -> String {
 async fn publish_confirm_consume_ack() {
     let broker = lepus_testkit::shared_broker().unwrap();
     let conn = Connection::open(broker.url()).await.unwrap();
+    // Kept encoded until asked for; asked for, the broker's properties are all there.
+    let product = conn.server_properties().inner().get("product").cloned();
+    assert_eq!(
+        product,
+        Some(AMQPValue::LongString(LongString::from("RabbitMQ")))
+    );
+    let caps = conn.server_properties().inner().get("capabilities");
+    assert!(
+        matches!(caps, Some(AMQPValue::FieldTable(t)) if t.inner().contains_key("publisher_confirms")),
+        "{caps:?}"
+    );
     let ch = conn.open_channel().await.unwrap();
     ch.confirm_select().await.unwrap();
     let name = q("rt");

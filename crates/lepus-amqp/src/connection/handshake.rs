@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Negotiated;
-use super::io::READ_CHUNK;
+use super::buffers::READ_START;
 use super::transport::{self, ReadHalf, WriteHalf};
 use crate::codec::{self, Frame};
 use crate::error::{Error, ErrorKind, Result};
@@ -41,7 +41,7 @@ pub(super) struct Opened {
 /// login, a TLS alert that arrives late, a socket that simply ends.
 pub(super) async fn handshake(opts: ConnectionOptions) -> Result<Opened> {
     let (mut rd, mut wr) = transport::connect(&opts).await?;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(READ_START);
     let sent = async {
         wr.write_all(codec::PROTOCOL_HEADER).await?;
         wr.flush().await
@@ -242,7 +242,7 @@ async fn read_method(
                 }
             }
         }
-        buf.reserve(READ_CHUNK);
+        buf.reserve(READ_START);
         let n = rd
             .read_buf(buf)
             .await

@@ -15,12 +15,12 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::buffers::{ReadBuffer, WriteSpare};
 use super::shared::ConnShared;
 use super::transport::{ReadHalf, WriteHalf};
 use crate::codec;
 use crate::error::{Error, ErrorKind, Result};
 
-pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// How long the socket tasks outlive a failed connection to flush its last frames (a
 /// `close-ok`, a `connection.close`). A writer blocked on a frozen peer is cut off here,
 /// and the socket goes with it.
@@ -54,14 +54,14 @@ pub(super) fn spawn(shared: &Arc<ConnShared>, rd: ReadHalf, wr: WriteHalf, buf: 
 async fn read_loop(
     shared: Arc<ConnShared>,
     mut rd: ReadHalf,
-    mut buf: BytesMut,
+    buf: BytesMut,
     heartbeat: Duration,
     _alive: Alive,
 ) {
     let mut kill = shared.kill.subscribe();
     let dead = failed_a_while_ago(&shared);
     let result = tokio::select! {
-        r = read_frames(&shared, &mut rd, &mut buf, heartbeat) => r,
+        r = read_frames(&shared, &mut rd, ReadBuffer::new(buf), heartbeat) => r,
         _ = kill.wait_for(|k| *k) => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
         () = dead => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
     };
@@ -88,25 +88,24 @@ async fn read_loop(
 async fn read_frames(
     shared: &Arc<ConnShared>,
     rd: &mut ReadHalf,
-    buf: &mut BytesMut,
+    mut buf: ReadBuffer,
     heartbeat: Duration,
 ) -> Result<()> {
     let silence_limit = heartbeat * 2;
     let mut last = None;
     loop {
-        while let Some(frame) = codec::decode_frame(buf, shared.frame_max)? {
+        while let Some(frame) = codec::decode_frame(&mut buf.buf, shared.frame_max)? {
             shared.dispatch(frame, &mut last)?;
         }
         if shared.close_reason().is_some() {
             return Ok(());
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
+        buf.settle();
+        let room = buf.prepare();
         let n = if heartbeat.is_zero() {
-            rd.read_buf(buf).await
+            rd.read_buf(&mut buf.buf).await
         } else {
-            match tokio::time::timeout(silence_limit, rd.read_buf(buf)).await {
+            match tokio::time::timeout(silence_limit, rd.read_buf(&mut buf.buf)).await {
                 Ok(r) => r,
                 Err(_) => {
                     return Err(Error::new(
@@ -123,6 +122,7 @@ async fn read_frames(
                 "the broker closed the socket without connection.close",
             ));
         }
+        buf.read(n, room);
     }
 }
 
@@ -155,17 +155,18 @@ async fn write_loop(
     let mut kill = shared.kill.subscribe();
     let dead = failed_a_while_ago(&shared);
     tokio::pin!(dead);
-    let mut spare: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut spare = WriteSpare::new();
     let idle_limit = heartbeat / 2;
     let mut last_write = Instant::now();
     loop {
         // `take` swaps the queued bytes into `spare`; it fails only once the buffer is
         // closed *and* empty, so the last frames (a close-ok, a connection.close) still go.
-        if shared.out.take(&mut spare).is_err() {
+        if shared.out.take(&mut spare.buf).is_err() {
             let _ = wr.shutdown().await;
             return;
         }
-        if spare.is_empty() {
+        if spare.buf.is_empty() {
+            spare.idle();
             let beat = async {
                 if heartbeat.is_zero() {
                     std::future::pending::<()>().await;
@@ -178,7 +179,7 @@ async fn write_loop(
             };
             tokio::select! {
                 _ = shared.out.writer_wait() => continue,
-                _ = beat => codec::put_heartbeat(&mut spare),
+                _ = beat => codec::put_heartbeat(&mut spare.buf),
                 _ = kill.wait_for(|k| *k) => return,
                 () = &mut dead => {
                     shared.out.discard();
@@ -187,7 +188,7 @@ async fn write_loop(
             }
         }
         let write = async {
-            wr.write_all(&spare).await?;
+            wr.write_all(&spare.buf).await?;
             wr.flush().await
         };
         let result = tokio::select! {
@@ -205,6 +206,7 @@ async fn write_loop(
             return;
         }
         last_write = Instant::now();
+        spare.batch(last_write);
         shared.out.written();
     }
 }

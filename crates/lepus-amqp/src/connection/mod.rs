@@ -11,8 +11,10 @@
 //! Either task failing fails the whole connection: every waiter, confirm and consumer
 //! learns why. The connection never reconnects; that is the supervisor's job one layer up.
 
+mod buffers;
 mod handshake;
 mod io;
+mod server_properties;
 mod shared;
 mod transport;
 mod write_buffer;
@@ -183,7 +185,7 @@ impl Connection {
 
     /// The broker's `server-properties` (product, version, capabilities, ...).
     pub fn server_properties(&self) -> &FieldTable {
-        &self.shared.server_properties
+        self.shared.server_properties.get()
     }
 
     /// The options this connection was opened with.

@@ -10,6 +10,7 @@ use amq_protocol::types::{FieldTable, ShortString};
 use tokio::sync::watch;
 
 use super::Negotiated;
+use super::server_properties::ServerProperties;
 use super::write_buffer::WriteBuffer;
 use crate::channel::ChannelShared;
 use crate::codec::{self, Frame};
@@ -26,7 +27,7 @@ pub(crate) struct ConnShared {
     pub(super) blocked: watch::Sender<Option<String>>,
     pub(super) kill: watch::Sender<bool>,
     pub(super) closing: AtomicBool,
-    pub(super) server_properties: FieldTable,
+    pub(super) server_properties: ServerProperties,
     /// Socket tasks (reader, writer) still running.
     pub(super) io_tasks: Arc<AtomicUsize>,
 }
@@ -157,7 +158,7 @@ impl ConnShared {
             blocked,
             kill,
             closing: AtomicBool::new(false),
-            server_properties,
+            server_properties: ServerProperties::new(&server_properties),
             io_tasks: Arc::default(),
             opts,
         })

@@ -34,7 +34,8 @@ impl WriteBuffer {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
             state: Mutex::new(State {
-                buf: Vec::with_capacity(64 * 1024),
+                // Grows with what is queued; see `buffers` for when it shrinks.
+                buf: Vec::new(),
                 scratch: Vec::new(),
                 closed: None,
             }),
