@@ -24,6 +24,7 @@ mod inspect;
 mod pace;
 pub(crate) mod record;
 mod restore;
+mod route;
 mod scan;
 mod sink;
 mod transfer;
