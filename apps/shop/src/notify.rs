@@ -74,7 +74,7 @@ impl NotifyService {
             .concurrency(4)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::retry_policy())
-            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
+            .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         let consumer_stats = consumer.stats();
         let health = Health::new(&client);

@@ -118,7 +118,7 @@ impl InventoryService {
             .concurrency(8)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::retry_policy())
-            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
+            .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         let consumer_stats = consumer.stats();
         health.watch_consumer(&consumer);
@@ -151,7 +151,7 @@ impl InventoryService {
             .concurrency(4)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::compensation_policy())
-            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
+            .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         health.watch_consumer(&compensator);
         {
