@@ -48,7 +48,11 @@ pub struct LoadStats {
 impl LoadStats {
     /// The `p`-th percentile (0-100) of the accept latencies so far, milliseconds.
     pub fn accept_ms(&self, p: f64) -> f64 {
-        let mut all = self.accept_us.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut all = self
+            .accept_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if all.is_empty() {
             return 0.0;
         }
