@@ -245,6 +245,16 @@ pub async fn run(
         stats.accepted.load(Ordering::Relaxed),
         stats.retried_requests.load(Ordering::Relaxed),
     );
+    // From each order's scheduled send time to the API's answer (bench/shop-ceiling
+    // reads this line).
+    println!(
+        "[{:6.1}s] accept latency: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+        started.elapsed().as_secs_f64(),
+        stats.accept_ms(50.0),
+        stats.accept_ms(99.0),
+        stats.accept_ms(99.9),
+        stats.accept_ms(100.0),
+    );
 
     set_phase("draining");
     // Drain: every accepted order final, both outboxes empty, cached decisions verified.
