@@ -90,8 +90,8 @@ async fn state(common: &Common) -> report::StoreState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_reservations_are_taken_for_real_or_cancelled_and_told() {
     let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
-    let (pg, _pg_dir) = common::postgres().await;
-    let common = common_on(&broker, &pg);
+    let pg = common::postgres().await;
+    let common = common_on(&broker, &pg.server);
     let cancel = CancellationToken::new();
     let system = start(&common, &cancel).await;
 
@@ -201,8 +201,8 @@ async fn cached_reservations_are_taken_for_real_or_cancelled_and_told() {
 async fn replicas_decide_each_order_once_and_keyed_orders_once() {
     const ORDERS: usize = 40;
     let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
-    let (pg, _pg_dir) = common::postgres().await;
-    let common = common_on(&broker, &pg);
+    let pg = common::postgres().await;
+    let common = common_on(&broker, &pg.server);
     let cancel = CancellationToken::new();
     let system = start(&common, &cancel).await;
     let second = InventoryService::start(
