@@ -10,8 +10,8 @@ use amq_protocol::protocol::{BasicProperties, basic};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::returns::{self, Fingerprint};
 use super::state::{ChanState, ChannelShared};
-use crate::channel::returns::{self, Fingerprint};
 use crate::codec::{self};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Confirmation, PublishConfirm, Returned};

@@ -15,7 +15,7 @@ use amq_protocol::protocol::{AMQPClass, basic};
 use amq_protocol::types::ShortString;
 use tokio::sync::mpsc;
 
-use crate::channel::Channel;
+use super::Channel;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Delivery;
 

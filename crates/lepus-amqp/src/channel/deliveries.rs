@@ -10,10 +10,10 @@ use amq_protocol::types::ShortString;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::consumer::ConsumerEnd;
 use super::content::{Body, ContentKind};
+use super::returns::{self, Fingerprint};
 use super::state::{ChanState, ChannelShared, Expect, Waiter};
-use crate::channel::consumer::ConsumerEnd;
-use crate::channel::returns::{self, Fingerprint};
 use crate::codec::{self, DeliverArgs, Settle};
 use crate::error::{Chain, Error, ErrorKind, Result};
 use crate::message::Returned;

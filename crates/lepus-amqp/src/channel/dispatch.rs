@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel};
 
+use super::consumer::ConsumerEnd;
 use super::content::ContentKind;
 use super::state::{ChannelShared, Expect, Reply, Waiter, method_name};
-use crate::channel::consumer::ConsumerEnd;
 use crate::codec::{self, DeliverArgs, Frame, ShortStr};
 use crate::error::{Error, ErrorKind, Result};
 

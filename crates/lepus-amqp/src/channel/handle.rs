@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, channel};
 use amq_protocol::types::ShortString;
 
+use super::consumer::{Consumer, consumer_pair};
 use super::options::{ConsumeOptions, PublishOptions};
-use crate::channel::consumer::{Consumer, consumer_pair};
-use crate::channel::{self as chan, ChannelShared, Expect, Reply, name};
+use super::{self as chan, ChannelShared, Expect, Reply, name};
 use crate::connection::Lifeline;
 use crate::error::{Error, Result};
 use crate::message::{GetMessage, PublishConfirm};

@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 
 use super::confirms::PendingConfirm;
 use super::consumer::Consumers;
+use super::consumer::{ConsumerEnd, ConsumerSlot};
 use super::content::Incoming;
-use crate::channel::consumer::{ConsumerEnd, ConsumerSlot};
 use crate::codec::{self, Settle};
 use crate::connection::ConnShared;
 use crate::error::{Error, ErrorKind, Result};

@@ -5,10 +5,10 @@ use amq_protocol::protocol::{AMQPClass, exchange, queue};
 use amq_protocol::types::FieldTable;
 
 use super::Channel;
+use super::name;
 use super::options::{
     ExchangeDeclareOptions, ExchangeKind, QueueDeclareOptions, QueueDeleteOptions, QueueInfo,
 };
-use crate::channel::name;
 use crate::error::{Error, Result};
 
 impl Channel {

@@ -1,8 +1,9 @@
 //! The bounded write buffer between callers and the writer task.
 //!
 //! Callers encode frames straight into one shared `Vec<u8>` under a short lock; the writer
-//! swaps it for an empty one and writes everything with one syscall. Steady state allocates
-//! nothing: the two vectors trade places and keep their capacity. Publishers wait (with a
+//! swaps it for an empty one and writes everything with one syscall. Under steady traffic
+//! nothing is allocated: the two vectors trade places and keep their capacity (until a
+//! quiet second gives it back; see `buffers`). Publishers wait (with a
 //! deadline) while more than `limit` bytes are queued, so memory stays bounded when the
 //! broker is slow or has blocked us; small control frames (acks, closes) never wait, since
 //! they are what frees the broker.
