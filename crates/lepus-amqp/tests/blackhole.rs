@@ -1,6 +1,7 @@
 //! A broker that goes silent without closing anything (a blackhole in the test kit's
 //! fault proxy: no FIN, no RST, nothing forwarded) is detected by missed heartbeats
-//! within two heartbeat intervals, and a publisher writing into it is not left hanging.
+//! within two heartbeat intervals, and a publisher writing into it is not left hanging;
+//! `Connection::abort` drops such a connection at once, without waiting for the broker.
 
 #![allow(
     clippy::unwrap_used,
@@ -130,4 +131,71 @@ async fn a_publisher_writing_into_a_blackhole_fails_within_two_heartbeat_interva
     }
     let reason = conn.close_reason().expect("the connection is closed");
     assert_eq!(reason.kind(), ErrorKind::MissedHeartbeat, "{reason:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_drops_a_connection_the_broker_no_longer_answers_at_once() {
+    // Heartbeats far apart, so only the abort can end the connection in this test.
+    let broker = blocking(|| shared_broker().unwrap()).await;
+    let port = ConnectionOptions::from_uri(broker.url()).unwrap().port();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], port).into()).unwrap();
+    let opts = ConnectionOptions::new("127.0.0.1", proxy.addr().port()).heartbeat(60);
+    let conn = Connection::connect(opts).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.confirm_select().await.unwrap();
+    let queue = unique_name("blackhole-abort");
+    ch.queue_declare(
+        &queue,
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    proxy.set_blackhole(Direction::Both, true);
+    let confirm = ch
+        .basic_publish(
+            "",
+            &queue,
+            PublishOptions::default(),
+            &BasicProperties::default(),
+            b"never confirmed",
+        )
+        .await
+        .unwrap();
+    let start = Instant::now();
+    conn.abort("given up by the test");
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed at once");
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "abort took {took:?}; a graceful close would wait for the broker"
+    );
+    assert_eq!(reason.kind(), ErrorKind::ConnectionClosed, "{reason:?}");
+    assert!(
+        reason.to_string().contains("given up by the test"),
+        "{reason}"
+    );
+    assert!(reason.is_recoverable(), "{reason:?}");
+    assert!(!conn.is_open());
+    assert!(!ch.is_open());
+    // What was waiting on the connection fails with it, at once.
+    let outcome = tokio::time::timeout(Duration::from_secs(1), confirm)
+        .await
+        .expect("the pending confirm resolved with the abort");
+    assert!(outcome.is_err(), "a confirm from an aborted connection");
+    // A second abort, or a close, of an aborted connection does nothing.
+    conn.abort("again");
+    assert!(conn.close().await.is_ok());
+    assert!(
+        conn.close_reason()
+            .unwrap()
+            .to_string()
+            .contains("given up by the test")
+    );
 }
