@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lepus::idempotency::MemoryStore;
 use lepus::observability::{self, Health};
-use lepus::{Client, Consumer, ConsumerStats, HandlerError, Incoming, MemoryStore, Role};
+use lepus::stats::ConsumerStats;
+use lepus::{Client, Consumer, HandlerError, Incoming, Role};
 use rusqlite::params;
 use tokio_util::sync::CancellationToken;
 

@@ -2,10 +2,10 @@
 
 #![allow(dead_code, unused_imports)]
 
-pub use lepus_testkit::{blocking, wait_until};
+pub(crate) use lepus_testkit::{blocking, wait_until};
 
 /// The address a test's HTTP endpoint listens on: port 0, so the kernel picks a free
 /// one and the service reports which.
-pub fn any_port() -> std::net::SocketAddr {
+pub(crate) fn any_port() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }

@@ -30,7 +30,7 @@ use super::{Target, close, out};
 /// Which messages: `--all`, or filters that must all hold.
 #[derive(Args, Debug, Clone)]
 #[group(id = "selection", required = true, multiple = true)]
-pub struct Select {
+pub(super) struct Select {
     /// Every message.
     #[arg(long, conflicts_with_all = ["message_ids", "filter_reason", "filter_error"])]
     all: bool,
@@ -58,7 +58,7 @@ impl Select {
 
 /// Options `replay` and `move` share.
 #[derive(Args, Debug, Clone)]
-pub struct Common {
+pub(super) struct Common {
     /// Act on at most N selected messages (the first ones in the queue).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
@@ -72,7 +72,7 @@ pub struct Common {
 
 /// Options of `lepus dlq replay`.
 #[derive(Args, Debug)]
-pub struct ReplayArgs {
+pub(super) struct ReplayArgs {
     #[command(flatten)]
     target: Target,
     #[command(flatten)]
@@ -94,7 +94,7 @@ pub struct ReplayArgs {
 /// Options of `lepus dlq move`.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("destination").required(true).args(["to_queue", "to_file"])))]
-pub struct MoveArgs {
+pub(super) struct MoveArgs {
     #[command(flatten)]
     target: Target,
     #[command(flatten)]
@@ -111,7 +111,7 @@ pub struct MoveArgs {
 }
 
 /// Runs `lepus dlq replay`.
-pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let dest = Dest::Replay {
         to_queue: args.to_queue,
         via_exchange: args.via_exchange,
@@ -121,7 +121,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `lepus dlq move`.
-pub async fn move_messages(args: MoveArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn move_messages(args: MoveArgs) -> anyhow::Result<ExitCode> {
     let dest = match (args.to_queue, args.to_file) {
         (Some(queue), _) => Dest::Queue(queue),
         (None, Some(path)) => Dest::File(path),

@@ -34,7 +34,7 @@ fn user(url: &str) -> String {
 }
 
 /// All checks of one endpoint URL (TLS options already in its query).
-pub async fn endpoint(url: &str, args: &DoctorArgs) -> Endpoint {
+pub(super) async fn endpoint(url: &str, args: &DoctorArgs) -> Endpoint {
     let mut e = Endpoint {
         url: lepus::amqp::redact_uri(url),
         reachable: false,
