@@ -214,7 +214,12 @@ pub(super) async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode
             Ok(confirm) => pending.push_back((line_no, id, queue, confirm)),
             Err(err) => {
                 failed += 1;
-                report(&id, line_no, Some(&queue), Some(&err.error.to_string()));
+                report(
+                    &id,
+                    line_no,
+                    Some(&queue),
+                    Some(&err.error.report().to_string()),
+                );
             }
         }
         while pending.len() >= WINDOW {
@@ -226,7 +231,12 @@ pub(super) async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode
                     }
                     Err(err) => {
                         failed += 1;
-                        report(&id, line_no, Some(&queue), Some(&err.error.to_string()));
+                        report(
+                            &id,
+                            line_no,
+                            Some(&queue),
+                            Some(&err.error.report().to_string()),
+                        );
                     }
                 }
             }
@@ -240,7 +250,12 @@ pub(super) async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode
             }
             Err(err) => {
                 failed += 1;
-                report(&id, line_no, Some(&queue), Some(&err.error.to_string()));
+                report(
+                    &id,
+                    line_no,
+                    Some(&queue),
+                    Some(&err.error.report().to_string()),
+                );
             }
         }
     }

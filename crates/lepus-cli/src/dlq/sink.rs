@@ -162,7 +162,7 @@ impl Publishing {
             }),
             Err(err) => {
                 tally.failed += 1;
-                report.failed(&dl, Some(&to), &err.error.to_string());
+                report.failed(&dl, Some(&to), &err.error.report().to_string());
             }
         }
         while self.pending.len() >= WINDOW {
@@ -225,12 +225,12 @@ fn settle(done: Pending, result: lepus::PublishResult, tally: &mut Tally, report
             }
             Err(err) => {
                 tally.unsettled += 1;
-                report.unsettled(&done.dl, &done.to, &err.to_string());
+                report.unsettled(&done.dl, &done.to, &lepus::error::report(&err).to_string());
             }
         },
         Err(err) => {
             tally.failed += 1;
-            report.failed(&done.dl, Some(&done.to), &err.error.to_string());
+            report.failed(&done.dl, Some(&done.to), &err.error.report().to_string());
         }
     }
 }
@@ -294,7 +294,7 @@ impl Archiving {
                         }
                         Err(err) => {
                             tally.unsettled += 1;
-                            report.unsettled(&dl, &to, &err.to_string());
+                            report.unsettled(&dl, &to, &lepus::error::report(&err).to_string());
                         }
                     }
                 }

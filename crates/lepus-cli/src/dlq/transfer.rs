@@ -272,6 +272,9 @@ async fn pass(
                     }
                 };
                 let item = (dl, route.to.clone(), delivery);
+                // `put` waits for the rate limit's next slot; interrupted there, the
+                // message was never copied and stays in the dead-letter queue (unacked,
+                // it goes back when the scan ends), so it is not counted as handled.
                 if !publishing.put(item, copy, tally, report, &stop).await {
                     tally.matched -= 1;
                     interrupted = true;
@@ -279,6 +282,7 @@ async fn pass(
                 }
             }
             Sink::File(archive) => {
+                // Acked only once the file is synced (`commit`, per batch), never here.
                 let line = archive_line(dlq, &delivery, record::now_ms());
                 if let Err(err) = archive.put(dl, &line, delivery, tally, report) {
                     failure = Some(err);

@@ -154,10 +154,13 @@ pub(super) async fn endpoint(url: &str, args: &DoctorArgs) -> Endpoint {
                     ),
                 )
             } else if is_tls {
-                (err.to_string(), "see the TLS checks above".to_owned())
+                (
+                    lepus::error::report(&err).to_string(),
+                    "see the TLS checks above".to_owned(),
+                )
             } else {
                 (
-                    err.to_string(),
+                    lepus::error::report(&err).to_string(),
                     "see the reason; the broker's log says more".to_owned(),
                 )
             };
