@@ -1,5 +1,5 @@
 //! `lepus topology export | plan | apply`: a service's topology as a file in RabbitMQ's
-//! definitions JSON (see [`lepus::Definitions`]), so it can be reviewed, diffed and
+//! definitions JSON (see [`lepus::topology::Definitions`]), so it can be reviewed, diffed and
 //! applied like code, and read by `rabbitmqctl import_definitions` too.
 //!
 //! - `export` reads a vhost's exchanges, queues and bindings from the management API

@@ -29,8 +29,8 @@
 //! - `prometheus`: `observability::install_prometheus`.
 //! - `http`: `prometheus`, and `observability::router` and `observability::serve`
 //!   (`/metrics`, `/health`) on axum.
-//! - `sqlite`: `SqliteStore`, idempotency that survives restarts (bundled SQLite, which
-//!   admits one rusqlite version per application).
+//! - `sqlite`: `idempotency::SqliteStore`, idempotency that survives restarts (bundled
+//!   SQLite, which admits one rusqlite version per application).
 
 //! # Where things are
 //!
