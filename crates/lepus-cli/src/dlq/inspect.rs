@@ -44,7 +44,7 @@ pub(super) async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         one_line(&dlq),
         if count == 1 { "" } else { "s" }
     ));
-    let now = record::now_ms();
+    let now = lepus::failure::now_ms();
     for (n, row) in (1u64..).zip(&rows) {
         out(row.to_text(n, now));
     }
@@ -185,7 +185,7 @@ fn full_text(dlq: &str, (n, of): (u32, u32), delivery: &Delivery) -> String {
         None => "?".into(),
     };
     let number = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-    let now = record::now_ms();
+    let now = lepus::failure::now_ms();
     let time = |ms: Option<i64>| record::when(ms, now);
     let mut lines = vec![
         format!(

@@ -12,8 +12,6 @@ use lepus::FailureRecord;
 use lepus::amqp::Delivery;
 use serde_json::{Map, Value, json};
 
-pub(crate) use lepus::failure::now_ms;
-
 /// The longest error text shown in one line of `lepus dlq list`.
 const LIST_ERROR_CHARS: usize = 200;
 

@@ -18,12 +18,12 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 use lepus::amqp::{BasicProperties, FieldTable, ShortString};
-use lepus::failure::{self, FailureRecord};
+use lepus::failure::{self, FailureRecord, now_ms};
 use lepus::{Confirm, Message, Publisher, PublisherOptions, Role, Topology};
 use serde_json::{Map, Value, json};
 
 use super::out;
-use super::record::{now_ms, one_line};
+use super::record::one_line;
 use super::sink::WINDOW;
 use crate::connect::{self, parse_secs, wait_for};
 

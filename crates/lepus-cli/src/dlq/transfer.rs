@@ -21,7 +21,7 @@ use lepus::{CancellationToken, Client, Publisher, PublisherOptions};
 use serde_json::json;
 
 use super::pace::{Pacer, parse_rate};
-use super::record::{self, DeadLetter, Filter, one_line};
+use super::record::{DeadLetter, Filter, one_line};
 use super::route::{Dest, archive_copy, replay_copy, route};
 use super::scan::{self, Scan};
 use super::sink::{Archiving, Publishing, Report, Sink, Tally, WINDOW, archive_line};
@@ -266,7 +266,7 @@ async fn pass(
                 let replay = matches!(dest, Dest::Replay { .. });
                 let copy = |delivery: &Delivery| {
                     if replay {
-                        replay_copy(delivery, &route, record::now_ms())
+                        replay_copy(delivery, &route, lepus::failure::now_ms())
                     } else {
                         archive_copy(delivery, &route)
                     }
@@ -283,7 +283,7 @@ async fn pass(
             }
             Sink::File(archive) => {
                 // Acked only once the file is synced (`commit`, per batch), never here.
-                let line = archive_line(dlq, &delivery, record::now_ms());
+                let line = archive_line(dlq, &delivery, lepus::failure::now_ms());
                 if let Err(err) = archive.put(dl, &line, delivery, tally, report) {
                     failure = Some(err);
                     break;
