@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use lepus::{IdempotencyStore, MemoryStore};
+use lepus::idempotency::{IdempotencyStore, MemoryStore};
 
 use crate::args;
 use crate::db::{Db, now_ms};

@@ -239,7 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Order { common, listen } => {
             let _telemetry =
                 shop::telemetry::init_logging("shop-order", common.log_file.as_deref())?;
-            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            shop::telemetry::metrics_handle(); // lepus's recorder, with its upkeep thread
             let service =
                 OrderService::start(&common.common(), listen, cancel.child_token()).await?;
             cancel.cancelled().await;
@@ -248,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Inventory { common, listen } => {
             let _telemetry =
                 shop::telemetry::init_logging("shop-inventory", common.log_file.as_deref())?;
-            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            shop::telemetry::metrics_handle(); // lepus's recorder, with its upkeep thread
             let service = InventoryService::start(
                 &common.common(),
                 InventoryOptions::default(),
@@ -262,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Notify { common, listen } => {
             let _telemetry =
                 shop::telemetry::init_logging("shop-notify", common.log_file.as_deref())?;
-            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            shop::telemetry::metrics_handle(); // lepus's recorder, with its upkeep thread
             let service = NotifyService::start(
                 &common.common(),
                 NotifyOptions::default(),
@@ -275,7 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::All { common, ports } => {
             let _telemetry = shop::telemetry::init_logging("shop", common.log_file.as_deref())?;
-            let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+            shop::telemetry::metrics_handle(); // lepus's recorder, with its upkeep thread
             let system = System::start(
                 SystemConfig {
                     common: common.common(),
@@ -329,7 +329,7 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<std::
         .clone()
         .unwrap_or_else(|| args.common.data_dir.join("shop.log"));
     let _telemetry = shop::telemetry::init_logging("shop-demo", Some(&log_file))?;
-    let _upkeep = shop::telemetry::spawn_upkeep(cancel.clone());
+    shop::telemetry::metrics_handle(); // lepus's recorder, with its upkeep thread
     println!("logs (JSON): {}", log_file.display());
     let broker: Option<Arc<dyn BrokerControl>> = match &args.broker_node_dir {
         Some(dir) => Some(Arc::new(NodeBroker::attach(dir)?) as Arc<dyn BrokerControl>),

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lepus::observability::{self, Health};
-use lepus::{Client, Consumer, ConsumerStats, HandlerError, Incoming, Role};
+use lepus::stats::ConsumerStats;
+use lepus::{Client, Consumer, HandlerError, Incoming, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::args;

@@ -5,11 +5,9 @@
 
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use lepus::observability::{self, LogFormat, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
 
 /// Keeps tracing running; flushes spans when dropped.
 pub enum TelemetryGuard {
@@ -52,7 +50,8 @@ pub fn init_logging(service: &str, file: Option<&Path>) -> anyhow::Result<Teleme
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process's Prometheus handle, installing lepus's recorder on first use. If some
+/// The process's Prometheus handle, installing lepus's recorder (which runs its own upkeep
+/// thread) on first use. If some
 /// other recorder was installed first, the handle renders only what it records itself.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
@@ -66,18 +65,4 @@ pub fn metrics_handle() -> PrometheusHandle {
             }
         })
         .clone()
-}
-
-/// Runs the recorder's periodic upkeep until `cancel`.
-pub fn spawn_upkeep(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let handle = metrics_handle();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tick.tick() => handle.run_upkeep(),
-            }
-        }
-    })
 }

@@ -15,8 +15,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lepus::IdempotencyStore as _;
 use lepus::amqp::{FieldTable, QueueDeclareOptions};
+use lepus::idempotency::IdempotencyStore as _;
 use shop::args;
 use shop::db::{Db, migrate};
 use shop::dedupe::SharedStore;

@@ -59,7 +59,12 @@ pub async fn publish(url: &str, queue: &str, workload: &Workload, phase: &Phase)
     publisher
         .publish(Message::new("", WARM_UP_KEY, Vec::new()))
         .await
-        .map_err(|e| anyhow!("{NAME}: the warm-up publish failed: {e}"))?;
+        .map_err(|e| {
+            anyhow!(
+                "{NAME}: the warm-up publish failed: {}",
+                ::lepus::error::report(&e)
+            )
+        })?;
     let mut window = VecDeque::with_capacity(workload.confirm);
     let mut acked = 0u64;
 
@@ -75,7 +80,12 @@ pub async fn publish(url: &str, queue: &str, workload: &Workload, phase: &Phase)
         let confirm = publisher
             .send(Message::new("", queue, body))
             .await
-            .map_err(|e| anyhow!("{NAME}: publishing message {seq} to {queue}: {e}"))?;
+            .map_err(|e| {
+                anyhow!(
+                    "{NAME}: publishing message {seq} to {queue}: {}",
+                    ::lepus::error::report(&e)
+                )
+            })?;
         window.push_back(confirm);
     }
     for confirm in window {
@@ -110,7 +120,10 @@ pub async fn publish(url: &str, queue: &str, workload: &Workload, phase: &Phase)
 fn settle(result: ::lepus::PublishResult, queue: &str) -> Result<u64> {
     match result {
         Ok(()) => Ok(1),
-        Err(e) => bail!("{NAME}: the broker did not ack a message to {queue}: {e}"),
+        Err(e) => bail!(
+            "{NAME}: the broker did not ack a message to {queue}: {}",
+            ::lepus::error::report(&e)
+        ),
     }
 }
 

@@ -203,7 +203,7 @@ fn start_publishing(held: &[Held], published: &Arc<AtomicU64>) -> Vec<tokio::tas
                         publisher
                             .publish(::lepus::Message::new("", NOWHERE, b"x".to_vec()))
                             .await
-                            .map_err(|e| anyhow!("{e}"))
+                            .map_err(|e| anyhow!("{}", ::lepus::error::report(&e)))
                     })
                     .await
                 })

@@ -308,7 +308,7 @@ async fn publish_lepus(
         PublisherOptions::default().window(window).buffer(window),
     );
     let (tx, task) = confirm_task(plan, clock, |r: ::lepus::PublishResult| {
-        r.map_err(|e| anyhow!("lepus: not acked: {e}"))
+        r.map_err(|e| anyhow!("lepus: not acked: {}", ::lepus::error::report(&e)))
     });
     let mut sender = Sender::new(plan, clock)?;
     for seq in 0..plan.count {
@@ -316,7 +316,7 @@ async fn publish_lepus(
         let confirm = publisher
             .send(Message::new("", queue, sender.body.clone()))
             .await
-            .map_err(|e| anyhow!("lepus: publishing {seq}: {e}"))?;
+            .map_err(|e| anyhow!("lepus: publishing {seq}: {}", ::lepus::error::report(&e)))?;
         sent(&tx, (seq, intended, confirm))?;
     }
     drop(tx);

@@ -5,6 +5,9 @@
 //! (see [`crate::profile`]) fills in whatever neither gives. They are resolved once, in
 //! `main`, and read by the commands through [`global`].
 //!
+//! The variables are the ones [`lepus::ClientBuilder::from_env`] reads (named in
+//! [`lepus::env`]), so a shell set up for the command configures a service the same way.
+//!
 //! Every command goes through [`lepus::Client`]: failover across the given URLs, reconnects
 //! with backoff, and a hard deadline on the first connect, so a missing broker ends the
 //! command with a clear message instead of a hang.
@@ -20,7 +23,7 @@ use lepus::{Client, ReconnectPolicy, Role, Topology};
 use crate::profile::Profile;
 
 /// The broker a command talks to when no URL is given.
-pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub(crate) const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Reconnect delays stay short: an operator's command should notice a broker that is back
 /// within a couple of seconds.
@@ -31,13 +34,14 @@ static RESOLVED: OnceLock<ConnectArgs> = OnceLock::new();
 /// Where the broker is, and how to reach it.
 #[derive(Args, Debug, Clone, Default)]
 #[command(next_help_heading = "Connection (any command; env vars and --profile too)")]
-pub struct ConnectArgs {
+pub(crate) struct ConnectArgs {
     /// Broker URL (amqp:// or amqps://); repeat the option, or separate with commas, for
-    /// failover across several nodes [default: amqp://guest:guest@127.0.0.1:5672/%2f].
+    /// failover across several nodes (AMQP_URL is read when neither this nor a profile
+    /// gives one) [default: amqp://guest:guest@127.0.0.1:5672/%2f].
     #[arg(
         long = "amqp-url",
         value_name = "URL",
-        env = "LEPUS_AMQP_URL",
+        env = lepus::env::AMQP_URL,
         value_delimiter = ',',
         hide_env_values = true,
         global = true
@@ -54,19 +58,19 @@ pub struct ConnectArgs {
     )]
     pub management_url: Option<String>,
     /// PEM file of the CA certificates to trust (amqps).
-    #[arg(long, value_name = "PATH", env = "LEPUS_TLS_CA", global = true)]
+    #[arg(long, value_name = "PATH", env = lepus::env::TLS_CA, global = true)]
     pub tls_ca: Option<PathBuf>,
     /// PEM file of the client certificate, for mutual TLS.
-    #[arg(long, value_name = "PATH", env = "LEPUS_TLS_CERT", global = true)]
+    #[arg(long, value_name = "PATH", env = lepus::env::TLS_CERT, global = true)]
     pub tls_cert: Option<PathBuf>,
     /// PEM file of the client key, for mutual TLS.
-    #[arg(long, value_name = "PATH", env = "LEPUS_TLS_KEY", global = true)]
+    #[arg(long, value_name = "PATH", env = lepus::env::TLS_KEY, global = true)]
     pub tls_key: Option<PathBuf>,
     /// The name to check the server's certificate against (default: the URL's host).
     #[arg(
         long,
         value_name = "NAME",
-        env = "LEPUS_TLS_SERVER_NAME",
+        env = lepus::env::TLS_SERVER_NAME,
         global = true
     )]
     pub tls_server_name: Option<String>,
@@ -83,10 +87,10 @@ pub struct ConnectArgs {
 /// The consuming connection of `client`, for a command that inspects the broker; when
 /// none comes within `timeout`, the client is closed, the user told, and the exit code
 /// for an unreachable broker is the `Err`.
-pub async fn inspecting_connection(
+pub(crate) async fn inspecting_connection(
     client: &Client,
     timeout: Duration,
-) -> Result<lepus::Live, std::process::ExitCode> {
+) -> Result<lepus::connection::Live, std::process::ExitCode> {
     match client.connection(Role::Consume, timeout).await {
         Ok(live) => Ok(live),
         Err(err) => {
@@ -101,19 +105,19 @@ pub async fn inspecting_connection(
     }
 }
 
-pub fn global() -> &'static ConnectArgs {
+pub(crate) fn global() -> &'static ConnectArgs {
     RESOLVED.get_or_init(|| ConnectArgs::default().with_defaults())
 }
 
 /// Makes `args` what [`global`] returns. Only the first call counts.
-pub fn install(args: ConnectArgs) {
+pub(crate) fn install(args: ConnectArgs) {
     let _ = RESOLVED.set(args);
 }
 
 impl ConnectArgs {
     /// Fills what the command line and the environment left open from the profile, then
     /// from the defaults.
-    pub fn resolve(mut self) -> anyhow::Result<ConnectArgs> {
+    pub(crate) fn resolve(mut self) -> anyhow::Result<ConnectArgs> {
         if let Some(profile) = Profile::load(self.config.as_deref(), self.profile.as_deref())? {
             if self.urls.is_empty() {
                 self.urls = profile.urls;
@@ -123,6 +127,12 @@ impl ConnectArgs {
             self.tls_cert = self.tls_cert.or(profile.tls_cert);
             self.tls_key = self.tls_key.or(profile.tls_key);
             self.tls_server_name = self.tls_server_name.or(profile.tls_server_name);
+        }
+        if self.urls.is_empty()
+            && let Ok(urls) = std::env::var(lepus::env::AMQP_URL_FALLBACK)
+        {
+            // The name many deployments already use, read by the library too.
+            self.urls = urls.split(',').map(|u| u.trim().to_owned()).collect();
         }
         let resolved = self.with_defaults();
         resolved.endpoints()?;
@@ -138,7 +148,7 @@ impl ConnectArgs {
     }
 
     /// The URLs with passwords hidden, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.urls
             .iter()
             .map(|u| lepus::amqp::redact_uri(u))
@@ -155,7 +165,7 @@ impl ConnectArgs {
     }
 
     /// The URLs with the TLS options added as the query keys the URI parser reads.
-    pub fn endpoints(&self) -> anyhow::Result<Vec<String>> {
+    pub(crate) fn endpoints(&self) -> anyhow::Result<Vec<String>> {
         self.urls
             .iter()
             .map(|url| {
@@ -187,16 +197,20 @@ impl ConnectArgs {
 
     /// Builds a client (supervision starts in the background). `shared` puts publishing
     /// and consuming on one connection, enough for the one-shot commands.
-    pub fn client(&self, name: &str, topology: Topology, shared: bool) -> anyhow::Result<Client> {
+    pub(crate) fn client(
+        &self,
+        name: &str,
+        topology: Topology,
+        shared: bool,
+    ) -> anyhow::Result<Client> {
         let mut builder = Client::builder()
             .name(name)
             .reconnect(ReconnectPolicy::default().max_delay(MAX_RECONNECT_DELAY))
             .topology(topology)
             .shared_connection(shared);
         for url in self.endpoints()? {
-            builder = builder
-                .endpoint(&url)
-                .with_context(|| format!("bad URL {}", lepus::amqp::redact_uri(&url)))?;
+            // lepus's error names the endpoint.
+            builder = builder.endpoint(&url)?;
         }
         Ok(builder.build()?)
     }
@@ -216,7 +230,7 @@ fn encode_query(value: &str) -> String {
 }
 
 /// Waits up to `timeout` for `role`'s connection, with the broker named in the error.
-pub async fn wait_for(
+pub(crate) async fn wait_for(
     client: &Client,
     role: Role,
     timeout: Duration,
@@ -230,7 +244,7 @@ pub async fn wait_for(
 }
 
 /// Parses a number of seconds (fractions allowed) into a duration.
-pub fn parse_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;

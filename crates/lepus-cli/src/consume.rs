@@ -17,7 +17,7 @@ use crate::subscription::{Next, Subscription};
 
 /// What happens to a message once printed.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckMode {
+pub(crate) enum AckMode {
     /// Acknowledge it: it leaves the queue.
     Ack,
     /// Leave it in the queue: held unacknowledged, requeued when the command stops. The
@@ -31,7 +31,7 @@ pub enum AckMode {
 
 /// Options of `lepus consume`.
 #[derive(Args, Debug)]
-pub struct ConsumeArgs {
+pub(crate) struct ConsumeArgs {
     /// The queue to consume from (it must exist).
     #[arg(long, short = 'q')]
     queue: String,
@@ -83,7 +83,7 @@ fn window(args: &ConsumeArgs) -> u16 {
 }
 
 /// Runs `lepus consume`.
-pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let client = connect::global().client("lepus consume", Topology::new(), true)?;
     let window = window(&args);
     let mut sub = Subscription::new(client.clone(), &args.queue, window, args.timeout);

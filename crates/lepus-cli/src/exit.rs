@@ -11,8 +11,8 @@
 //! | 130 | `dlq replay`/`move` interrupted by Ctrl-C |
 
 /// Warnings, or changes to apply.
-pub const ATTENTION: u8 = 3;
+pub(crate) const ATTENTION: u8 = 3;
 /// A check or a declaration failed.
-pub const FAILED: u8 = 4;
+pub(crate) const FAILED: u8 = 4;
 /// No connection to the broker.
-pub const UNREACHABLE: u8 = 5;
+pub(crate) const UNREACHABLE: u8 = 5;

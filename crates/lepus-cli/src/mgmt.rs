@@ -25,7 +25,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The management API of one node.
 #[derive(Debug, Clone)]
-pub struct Management {
+pub(crate) struct Management {
     tls: bool,
     host: String,
     port: u16,
@@ -35,7 +35,7 @@ pub struct Management {
 }
 
 /// `/` becomes `%2F` and so on: a vhost or a queue name as one path segment.
-pub fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -48,7 +48,7 @@ pub fn segment(s: &str) -> String {
 }
 
 /// Undoes `%XX` escapes (invalid ones stay as they are).
-pub fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -70,7 +70,7 @@ pub fn percent_decode(s: &str) -> String {
 impl Management {
     /// The management API at `url` (`http[s]://[user:pass@]host[:port][/prefix]`;
     /// guest/guest when the URL has no user). TLS trusts `args.tls_ca` when given.
-    pub fn new(url: &str, args: &ConnectArgs) -> anyhow::Result<Management> {
+    pub(crate) fn new(url: &str, args: &ConnectArgs) -> anyhow::Result<Management> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("http://") {
@@ -116,18 +116,18 @@ impl Management {
     }
 
     /// `host:port`, for messages.
-    pub fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 
     /// GET `path` (below `/api`), parsed as JSON.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self.get_dated(path).await?.0)
     }
 
     /// GET `path` (below `/api`) as JSON, with the server's clock from the `Date` header
     /// (seconds since the epoch, if it sent one).
-    pub async fn get_dated(&self, path: &str) -> anyhow::Result<(Value, Option<i64>)> {
+    pub(crate) async fn get_dated(&self, path: &str) -> anyhow::Result<(Value, Option<i64>)> {
         let Response { status, date, body } = self.request("GET", path, None).await?;
         if status != 200 {
             bail!(
@@ -251,7 +251,7 @@ struct Response {
 }
 
 /// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-pub fn http_date(s: &str) -> Option<i64> {
+pub(crate) fn http_date(s: &str) -> Option<i64> {
     let mut parts = s.split_whitespace().skip(1);
     let day: i64 = parts.next()?.parse().ok()?;
     let month = match parts.next()? {

@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 
 /// One profile's values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Profile {
+pub(crate) struct Profile {
     /// `amqp_url`, split at commas.
     pub urls: Vec<String>,
     /// `management_url`.
@@ -39,7 +39,7 @@ pub struct Profile {
 }
 
 /// Where the config file is when `--config` does not say.
-pub fn default_path() -> Option<PathBuf> {
+pub(crate) fn default_path() -> Option<PathBuf> {
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME")?).join(".config"),
@@ -50,7 +50,7 @@ pub fn default_path() -> Option<PathBuf> {
 impl Profile {
     /// The profile `name` (or `default`) from `path` (or the default file). `None` when no
     /// profile was asked for and there is no file or no `[default]` in it.
-    pub fn load(path: Option<&Path>, name: Option<&str>) -> anyhow::Result<Option<Profile>> {
+    pub(crate) fn load(path: Option<&Path>, name: Option<&str>) -> anyhow::Result<Option<Profile>> {
         let explicit = path.is_some();
         let Some(path) = path.map(Path::to_path_buf).or_else(default_path) else {
             return match name {

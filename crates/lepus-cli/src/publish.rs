@@ -21,7 +21,7 @@ const MAX_BODY: u64 = lepus::amqp::DEFAULT_MAX_BODY_SIZE as u64;
 
 /// Options of `lepus publish`.
 #[derive(Args, Debug)]
-pub struct PublishArgs {
+pub(crate) struct PublishArgs {
     /// Exchange to publish to (the default exchange routes by queue name).
     #[arg(long, short = 'e', default_value = "")]
     exchange: String,
@@ -195,7 +195,7 @@ fn report(json: bool, id: &str, outcome: lepus::PublishResult) -> bool {
 }
 
 /// Runs `lepus publish`.
-pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let bodies = bodies(&args)?;
     let client = connect::global().client("lepus publish", Topology::new(), true)?;
     wait_for(&client, Role::Publish, args.timeout, connect::global()).await?;

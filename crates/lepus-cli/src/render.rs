@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 /// A body that prints as it is: valid UTF-8 without control characters other than
 /// newlines and tabs.
-pub fn as_text(body: &[u8]) -> Option<&str> {
+pub(crate) fn as_text(body: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(body).ok()?;
     text.chars()
         .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
@@ -15,7 +15,7 @@ pub fn as_text(body: &[u8]) -> Option<&str> {
 }
 
 /// Bytes with everything outside printable ASCII as `\xNN` (and `\n`, `\t`, `\\`).
-pub fn escape(bytes: &[u8]) -> String {
+pub(crate) fn escape(bytes: &[u8]) -> String {
     bytes
         .iter()
         .flat_map(|b| std::ascii::escape_default(*b))
@@ -25,7 +25,7 @@ pub fn escape(bytes: &[u8]) -> String {
 
 /// One AMQP value as JSON: numbers as numbers, strings as strings (or escaped bytes when
 /// not UTF-8), tables as objects.
-pub fn value_json(value: &AMQPValue) -> Value {
+pub(crate) fn value_json(value: &AMQPValue) -> Value {
     match value {
         AMQPValue::Boolean(b) => json!(b),
         AMQPValue::ShortShortInt(n) => json!(n),
@@ -59,7 +59,7 @@ fn bytes_json(bytes: &[u8]) -> Value {
 }
 
 /// A field table as a JSON object.
-pub fn table_json(table: &FieldTable) -> Value {
+pub(crate) fn table_json(table: &FieldTable) -> Value {
     let map: Map<String, Value> = table
         .into_iter()
         .map(|(k, v)| (k.as_str().to_owned(), value_json(v)))
@@ -68,7 +68,7 @@ pub fn table_json(table: &FieldTable) -> Value {
 }
 
 /// A field table as `key=value` pairs for a terminal.
-pub fn table_text(table: &FieldTable) -> String {
+pub(crate) fn table_text(table: &FieldTable) -> String {
     table
         .into_iter()
         .map(|(k, v)| match value_json(v) {
@@ -81,7 +81,7 @@ pub fn table_text(table: &FieldTable) -> String {
 
 /// Every property a message has, except the headers, as a JSON object (absent ones left
 /// out; `type` is the AMQP `type` property).
-pub fn properties_json(props: &BasicProperties) -> Value {
+pub(crate) fn properties_json(props: &BasicProperties) -> Value {
     let mut obj = Map::new();
     let mut text = |key: &str, value: &Option<ShortString>| {
         if let Some(v) = value {
@@ -111,7 +111,7 @@ pub fn properties_json(props: &BasicProperties) -> Value {
 }
 
 /// A delivery as one JSON object (one line of `lepus consume --json`).
-pub fn delivery_json(delivery: &Delivery) -> Value {
+pub(crate) fn delivery_json(delivery: &Delivery) -> Value {
     let props = delivery.properties();
     let mut obj = Map::new();
     obj.insert("exchange".into(), json!(delivery.exchange()));
@@ -149,7 +149,7 @@ pub fn delivery_json(delivery: &Delivery) -> Value {
 
 /// A delivery as a few lines of text: a header line, the headers, then the body (escaped
 /// if binary).
-pub fn delivery_text(n: u64, delivery: &Delivery) -> String {
+pub(crate) fn delivery_text(n: u64, delivery: &Delivery) -> String {
     let props = delivery.properties();
     let id = props
         .message_id()

@@ -31,7 +31,7 @@ const MAX_TIERS: usize = 32;
 
 /// Options of `lepus status`.
 #[derive(Args, Debug)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// The consumer's work queue.
     #[arg(long, short = 'q', value_name = "WORK_QUEUE")]
     queue: String,
@@ -54,7 +54,7 @@ pub struct StatusArgs {
 
 /// One queue's line.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Row {
+pub(crate) struct Row {
     /// `work`, `retry N` or `dlq`.
     pub role: String,
     /// The queue's name.
@@ -80,7 +80,7 @@ pub struct Row {
 
 /// What one refresh shows.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// The work queue.
     pub queue: String,
     /// The vhost.
@@ -229,7 +229,7 @@ fn per_s(v: Option<f64>, signed: bool) -> String {
 }
 
 /// The status as a table.
-pub fn table(status: &Status) -> String {
+pub(crate) fn table(status: &Status) -> String {
     let width = status
         .queues
         .iter()
@@ -283,7 +283,7 @@ pub fn table(status: &Status) -> String {
 }
 
 /// Runs `lepus status`.
-pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let global = connect::global();
     let vhost = url_vhost()?;
     let mgmt = match &global.management_url {

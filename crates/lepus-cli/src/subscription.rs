@@ -19,7 +19,7 @@ use tokio::time::Instant;
 // allocation per message.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Next {
+pub(crate) enum Next {
     /// A message.
     Delivery(Delivery),
     /// Nothing arrived within the idle time given to [`Subscription::next`].
@@ -33,7 +33,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A resubscribing consumer on one queue.
-pub struct Subscription {
+pub(crate) struct Subscription {
     client: Client,
     queue: String,
     prefetch: u16,
@@ -46,7 +46,7 @@ pub struct Subscription {
 impl Subscription {
     /// A subscription to `queue` with `prefetch` unacknowledged deliveries at most;
     /// `timeout` bounds each attempt to (re)subscribe.
-    pub fn new(client: Client, queue: &str, prefetch: u16, timeout: Duration) -> Self {
+    pub(crate) fn new(client: Client, queue: &str, prefetch: u16, timeout: Duration) -> Self {
         Self {
             client,
             queue: queue.to_owned(),
@@ -59,7 +59,7 @@ impl Subscription {
     }
 
     /// Consume without acknowledgements (the broker forgets a message once sent).
-    pub fn no_ack(mut self, no_ack: bool) -> Self {
+    pub(crate) fn no_ack(mut self, no_ack: bool) -> Self {
         self.no_ack = no_ack;
         self
     }
@@ -67,13 +67,13 @@ impl Subscription {
     /// How many times it subscribed (1 + resubscriptions). Read right after
     /// [`Subscription::next`] returned a delivery, it numbers the subscription (and so the
     /// channel) the delivery came on.
-    pub fn subscribes(&self) -> u64 {
+    pub(crate) fn subscribes(&self) -> u64 {
         self.subscribes
     }
 
     /// Subscribes now if not subscribed. Fails if the queue does not exist, access is
     /// refused, or no consuming connection comes within the timeout.
-    pub async fn start(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn start(&mut self) -> anyhow::Result<()> {
         if self.consumer.is_none() {
             self.subscribe().await?;
         }
@@ -84,7 +84,7 @@ impl Subscription {
     /// got nothing for `idle`. Errors only when subscribing again failed for good.
     ///
     /// Cancel-safe while a consumer is live; a cancelled resubscription starts over.
-    pub async fn next(&mut self, idle: Duration) -> anyhow::Result<Next> {
+    pub(crate) async fn next(&mut self, idle: Duration) -> anyhow::Result<Next> {
         loop {
             let consumer = match self.consumer.as_mut() {
                 Some(consumer) => consumer,
@@ -168,7 +168,7 @@ impl Subscription {
 
     /// Cancels the consumer and closes its channel (the broker requeues whatever was not
     /// acknowledged). Bounded; errors are ignored, the broker cleans up either way.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         if let Some(mut consumer) = self.consumer.take() {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, consumer.cancel()).await;
             let channel = consumer.channel().clone();

@@ -1,5 +1,5 @@
 //! `lepus topology export | plan | apply`: a service's topology as a file in RabbitMQ's
-//! definitions JSON (see [`lepus::Definitions`]), so it can be reviewed, diffed and
+//! definitions JSON (see [`lepus::topology::Definitions`]), so it can be reviewed, diffed and
 //! applied like code, and read by `rabbitmqctl import_definitions` too.
 //!
 //! - `export` reads a vhost's exchanges, queues and bindings from the management API
@@ -21,7 +21,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use lepus::amqp::{Channel, Connection, ExchangeDeclareOptions, QueueDeclareOptions};
-use lepus::{BindingDef, Definitions, RetryPolicy, Role, Topology, json_to_table};
+use lepus::topology::{BindingDef, Definitions, ExchangeDef, QueueDef, json_to_table};
+use lepus::{RetryPolicy, Role, Topology};
 use serde_json::{Value, json};
 
 use crate::connect::{self, parse_secs};
@@ -30,7 +31,7 @@ use crate::mgmt::{Management, segment};
 
 /// Options of `lepus topology`.
 #[derive(Args, Debug)]
-pub struct TopologyArgs {
+pub(crate) struct TopologyArgs {
     #[command(subcommand)]
     command: TopologyCommand,
 }
@@ -50,7 +51,7 @@ enum TopologyCommand {
 
 /// Options of `lepus topology export`.
 #[derive(Args, Debug)]
-pub struct ExportArgs {
+pub(crate) struct ExportArgs {
     /// Write to this file instead of stdout.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
@@ -71,7 +72,7 @@ pub struct ExportArgs {
 
 /// Options of `lepus topology plan` and `apply`.
 #[derive(Args, Debug)]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     /// The definitions file.
     file: PathBuf,
     /// The vhost whose entries to use [default: the AMQP URL's].
@@ -86,7 +87,7 @@ pub struct PlanArgs {
 }
 
 /// Runs `lepus topology`.
-pub async fn run(args: TopologyArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: TopologyArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TopologyCommand::Export(args) => export(args).await,
         TopologyCommand::Plan(args) => plan(args).await,
@@ -95,7 +96,7 @@ pub async fn run(args: TopologyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The vhost of the first AMQP URL.
-pub fn url_vhost() -> anyhow::Result<String> {
+pub(crate) fn url_vhost() -> anyhow::Result<String> {
     let urls = connect::global().endpoints()?;
     let first = urls.first().context("no AMQP URL")?;
     Ok(lepus::amqp::ConnectionOptions::from_uri(first)?
@@ -209,7 +210,7 @@ impl Prober {
 
     /// What declaring `e` would do. A failed declaration closes the channel: a new one
     /// replaces it.
-    async fn exchange(&mut self, e: &lepus::ExchangeDef) -> anyhow::Result<Change> {
+    async fn exchange(&mut self, e: &ExchangeDef) -> anyhow::Result<Change> {
         let passive = ExchangeDeclareOptions {
             passive: true,
             ..ExchangeDeclareOptions::default()
@@ -249,7 +250,7 @@ impl Prober {
         }
     }
 
-    async fn queue(&mut self, q: &lepus::QueueDef) -> anyhow::Result<(Change, Option<u32>)> {
+    async fn queue(&mut self, q: &QueueDef) -> anyhow::Result<(Change, Option<u32>)> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()

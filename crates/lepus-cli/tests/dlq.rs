@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use lepus::amqp::{AMQPValue, FieldTable, QueueDeclareOptions};
+use lepus::stats::ConsumerStats;
 use lepus::{
-    CancellationToken, Client, Consumer, ConsumerStats, Exchange, HandlerError, Incoming, Message,
-    Publisher, PublisherOptions, Queue, ReconnectPolicy, RetryPolicy, Topology,
+    CancellationToken, Client, Consumer, Exchange, HandlerError, Incoming, Message, Publisher,
+    PublisherOptions, Queue, ReconnectPolicy, RetryPolicy, Topology,
 };
 use lepus_testkit::{shared_broker, unique_name, wait_until};
 use serde_json::Value;
@@ -440,7 +441,7 @@ async fn dead_letters_move_to_an_archive_queue_and_a_file_and_purge_wants_yes() 
         "f-0"
     );
     let headers = got.properties().headers().clone().unwrap();
-    assert!(headers.contains_key(lepus::REASON_HEADER));
+    assert!(headers.contains_key(lepus::failure::REASON_HEADER));
     got.ack().unwrap();
     drop(ch);
 

@@ -14,7 +14,7 @@ use crate::env::{Env, NODES, blocking};
 use crate::record::Recorder;
 
 /// How long the publisher may take from `send` to confirm (lepus's default).
-pub const PUBLISH_TIMEOUT: Duration = lepus::DEFAULT_PUBLISH_TIMEOUT;
+pub const PUBLISH_TIMEOUT: Duration = lepus::defaults::DEFAULT_PUBLISH_TIMEOUT;
 
 /// One fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use lepus::idempotency::MemoryStore;
 use lepus::{
-    CancellationToken, Client, Consumer, Incoming, MemoryStore, Message, Outcome, Publisher,
-    PublisherOptions, RetryPolicy,
+    CancellationToken, Client, Consumer, Incoming, Message, Outcome, Publisher, PublisherOptions,
+    RetryPolicy,
 };
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};

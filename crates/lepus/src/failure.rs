@@ -156,6 +156,24 @@ impl FailureRecord {
         put(REPLAYED_AT_HEADER, ms(self.replayed_at_ms));
     }
 
+    /// Makes `headers` those of a replayed copy: the attempt and retry counters are
+    /// removed (the consumer counts afresh), the replay count goes up by one (a missing
+    /// or unreadable count reads as 0) and the replay time is set to `now_ms`. Every
+    /// other header, the failure history included, stays as it was.
+    pub fn stamp_replay(headers: &mut FieldTable, now_ms: i64) {
+        let replays = count(Some(headers), REPLAY_COUNT_HEADER).unwrap_or(0);
+        let mut table = std::mem::take(headers).inner().clone();
+        table.remove(ATTEMPTS_HEADER);
+        table.remove(RETRIES_HEADER);
+        *headers = FieldTable::from(table);
+        FailureRecord {
+            replays: Some(replays.saturating_add(1)),
+            replayed_at_ms: Some(now_ms),
+            ..FailureRecord::default()
+        }
+        .write_into(headers);
+    }
+
     /// Whether the message was dead-lettered (it has a reason).
     pub fn is_dead_lettered(&self) -> bool {
         self.reason.is_some()
@@ -229,6 +247,29 @@ mod tests {
         assert_eq!(headers.inner().len(), 12, "one header per field");
         assert_eq!(FailureRecord::from_headers(Some(&headers)), full());
         assert!(full().is_dead_lettered());
+    }
+
+    #[test]
+    fn a_replay_stamp_clears_the_counters_and_counts_the_replay() {
+        let mut headers = FieldTable::default();
+        full().write_into(&mut headers);
+        headers.insert(ShortString::from("x-other"), AMQPValue::Boolean(true));
+        FailureRecord::stamp_replay(&mut headers, 7);
+        let read = FailureRecord::from_headers(Some(&headers));
+        assert_eq!((read.attempts, read.retries), (None, None));
+        assert_eq!((read.replays, read.replayed_at_ms), (Some(2), Some(7)));
+        // The history and other tools' headers stay.
+        assert_eq!(read.original_queue, full().original_queue);
+        assert_eq!(read.last_error, full().last_error);
+        assert!(headers.contains_key("x-other"));
+        // A message never replayed (or with an unreadable count) starts at one.
+        let mut fresh = FieldTable::default();
+        fresh.insert(
+            ShortString::from(REPLAY_COUNT_HEADER),
+            AMQPValue::LongString("x".into()),
+        );
+        FailureRecord::stamp_replay(&mut fresh, 8);
+        assert_eq!(FailureRecord::from_headers(Some(&fresh)).replays, Some(1));
     }
 
     #[test]

@@ -29,8 +29,19 @@
 //! - `prometheus`: `observability::install_prometheus`.
 //! - `http`: `prometheus`, and `observability::router` and `observability::serve`
 //!   (`/metrics`, `/health`) on axum.
-//! - `sqlite`: `SqliteStore`, idempotency that survives restarts (bundled SQLite, which
-//!   admits one rusqlite version per application).
+//! - `sqlite`: `idempotency::SqliteStore`, idempotency that survives restarts (bundled
+//!   SQLite, which admits one rusqlite version per application).
+
+//! # Where things are
+//!
+//! The root holds what a service names every day: the client, the publisher, the
+//! consumer and its handler types, messages, the topology builders and the error. The
+//! rest is grouped: [`defaults`] (every `DEFAULT_*` value), [`failure`] (the failure
+//! record and its header names), [`topology`] (definitions JSON, declaration reports),
+//! [`idempotency`] (stores), [`stats`] (counters), [`connection`] (a live connection, a
+//! pooled channel, backoff delays), [`env`] (the environment variables
+//! [`ClientBuilder::from_env`] reads), [`error`] (chains on one line) and
+//! [`observability`].
 
 pub use lepus_amqp as amqp;
 /// Cancels consumers and services; re-exported so applications need not depend on
@@ -44,44 +55,57 @@ mod consumer;
 mod deadline;
 pub mod error;
 pub mod failure;
-mod idempotency;
+pub mod idempotency;
 mod message;
 pub mod observability;
 mod pool;
 mod publisher;
 mod supervisor;
-mod topology;
+pub mod topology;
 
-pub use backoff::{
-    Backoff, DEFAULT_HEALTHY_AFTER, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, ReconnectPolicy,
-};
-pub use client::{Client, ClientBuilder, Role};
+pub use backoff::ReconnectPolicy;
+pub use client::{Client, ClientBuilder, Role, env};
 pub use consumer::{
-    BROKER_CONSUMER_TIMEOUT, Consumer, ConsumerBuilder, ConsumerSnapshot, ConsumerStats,
-    DEFAULT_ACK_BATCH, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT, DEFAULT_PREFETCH,
-    DEFAULT_SHUTDOWN_TIMEOUT, Handler, HandlerError, Incoming, IntoOutcome, Outcome, RetryPolicy,
+    Consumer, ConsumerBuilder, Handler, HandlerError, Incoming, IntoOutcome, Outcome, RetryPolicy,
 };
-pub use failure::FailureRecord;
-// The header names live in `failure`; these root names stay for code written before it.
 pub use error::{Error, ErrorKind, Result};
-#[doc(hidden)]
-pub use failure::{
-    ATTEMPTS_HEADER, CONSUMER_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER, LAST_FAILURE_HEADER,
-    ORIGINAL_EXCHANGE_HEADER, ORIGINAL_QUEUE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER,
-    RETRIES_HEADER,
-};
-#[cfg(feature = "sqlite")]
-pub use idempotency::SqliteStore;
-pub use idempotency::{DEFAULT_MEMORY_CAPACITY, DEFAULT_TTL, IdempotencyStore, MemoryStore};
+pub use failure::FailureRecord;
 pub use message::Message;
-pub use pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE, PooledChannel};
 pub use publisher::{
-    Confirm, DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_WINDOW, PublishError, PublishResult, Publisher, PublisherBuilder, PublisherOptions,
-    PublisherSnapshot, PublisherStats,
+    Confirm, PublishError, PublishResult, Publisher, PublisherBuilder, PublisherOptions,
 };
-pub use supervisor::{ConnectionState, Live};
-pub use topology::{
-    Binding, BindingDef, Definitions, Exchange, ExchangeDef, Overflow, Queue, QueueDef, QueueType,
-    Topology, TopologyFailure, TopologyReport, json_to_table, table_to_json,
-};
+pub use supervisor::ConnectionState;
+pub use topology::{Binding, Exchange, Queue, QueueType, Topology};
+
+/// The default of every setting, in one place: a builder method's documentation names
+/// the constant it starts from.
+pub mod defaults {
+    pub use crate::backoff::{DEFAULT_HEALTHY_AFTER, DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY};
+    pub use crate::consumer::{
+        BROKER_CONSUMER_TIMEOUT, DEFAULT_ACK_BATCH, DEFAULT_CONCURRENCY, DEFAULT_HANDLER_TIMEOUT,
+        DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_TIMEOUT,
+    };
+    pub use crate::idempotency::{DEFAULT_MEMORY_CAPACITY, DEFAULT_TTL};
+    pub use crate::pool::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_LEAK_THRESHOLD, DEFAULT_POOL_SIZE};
+    pub use crate::publisher::{
+        DEFAULT_BUFFER, DEFAULT_NACK_RETRIES, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_STALL_TIMEOUT,
+        DEFAULT_WINDOW,
+    };
+}
+
+/// Counters of a running publisher or consumer, live ([`stats::PublisherStats`],
+/// [`stats::ConsumerStats`]) or as plain numbers ([`stats::ConsumerSnapshot`],
+/// [`stats::PublisherSnapshot`]).
+pub mod stats {
+    pub use crate::consumer::{ConsumerSnapshot, ConsumerStats};
+    pub use crate::publisher::{PublisherSnapshot, PublisherStats};
+}
+
+/// What the client hands out below the publisher and consumer: a live connection
+/// ([`Client::connection`]), a pooled channel ([`Client::channel`]) and the delays of a
+/// [`ReconnectPolicy`].
+pub mod connection {
+    pub use crate::backoff::Backoff;
+    pub use crate::pool::PooledChannel;
+    pub use crate::supervisor::Live;
+}

@@ -60,6 +60,38 @@ async fn queue_exists(client: &Client, name: &str) -> bool {
         .is_ok()
 }
 
+/// `ClientBuilder::from_env` with the variables the `lepus` command reads: the client
+/// connects to the listed URL and the broker shows the connection under the given name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_configured_from_the_environment_connects_under_its_name() {
+    let broker = Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let name = unique_name("from-env");
+    let url = broker.url().to_owned();
+    let vars = [
+        (lepus::env::AMQP_URL, format!("amqp://127.0.0.1:1,{url}")),
+        (lepus::env::CONNECTION_NAME, name.clone()),
+        (lepus::env::HEARTBEAT, "10".to_owned()),
+    ];
+    let client = Client::builder()
+        .from_env_with(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
+        .unwrap()
+        .reconnect(fast_policy())
+        .build()
+        .unwrap();
+    client
+        .wait_connected(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let b = Arc::clone(&broker);
+    let listed = blocking(move || {
+        b.rabbitmqctl(&["list_connections", "client_properties", "timeout"])
+            .unwrap()
+    })
+    .await;
+    assert!(listed.contains(&name), "{listed}");
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_kill_and_restart_with_topology() {
     let broker = Arc::new(blocking(|| Broker::start().unwrap()).await);

@@ -19,11 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lepus::amqp::{AMQPValue, FieldTable, QueueDeclareOptions};
+use lepus::failure::{
+    ATTEMPTS_HEADER, CONSUMER_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER,
+    ORIGINAL_EXCHANGE_HEADER, ORIGINAL_ROUTING_KEY_HEADER, REASON_HEADER,
+};
+use lepus::idempotency::{IdempotencyStore, MemoryStore, SqliteStore};
 use lepus::{
-    ATTEMPTS_HEADER, CONSUMER_HEADER, Client, Consumer, FIRST_FAILURE_HEADER, HandlerError,
-    Incoming, LAST_ERROR_HEADER, MemoryStore, Message, ORIGINAL_EXCHANGE_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER, Outcome, Publisher, PublisherOptions, Queue, REASON_HEADER,
-    RetryPolicy, SqliteStore, Topology,
+    Client, Consumer, HandlerError, Incoming, Message, Outcome, Publisher, PublisherOptions, Queue,
+    RetryPolicy, Topology,
 };
 use lepus_testkit::{Broker, shared_broker, unique_name};
 use tokio_util::sync::CancellationToken;
@@ -497,7 +500,7 @@ async fn a_blocking_idempotency_store_does_not_stall_the_runtime() {
         "the runtime stalled for {worst:?}"
     );
     let check = SqliteStore::open(&path, Duration::from_secs(3600)).unwrap();
-    assert!(lepus::IdempotencyStore::contains(&check, "m-1").unwrap());
+    assert!(IdempotencyStore::contains(&check, "m-1").unwrap());
     stop.cancel();
     task.await.unwrap().unwrap();
     client.close(Duration::from_secs(5)).await.unwrap();

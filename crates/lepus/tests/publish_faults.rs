@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use lepus::amqp::{Connection, ConsumeOptions};
-use lepus::{ErrorKind, Message, Overflow, Publisher, PublisherOptions, Queue, Topology};
+use lepus::topology::Overflow;
+use lepus::{ErrorKind, Message, Publisher, PublisherOptions, Queue, Topology};
 use lepus_testkit::{Broker, shared_broker, unique_name};
 
 use common::{blocking, client};

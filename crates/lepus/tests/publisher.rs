@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lepus::amqp::{Connection, ConsumeOptions};
-use lepus::{ErrorKind, Message, Overflow, Publisher, PublisherOptions, Queue, Topology};
+use lepus::topology::Overflow;
+use lepus::{ErrorKind, Message, Publisher, PublisherOptions, Queue, Topology};
 use lepus_testkit::{Broker, shared_broker, unique_name};
 
 use common::{blocking, client};

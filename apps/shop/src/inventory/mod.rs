@@ -30,7 +30,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use lepus::observability::{self, Health};
-use lepus::{Client, Consumer, ConsumerStats, Incoming, Role};
+use lepus::stats::ConsumerStats;
+use lepus::{Client, Consumer, Incoming, Role};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

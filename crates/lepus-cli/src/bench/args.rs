@@ -10,7 +10,7 @@ use crate::connect::parse_secs;
 
 /// Classic or quorum queue.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueKind {
+pub(crate) enum QueueKind {
     /// A classic queue.
     Classic,
     /// A replicated quorum queue.
@@ -19,7 +19,7 @@ pub enum QueueKind {
 
 /// Options of `lepus bench`. The short flags are PerfTest's.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Producers, each with a publisher of its own.
     #[arg(long, short = 'x', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub producers: u16,
@@ -118,7 +118,7 @@ fn parse_queue_arg(s: &str) -> Result<(String, lepus::amqp::AMQPValue), String> 
 }
 
 /// Refuses combinations that cannot work, before connecting.
-pub fn validate(args: &BenchArgs) -> anyhow::Result<()> {
+pub(super) fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.multi_ack > args.prefetch {
         bail!(
             "--multi-ack {} is above --prefetch {}: consumers would stall waiting for deliveries the broker may not send",

@@ -27,7 +27,7 @@ const ACK_IDLE: Duration = Duration::from_millis(50);
 
 /// What one consumer does.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(super) struct Plan {
     /// The queue.
     pub queue: String,
     /// Unacknowledged deliveries at most.
@@ -42,7 +42,7 @@ pub struct Plan {
 
 /// What one consumer saw.
 #[derive(Debug)]
-pub struct Outcome {
+pub(super) struct Outcome {
     /// Publish to delivery, microseconds.
     pub e2e_latency: Histogram<u64>,
     /// Per producer, the sequence numbers seen (with `--verify`).
@@ -166,7 +166,7 @@ impl State {
 }
 
 /// Runs one consumer until `stop`; `ready` fires once it is subscribed.
-pub async fn run(
+pub(super) async fn run(
     ctx: Arc<Ctx>,
     client: Client,
     plan: Plan,

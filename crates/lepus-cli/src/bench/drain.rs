@@ -18,7 +18,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Lets the consumers take what is left: returns once the queue has no ready message and
 /// nothing arrived for a moment, when nothing at all arrived for `stall`, or on abort.
-pub async fn drain(ctx: &Ctx, client: &Client, queues: &[String], stall: Duration) {
+pub(super) async fn drain(ctx: &Ctx, client: &Client, queues: &[String], stall: Duration) {
     let started_us = ctx.now_us();
     loop {
         tokio::select! {
@@ -71,7 +71,7 @@ async fn ready_messages(client: &Client, queue: &str) -> Option<u32> {
 }
 
 /// Deletes the run's exchange, bounded; a failure is reported, not fatal.
-pub async fn delete_exchange(client: &Client, exchange: &str) {
+pub(super) async fn delete_exchange(client: &Client, exchange: &str) {
     let op = async {
         let ch = client.channel().await?;
         ch.exchange_delete(exchange, false)
@@ -89,7 +89,7 @@ pub async fn delete_exchange(client: &Client, exchange: &str) {
 }
 
 /// Deletes a queue of the run, bounded; a failure is reported, not fatal.
-pub async fn delete_queue(client: &Client, queue: &str) {
+pub(super) async fn delete_queue(client: &Client, queue: &str) {
     if !client.state(Role::Publish).is_connected() {
         eprintln!("lepus bench: queue '{queue}' left in place: no connection to the broker");
         return;

@@ -7,7 +7,7 @@ use lepus::{Exchange, Queue, QueueType, Topology};
 use super::{BenchArgs, QueueKind};
 
 /// Where messages go and where they are taken from.
-pub struct Layout {
+pub(super) struct Layout {
     /// The queues.
     pub queues: Vec<String>,
     /// The exchange, when not the default one.
@@ -18,7 +18,7 @@ pub struct Layout {
 
 impl Layout {
     /// The layout `args` ask for.
-    pub fn new(args: &BenchArgs, run_id: &str) -> Layout {
+    pub(super) fn new(args: &BenchArgs, run_id: &str) -> Layout {
         let queues = if args.queues.is_empty() {
             if args.queue_count == 1 {
                 vec![format!("lepus-bench-{run_id}")]
@@ -41,7 +41,7 @@ impl Layout {
     }
 
     /// Exchange and routing key of producer `i`.
-    pub fn target(&self, i: usize) -> (String, String) {
+    pub(super) fn target(&self, i: usize) -> (String, String) {
         match &self.exchange {
             Some(exchange) => (exchange.clone(), self.routing_key.clone()),
             None => {
@@ -53,13 +53,13 @@ impl Layout {
     }
 
     /// The queue consumer `i` takes from.
-    pub fn source(&self, i: usize) -> String {
+    pub(super) fn source(&self, i: usize) -> String {
         let n = self.queues.len().max(1);
         self.queues.get(i % n).cloned().unwrap_or_default()
     }
 
     /// The exchange, queues (with their arguments) and bindings to declare.
-    pub fn topology(&self, args: &BenchArgs) -> Topology {
+    pub(super) fn topology(&self, args: &BenchArgs) -> Topology {
         let queue_type = match args.queue_type {
             QueueKind::Classic => QueueType::Classic,
             QueueKind::Quorum => QueueType::Quorum,

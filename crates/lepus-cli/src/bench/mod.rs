@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connect;
 use args::validate;
-pub use args::{BenchArgs, QueueKind};
+pub(crate) use args::{BenchArgs, QueueKind};
 use layout::Layout;
 
 mod args;
@@ -43,7 +43,7 @@ mod verify;
 const DEFAULT_COUNT: u64 = 100_000;
 
 /// What producers and consumers share.
-pub struct Ctx {
+pub(crate) struct Ctx {
     epoch: Instant,
     run: String,
     size: usize,
@@ -104,7 +104,7 @@ async fn serve_metrics(
 }
 
 /// Runs `lepus bench`.
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     validate(&args)?;
     let run_id = format!("{:08x}", rand::random::<u32>());
     let layout = Layout::new(&args, &run_id);

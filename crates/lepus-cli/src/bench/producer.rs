@@ -23,13 +23,13 @@ use super::Ctx;
 use super::verify::{SeqSet, message_id};
 
 /// The header that carries the send time when the body has no room for it.
-pub const TIMESTAMP_HEADER: &str = "x-lepus-bench-ts";
+pub(super) const TIMESTAMP_HEADER: &str = "x-lepus-bench-ts";
 /// Bytes of the send time at the start of the body.
-pub const TIMESTAMP_BYTES: usize = 8;
+pub(super) const TIMESTAMP_BYTES: usize = 8;
 
 /// What one producer does.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(super) struct Plan {
     /// Messages to send; `None` until stopped.
     pub count: Option<u64>,
     /// Messages per second for this producer; 0 for as fast as confirms allow.
@@ -50,7 +50,7 @@ pub struct Plan {
 
 /// What one producer measured.
 #[derive(Debug)]
-pub struct Outcome {
+pub(super) struct Outcome {
     /// Send to confirm, microseconds.
     pub confirm_latency: Histogram<u64>,
     /// Sequence numbers confirmed (with `--verify`).
@@ -120,7 +120,7 @@ fn on_result(ctx: &Ctx, record: &Mutex<Record>, seq: u64, sent_at: Instant, resu
 
 /// Runs one producer until its count is sent, `stop` is cancelled, or the run aborts;
 /// then waits (bounded) for its confirms.
-pub async fn run(
+pub(super) async fn run(
     ctx: Arc<Ctx>,
     producer: usize,
     client: Client,

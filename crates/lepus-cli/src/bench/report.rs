@@ -13,18 +13,18 @@ use super::{Ctx, consumer, producer};
 
 /// An empty histogram for latencies up to an hour, in microseconds, with three
 /// significant digits (clone it for each recorder).
-pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(super) fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 3_600_000_000, 3)?)
 }
 
 /// A percentile of a histogram, `None` when it recorded nothing.
-pub fn percentile(h: &Histogram<u64>, q: f64) -> Option<u64> {
+pub(super) fn percentile(h: &Histogram<u64>, q: f64) -> Option<u64> {
     (!h.is_empty()).then(|| h.value_at_quantile(q))
 }
 
 /// Counters shared by producers, consumers and the progress line.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(super) struct Counters {
     /// Messages handed to the publishers.
     pub sent: AtomicU64,
     /// Confirmed by the broker.
@@ -39,7 +39,7 @@ pub struct Counters {
 
 /// Counter values at one moment.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Snapshot {
+pub(super) struct Snapshot {
     sent: u64,
     confirmed: u64,
     consumed: u64,
@@ -47,7 +47,7 @@ pub struct Snapshot {
 
 impl Counters {
     /// The current values.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot {
         Snapshot {
             sent: self.sent.load(Ordering::Relaxed),
             confirmed: self.confirmed.load(Ordering::Relaxed),
@@ -57,7 +57,7 @@ impl Counters {
 }
 
 /// One progress line: totals and the rates since `before`.
-pub fn progress_line(
+pub(super) fn progress_line(
     elapsed: Duration,
     now: Snapshot,
     before: Snapshot,
@@ -82,7 +82,7 @@ pub fn progress_line(
 
 /// PerfTest's latency part of a progress line: consumer latency min, median, 75th, 95th
 /// and 99th percentile since the last line (empty when nothing was consumed).
-pub fn latency_line(h: &Histogram<u64>) -> String {
+pub(super) fn latency_line(h: &Histogram<u64>) -> String {
     if h.is_empty() {
         return String::new();
     }
@@ -100,7 +100,7 @@ pub fn latency_line(h: &Histogram<u64>) -> String {
 /// The benchmark's result. The first keys are the stable interface (`--json`); the rest
 /// help to read a run under faults.
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub(super) struct Summary {
     /// Publishes attempted.
     pub sent: u64,
     /// Confirmed by the broker.
@@ -155,7 +155,7 @@ fn us(v: Option<u64>) -> String {
 
 impl Summary {
     /// The summary as lines of text.
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k:<20} {v}\n"));
         line("queue", self.queue.clone());
@@ -209,7 +209,7 @@ impl Summary {
 }
 
 /// Merges what the producers and consumers recorded into the summary.
-pub fn summarize(
+pub(super) fn summarize(
     ctx: &Ctx,
     queue: &str,
     producing_since: Instant,

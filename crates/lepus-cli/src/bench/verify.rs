@@ -6,13 +6,13 @@
 
 /// A growable set of sequence numbers.
 #[derive(Debug, Clone, Default)]
-pub struct SeqSet {
+pub(super) struct SeqSet {
     words: Vec<u64>,
 }
 
 impl SeqSet {
     /// Adds `seq`; false if it was already there.
-    pub fn insert(&mut self, seq: u64) -> bool {
+    pub(super) fn insert(&mut self, seq: u64) -> bool {
         let Ok(index) = usize::try_from(seq / 64) else {
             return false;
         };
@@ -36,7 +36,7 @@ impl SeqSet {
 
 /// What `--verify` concludes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Verdict {
+pub(super) struct Verdict {
     /// Confirmed by the broker, never consumed.
     pub lost: u64,
     /// Deliveries beyond the first of the same message.
@@ -45,7 +45,11 @@ pub struct Verdict {
 
 /// Merges per-producer confirmed sets with every consumer's per-producer seen sets.
 /// `repeats` are duplicates a consumer already noticed within its own set.
-pub fn verdict(confirmed: &[SeqSet], seen_by_consumer: &[Vec<SeqSet>], repeats: u64) -> Verdict {
+pub(super) fn verdict(
+    confirmed: &[SeqSet],
+    seen_by_consumer: &[Vec<SeqSet>],
+    repeats: u64,
+) -> Verdict {
     let mut lost = 0u64;
     let mut duplicates = repeats;
     for (producer, confirmed) in confirmed.iter().enumerate() {
@@ -75,12 +79,12 @@ pub fn verdict(confirmed: &[SeqSet], seen_by_consumer: &[Vec<SeqSet>], repeats: 
 }
 
 /// The message id of message `seq` of `producer` in run `run`: `{run}-p{producer}-{seq}`.
-pub fn message_id(run: &str, producer: usize, seq: u64) -> String {
+pub(super) fn message_id(run: &str, producer: usize, seq: u64) -> String {
     format!("{run}-p{producer}-{seq}")
 }
 
 /// The producer and sequence number in a message id of run `run`; `None` for any other id.
-pub fn parse_id(id: &str, run: &str) -> Option<(usize, u64)> {
+pub(super) fn parse_id(id: &str, run: &str) -> Option<(usize, u64)> {
     let rest = id.strip_prefix(run)?.strip_prefix("-p")?;
     let (producer, seq) = rest.split_once('-')?;
     Some((producer.parse().ok()?, seq.parse().ok()?))

@@ -15,7 +15,7 @@ use crate::render;
 
 /// Options of `lepus dlq list`.
 #[derive(Args, Debug)]
-pub struct ListArgs {
+pub(super) struct ListArgs {
     #[command(flatten)]
     target: Target,
     /// Messages to show, from the head of the queue (0: only count them).
@@ -28,7 +28,7 @@ pub struct ListArgs {
 }
 
 /// Runs `lepus dlq list`.
-pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let dlq = args.target.dlq_name()?;
     let client = args.target.connect("lepus dlq list").await?;
     let peeked = peek(&client, &dlq, &args).await;
@@ -44,7 +44,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         one_line(&dlq),
         if count == 1 { "" } else { "s" }
     ));
-    let now = record::now_ms();
+    let now = lepus::failure::now_ms();
     for (n, row) in (1u64..).zip(&rows) {
         out(row.to_text(n, now));
     }
@@ -87,7 +87,7 @@ async fn peek(
 
 /// Options of `lepus dlq show`.
 #[derive(Args, Debug)]
-pub struct ShowArgs {
+pub(super) struct ShowArgs {
     #[command(flatten)]
     target: Target,
     /// The message id to show (every message with it, should there be several).
@@ -100,7 +100,7 @@ pub struct ShowArgs {
 }
 
 /// Runs `lepus dlq show`.
-pub async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
     let dlq = args.target.dlq_name()?;
     let client = args.target.connect("lepus dlq show").await?;
     let found = find(&client, &dlq, &args).await;
@@ -185,7 +185,7 @@ fn full_text(dlq: &str, (n, of): (u32, u32), delivery: &Delivery) -> String {
         None => "?".into(),
     };
     let number = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-    let now = record::now_ms();
+    let now = lepus::failure::now_ms();
     let time = |ms: Option<i64>| record::when(ms, now);
     let mut lines = vec![
         format!(
@@ -249,7 +249,7 @@ fn full_text(dlq: &str, (n, of): (u32, u32), delivery: &Delivery) -> String {
 
 /// Options of `lepus dlq purge`.
 #[derive(Args, Debug)]
-pub struct PurgeArgs {
+pub(super) struct PurgeArgs {
     #[command(flatten)]
     target: Target,
     /// Really remove every message: without it, purge refuses and changes nothing.
@@ -258,7 +258,7 @@ pub struct PurgeArgs {
 }
 
 /// Runs `lepus dlq purge`.
-pub async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
     let dlq = args.target.dlq_name()?;
     if !args.yes {
         eprintln!(

@@ -31,7 +31,7 @@ mod transfer;
 
 /// Options of `lepus dlq`.
 #[derive(Args, Debug)]
-pub struct DlqArgs {
+pub(crate) struct DlqArgs {
     #[command(subcommand)]
     command: DlqCommand,
 }
@@ -58,7 +58,7 @@ enum DlqCommand {
 }
 
 /// Runs `lepus dlq`.
-pub async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DlqCommand::List(args) => inspect::list(args).await,
         DlqCommand::Show(args) => inspect::show(args).await,
@@ -71,7 +71,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
 
 /// Which dead-letter queue, on which broker.
 #[derive(Args, Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The work queue whose dead-letter queue (`<queue>.dlq`) to use.
     #[arg(
         long,

@@ -15,14 +15,14 @@ const MAX_RATE: f64 = 1e6;
 
 /// Hands out send times `1 / rate` apart.
 #[derive(Debug)]
-pub struct Pacer {
+pub(super) struct Pacer {
     interval: Duration,
     next: Option<Instant>,
 }
 
 impl Pacer {
     /// A pacer for `rate` messages per second (see [`parse_rate`]).
-    pub fn new(rate: f64) -> Self {
+    pub(super) fn new(rate: f64) -> Self {
         Self {
             interval: Duration::from_secs_f64(1.0 / rate.clamp(MIN_RATE, MAX_RATE)),
             next: None,
@@ -30,7 +30,7 @@ impl Pacer {
     }
 
     /// When the next message may go, given that it is `now`; books that slot.
-    pub fn slot(&mut self, now: Instant) -> Instant {
+    pub(super) fn slot(&mut self, now: Instant) -> Instant {
         let at = match self.next {
             Some(next) if next > now => next,
             _ => now,
@@ -41,7 +41,7 @@ impl Pacer {
 }
 
 /// Parses `--rate`: messages per second, fractions allowed.
-pub fn parse_rate(s: &str) -> Result<f64, String> {
+pub(super) fn parse_rate(s: &str) -> Result<f64, String> {
     let rate: f64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a number of messages per second"))?;

@@ -12,14 +12,12 @@ use lepus::FailureRecord;
 use lepus::amqp::Delivery;
 use serde_json::{Map, Value, json};
 
-pub use lepus::failure::now_ms;
-
 /// The longest error text shown in one line of `lepus dlq list`.
 const LIST_ERROR_CHARS: usize = 200;
 
 /// A dead-lettered message's identity and failure record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     pub message_id: Option<String>,
     /// The `x-lepus-*` headers, read by lepus (leniently: a field another tool left out
     /// or mistyped is unknown).
@@ -30,7 +28,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Reads the record from a delivery's properties and headers.
-    pub fn from_delivery(delivery: &Delivery) -> Self {
+    pub(crate) fn from_delivery(delivery: &Delivery) -> Self {
         let props = delivery.properties();
         DeadLetter {
             message_id: props.message_id().as_ref().map(|m| m.as_str().to_owned()),
@@ -41,7 +39,7 @@ impl DeadLetter {
     }
 
     /// The message id for messages meant for people (`-` when it has none).
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match &self.message_id {
             Some(id) => one_line(id),
             None => "-".into(),
@@ -50,7 +48,7 @@ impl DeadLetter {
 
     /// The summary as JSON: every field, `null` when unknown, times both as ms and as
     /// RFC 3339 text.
-    pub fn to_json(&self) -> Map<String, Value> {
+    pub(crate) fn to_json(&self) -> Map<String, Value> {
         let value = json!({
             "message_id": self.message_id,
             "original_exchange": self.failure.original_exchange,
@@ -78,7 +76,7 @@ impl DeadLetter {
 
     /// A few indented lines for a terminal, after a first line with `n` and the id.
     /// `now_ms` dates the "ago" hints.
-    pub fn to_text(&self, n: u64, now_ms: i64) -> String {
+    pub(crate) fn to_text(&self, n: u64, now_ms: i64) -> String {
         let or_unknown = |v: &Option<String>| match v {
             Some(s) => format!("'{}'", one_line(s)),
             None => "?".into(),
@@ -132,7 +130,7 @@ impl DeadLetter {
 
 /// Which messages a `replay` or `move` acts on. Every given criterion must hold.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Only these message ids (any, if empty).
     pub ids: HashSet<String>,
     /// Only this dead-letter reason, exactly.
@@ -143,7 +141,7 @@ pub struct Filter {
 
 impl Filter {
     /// Whether `dl` is selected.
-    pub fn matches(&self, dl: &DeadLetter) -> bool {
+    pub(crate) fn matches(&self, dl: &DeadLetter) -> bool {
         let id_ok = self.ids.is_empty()
             || dl
                 .message_id
@@ -165,7 +163,7 @@ impl Filter {
 
 /// `ms` since the Unix epoch as RFC 3339 in UTC with milliseconds
 /// (`2024-02-29T13:05:09.042Z`); the plain number when outside years 1970 to 9999.
-pub fn rfc3339_ms(ms: i64) -> String {
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
     const LAST_MS_OF_9999: i64 = 253_402_300_799_999;
     if !(0..=LAST_MS_OF_9999).contains(&ms) {
         return format!("{ms} ms");
@@ -208,7 +206,7 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
 }
 
 /// A time with how long ago it was, or `?`.
-pub fn when(ms: Option<i64>, now_ms: i64) -> String {
+pub(crate) fn when(ms: Option<i64>, now_ms: i64) -> String {
     match ms {
         Some(ms) => format!("{} ({})", rfc3339_ms(ms), ago(now_ms.saturating_sub(ms))),
         None => "?".into(),
@@ -230,7 +228,7 @@ fn ago(ms: i64) -> String {
 }
 
 /// Text safe on one terminal line: control characters (newlines, escapes) escaped.
-pub fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() {

@@ -17,19 +17,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
-use lepus::amqp::{AMQPValue, BasicProperties, FieldTable, ShortString};
+use lepus::amqp::{BasicProperties, FieldTable, ShortString};
+use lepus::failure::{self, FailureRecord, now_ms};
 use lepus::{Confirm, Message, Publisher, PublisherOptions, Role, Topology};
 use serde_json::{Map, Value, json};
 
 use super::out;
-use super::record::{now_ms, one_line};
+use super::record::one_line;
 use super::sink::WINDOW;
 use crate::connect::{self, parse_secs, wait_for};
-use lepus::failure::{REPLAY_COUNT_HEADER, REPLAYED_AT_HEADER};
 
 /// Options of `lepus dlq replay-file`.
 #[derive(Args, Debug)]
-pub struct ReplayFileArgs {
+pub(super) struct ReplayFileArgs {
     /// The JSON-lines archive written by `lepus dlq move --to-file`.
     file: PathBuf,
     /// Replay into this queue instead of each message's original queue.
@@ -70,43 +70,26 @@ fn copy(
         .map_err(|e| format!("bad body_base64: {e}"))?;
     let empty = Map::new();
     let mut headers = match v.get("headers") {
-        Some(Value::Object(h)) => lepus::json_to_table(h).inner().clone(),
-        _ => FieldTable::default().inner().clone(),
+        Some(Value::Object(h)) => lepus::topology::json_to_table(h),
+        _ => FieldTable::default(),
     };
     let queue = match to_queue {
         Some(q) => q.to_owned(),
-        None => headers
-            .get(lepus::ORIGINAL_QUEUE_HEADER)
-            .and_then(|q| match q {
-                AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-                _ => None,
-            })
+        None => FailureRecord::from_headers(Some(&headers))
+            .original_queue
             .ok_or_else(|| {
                 format!(
                     "it has no {} header (give --to-queue)",
-                    lepus::ORIGINAL_QUEUE_HEADER
+                    failure::ORIGINAL_QUEUE_HEADER
                 )
             })?,
     };
-    headers.remove(lepus::ATTEMPTS_HEADER);
-    headers.remove(lepus::RETRIES_HEADER);
-    let count = match headers.get(REPLAY_COUNT_HEADER) {
-        Some(AMQPValue::LongLongInt(n)) => (*n).max(0),
-        _ => 0,
-    };
-    headers.insert(
-        REPLAY_COUNT_HEADER.into(),
-        AMQPValue::LongLongInt(count.saturating_add(1)),
-    );
-    headers.insert(REPLAYED_AT_HEADER.into(), AMQPValue::LongLongInt(now));
+    FailureRecord::stamp_replay(&mut headers, now);
     let p = v
         .get("properties")
         .and_then(Value::as_object)
         .unwrap_or(&empty);
-    let mut props = BasicProperties::default().with_headers(FieldTable::from(headers));
+    let mut props = BasicProperties::default().with_headers(headers);
     if let Some(s) = text(p, "content_type") {
         props = props.with_content_type(s);
     }
@@ -154,7 +137,7 @@ fn copy(
 }
 
 /// Runs `lepus dlq replay-file`.
-pub async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode> {
     let file = std::fs::File::open(&args.file)
         .with_context(|| format!("cannot open {}", args.file.display()))?;
     let global = connect::global();
@@ -231,7 +214,12 @@ pub async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode> {
             Ok(confirm) => pending.push_back((line_no, id, queue, confirm)),
             Err(err) => {
                 failed += 1;
-                report(&id, line_no, Some(&queue), Some(&err.error.to_string()));
+                report(
+                    &id,
+                    line_no,
+                    Some(&queue),
+                    Some(&err.error.report().to_string()),
+                );
             }
         }
         while pending.len() >= WINDOW {
@@ -243,7 +231,12 @@ pub async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode> {
                     }
                     Err(err) => {
                         failed += 1;
-                        report(&id, line_no, Some(&queue), Some(&err.error.to_string()));
+                        report(
+                            &id,
+                            line_no,
+                            Some(&queue),
+                            Some(&err.error.report().to_string()),
+                        );
                     }
                 }
             }
@@ -257,7 +250,12 @@ pub async fn replay_file(args: ReplayFileArgs) -> anyhow::Result<ExitCode> {
             }
             Err(err) => {
                 failed += 1;
-                report(&id, line_no, Some(&queue), Some(&err.error.to_string()));
+                report(
+                    &id,
+                    line_no,
+                    Some(&queue),
+                    Some(&err.error.report().to_string()),
+                );
             }
         }
     }
@@ -299,16 +297,10 @@ mod tests {
         let props = msg.properties();
         assert_eq!(props.priority(), &Some(3));
         assert_eq!(props.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
-        let headers = props.headers().as_ref().unwrap().inner();
-        assert!(!headers.contains_key(lepus::ATTEMPTS_HEADER));
-        assert_eq!(
-            headers.get(REPLAY_COUNT_HEADER),
-            Some(&AMQPValue::LongLongInt(2))
-        );
-        assert_eq!(
-            headers.get(REPLAYED_AT_HEADER),
-            Some(&AMQPValue::LongLongInt(42))
-        );
+        let record = FailureRecord::from_headers(props.headers().as_ref());
+        assert_eq!(record.attempts, None);
+        assert_eq!((record.replays, record.replayed_at_ms), (Some(2), Some(42)));
+        assert_eq!(record.original_queue.as_deref(), Some("orders"));
         assert_eq!(copy(line, Some("other"), 0).unwrap().0, "other");
         assert!(copy(r#"{"body_base64":"aGk="}"#, None, 0).is_err());
         assert!(copy("nonsense", None, 0).is_err());

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use lepus::Message;
-use lepus::amqp::{Delivery, FieldTable};
+use lepus::amqp::Delivery;
 use lepus::failure::{self, FailureRecord};
 
 use super::record::{DeadLetter, one_line};
@@ -108,19 +108,8 @@ pub(super) fn route(dest: &Dest, dl: &DeadLetter) -> Result<Route, String> {
 /// The replayed copy: the same body and properties (so the same `message_id`), without
 /// the attempt counters (the consumer starts counting afresh), stamped as replayed.
 pub(super) fn replay_copy(delivery: &Delivery, route: &Route, now_ms: i64) -> Message {
-    let props = delivery.properties();
-    let old = props.headers().as_ref();
-    let mut headers = old.map(|h| h.inner().clone()).unwrap_or_default();
-    headers.remove(failure::ATTEMPTS_HEADER);
-    headers.remove(failure::RETRIES_HEADER);
-    let mut headers = FieldTable::from(headers);
-    let replays = FailureRecord::from_headers(old).replays.unwrap_or(0);
-    let stamp = FailureRecord {
-        replays: Some(replays.saturating_add(1)),
-        replayed_at_ms: Some(now_ms),
-        ..FailureRecord::default()
-    };
-    stamp.write_into(&mut headers);
+    let mut headers = delivery.properties().headers().clone().unwrap_or_default();
+    FailureRecord::stamp_replay(&mut headers, now_ms);
     let mut copy = archive_copy(delivery, route);
     *copy.properties_mut() = std::mem::take(copy.properties_mut()).with_headers(headers);
     copy

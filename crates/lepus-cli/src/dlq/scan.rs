@@ -22,7 +22,7 @@ use lepus::{Client, Role};
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pass over one queue.
-pub struct Scan {
+pub(super) struct Scan {
     channel: Channel,
     queue: String,
     total: u32,
@@ -32,7 +32,11 @@ pub struct Scan {
 impl Scan {
     /// Opens a channel on the client's consuming connection and counts the ready
     /// messages. Fails if the queue does not exist.
-    pub async fn open(client: &Client, queue: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub(super) async fn open(
+        client: &Client,
+        queue: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let channel = open_channel(client, timeout).await?;
         let total = ready_on(&channel, queue).await?;
         Ok(Self {
@@ -44,17 +48,17 @@ impl Scan {
     }
 
     /// Messages ready when the pass began (fewer, once the queue ran dry early).
-    pub fn total(&self) -> u32 {
+    pub(super) fn total(&self) -> u32 {
         self.total
     }
 
     /// Messages fetched so far.
-    pub fn fetched(&self) -> u32 {
+    pub(super) fn fetched(&self) -> u32 {
         self.fetched
     }
 
     /// The next message, held unacknowledged; `None` at the end of the pass.
-    pub async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
+    pub(super) async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
         if self.fetched >= self.total {
             return Ok(None);
         }
@@ -78,13 +82,13 @@ impl Scan {
 
     /// Ends the pass: closes the channel, so the broker requeues every message not
     /// acknowledged. Bounded; a failed close requeues them just the same.
-    pub async fn finish(self) {
+    pub(super) async fn finish(self) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.channel.close()).await;
     }
 }
 
 /// A fresh channel on the client's consuming connection.
-pub async fn open_channel(client: &Client, timeout: Duration) -> anyhow::Result<Channel> {
+pub(super) async fn open_channel(client: &Client, timeout: Duration) -> anyhow::Result<Channel> {
     let live = client.connection(Role::Consume, timeout).await?;
     live.connection
         .open_channel()
@@ -109,7 +113,7 @@ async fn ready_on(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
 }
 
 /// Ready messages in `queue`, on a channel of its own.
-pub async fn ready(client: &Client, queue: &str, timeout: Duration) -> anyhow::Result<u32> {
+pub(super) async fn ready(client: &Client, queue: &str, timeout: Duration) -> anyhow::Result<u32> {
     let channel = open_channel(client, timeout).await?;
     let count = ready_on(&channel, queue).await;
     if channel.is_open() {

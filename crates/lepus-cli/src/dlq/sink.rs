@@ -29,7 +29,7 @@ use super::record::{DeadLetter, one_line};
 use crate::render;
 
 /// Copies awaiting their confirm at once.
-pub const WINDOW: usize = 256;
+pub(super) const WINDOW: usize = 256;
 /// Messages per synced batch of a file archive.
 const FILE_BATCH: usize = 200;
 /// Bytes per synced batch of a file archive.
@@ -39,7 +39,7 @@ const PUBLISHER_CLOSE: Duration = Duration::from_secs(5);
 
 /// What a pass did.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(super) struct Tally {
     /// Messages the selection took.
     pub matched: u64,
     /// Copied and removed from the dead-letter queue.
@@ -53,7 +53,7 @@ pub struct Tally {
 }
 
 /// Per-message lines, as text or JSON.
-pub struct Report {
+pub(super) struct Report {
     /// JSON lines instead of text.
     pub json: bool,
     /// What a copied message was: `replayed` or `moved`.
@@ -80,7 +80,7 @@ impl Report {
         self.line(dl, self.verb, Some(to), None);
     }
 
-    pub fn dry(&self, dl: &DeadLetter, to: &str) {
+    pub(super) fn dry(&self, dl: &DeadLetter, to: &str) {
         let result = if self.verb == "replayed" {
             "would be replayed"
         } else {
@@ -90,7 +90,7 @@ impl Report {
     }
 
     /// A message not copied (to `to`, when it had a destination); it stays.
-    pub fn failed(&self, dl: &DeadLetter, to: Option<&str>, error: &str) {
+    pub(super) fn failed(&self, dl: &DeadLetter, to: Option<&str>, error: &str) {
         let result = if self.verb == "replayed" {
             "not replayed"
         } else {
@@ -118,7 +118,7 @@ struct Pending {
 
 /// Publishes copies, keeping up to [`WINDOW`] unconfirmed, and acks each original once
 /// its copy is confirmed.
-pub struct Publishing {
+pub(super) struct Publishing {
     publisher: Publisher,
     pending: VecDeque<Pending>,
     pacer: Option<Pacer>,
@@ -126,7 +126,7 @@ pub struct Publishing {
 
 impl Publishing {
     /// Copies go through `publisher`, spaced by `pacer` if given.
-    pub fn new(publisher: Publisher, pacer: Option<Pacer>) -> Self {
+    pub(super) fn new(publisher: Publisher, pacer: Option<Pacer>) -> Self {
         Self {
             publisher,
             pending: VecDeque::new(),
@@ -137,7 +137,7 @@ impl Publishing {
     /// Sends the copy `copy` makes of the message when the rate limit allows (settling
     /// confirms meanwhile; the copy is made then, so its timestamps are the send's).
     /// False if `stop` fired first: then nothing was sent.
-    pub async fn put(
+    pub(super) async fn put(
         &mut self,
         item: (DeadLetter, String, Delivery),
         copy: impl FnOnce(&Delivery) -> Message,
@@ -162,7 +162,7 @@ impl Publishing {
             }),
             Err(err) => {
                 tally.failed += 1;
-                report.failed(&dl, Some(&to), &err.error.to_string());
+                report.failed(&dl, Some(&to), &err.error.report().to_string());
             }
         }
         while self.pending.len() >= WINDOW {
@@ -207,7 +207,7 @@ impl Publishing {
     }
 
     /// Settles every copy still in flight, then closes the publisher.
-    pub async fn finish(mut self, tally: &mut Tally, report: &Report) {
+    pub(super) async fn finish(mut self, tally: &mut Tally, report: &Report) {
         while !self.pending.is_empty() {
             self.settle_next(tally, report).await;
         }
@@ -225,18 +225,18 @@ fn settle(done: Pending, result: lepus::PublishResult, tally: &mut Tally, report
             }
             Err(err) => {
                 tally.unsettled += 1;
-                report.unsettled(&done.dl, &done.to, &err.to_string());
+                report.unsettled(&done.dl, &done.to, &lepus::error::report(&err).to_string());
             }
         },
         Err(err) => {
             tally.failed += 1;
-            report.failed(&done.dl, Some(&done.to), &err.error.to_string());
+            report.failed(&done.dl, Some(&done.to), &err.error.report().to_string());
         }
     }
 }
 
 /// Appends messages to a file in synced batches, acking each batch once it is on disk.
-pub struct Archiving {
+pub(super) struct Archiving {
     file: File,
     path: PathBuf,
     buf: Vec<u8>,
@@ -244,7 +244,7 @@ pub struct Archiving {
 }
 
 impl Archiving {
-    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+    pub(super) fn open(path: PathBuf) -> anyhow::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -258,7 +258,7 @@ impl Archiving {
         })
     }
 
-    pub fn put(
+    pub(super) fn put(
         &mut self,
         dl: DeadLetter,
         line: &Value,
@@ -277,7 +277,7 @@ impl Archiving {
 
     /// Writes and syncs the batch, then acks its messages. On a failed write the file is
     /// cut back to where the batch began and its messages stay in the dead-letter queue.
-    pub fn commit(&mut self, tally: &mut Tally, report: &Report) -> anyhow::Result<()> {
+    pub(super) fn commit(&mut self, tally: &mut Tally, report: &Report) -> anyhow::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -294,7 +294,7 @@ impl Archiving {
                         }
                         Err(err) => {
                             tally.unsettled += 1;
-                            report.unsettled(&dl, &to, &err.to_string());
+                            report.unsettled(&dl, &to, &lepus::error::report(&err).to_string());
                         }
                     }
                 }
@@ -325,14 +325,14 @@ impl Archiving {
 }
 
 /// Where copies go in this pass.
-pub enum Sink {
+pub(super) enum Sink {
     DryRun,
     Publish(Publishing),
     File(Archiving),
 }
 
 /// One line of a file archive.
-pub fn archive_line(dlq: &str, delivery: &Delivery, now_ms: i64) -> Value {
+pub(super) fn archive_line(dlq: &str, delivery: &Delivery, now_ms: i64) -> Value {
     let props = delivery.properties();
     json!({
         "dlq": dlq,

@@ -21,7 +21,7 @@ use lepus::{CancellationToken, Client, Publisher, PublisherOptions};
 use serde_json::json;
 
 use super::pace::{Pacer, parse_rate};
-use super::record::{self, DeadLetter, Filter, one_line};
+use super::record::{DeadLetter, Filter, one_line};
 use super::route::{Dest, archive_copy, replay_copy, route};
 use super::scan::{self, Scan};
 use super::sink::{Archiving, Publishing, Report, Sink, Tally, WINDOW, archive_line};
@@ -30,7 +30,7 @@ use super::{Target, close, out};
 /// Which messages: `--all`, or filters that must all hold.
 #[derive(Args, Debug, Clone)]
 #[group(id = "selection", required = true, multiple = true)]
-pub struct Select {
+pub(super) struct Select {
     /// Every message.
     #[arg(long, conflicts_with_all = ["message_ids", "filter_reason", "filter_error"])]
     all: bool,
@@ -58,7 +58,7 @@ impl Select {
 
 /// Options `replay` and `move` share.
 #[derive(Args, Debug, Clone)]
-pub struct Common {
+pub(super) struct Common {
     /// Act on at most N selected messages (the first ones in the queue).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
@@ -72,7 +72,7 @@ pub struct Common {
 
 /// Options of `lepus dlq replay`.
 #[derive(Args, Debug)]
-pub struct ReplayArgs {
+pub(super) struct ReplayArgs {
     #[command(flatten)]
     target: Target,
     #[command(flatten)]
@@ -94,7 +94,7 @@ pub struct ReplayArgs {
 /// Options of `lepus dlq move`.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("destination").required(true).args(["to_queue", "to_file"])))]
-pub struct MoveArgs {
+pub(super) struct MoveArgs {
     #[command(flatten)]
     target: Target,
     #[command(flatten)]
@@ -111,7 +111,7 @@ pub struct MoveArgs {
 }
 
 /// Runs `lepus dlq replay`.
-pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let dest = Dest::Replay {
         to_queue: args.to_queue,
         via_exchange: args.via_exchange,
@@ -121,7 +121,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `lepus dlq move`.
-pub async fn move_messages(args: MoveArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn move_messages(args: MoveArgs) -> anyhow::Result<ExitCode> {
     let dest = match (args.to_queue, args.to_file) {
         (Some(queue), _) => Dest::Queue(queue),
         (None, Some(path)) => Dest::File(path),
@@ -266,12 +266,15 @@ async fn pass(
                 let replay = matches!(dest, Dest::Replay { .. });
                 let copy = |delivery: &Delivery| {
                     if replay {
-                        replay_copy(delivery, &route, record::now_ms())
+                        replay_copy(delivery, &route, lepus::failure::now_ms())
                     } else {
                         archive_copy(delivery, &route)
                     }
                 };
                 let item = (dl, route.to.clone(), delivery);
+                // `put` waits for the rate limit's next slot; interrupted there, the
+                // message was never copied and stays in the dead-letter queue (unacked,
+                // it goes back when the scan ends), so it is not counted as handled.
                 if !publishing.put(item, copy, tally, report, &stop).await {
                     tally.matched -= 1;
                     interrupted = true;
@@ -279,7 +282,8 @@ async fn pass(
                 }
             }
             Sink::File(archive) => {
-                let line = archive_line(dlq, &delivery, record::now_ms());
+                // Acked only once the file is synced (`commit`, per batch), never here.
+                let line = archive_line(dlq, &delivery, lepus::failure::now_ms());
                 if let Err(err) = archive.put(dl, &line, delivery, tally, report) {
                     failure = Some(err);
                     break;

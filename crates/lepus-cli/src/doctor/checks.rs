@@ -34,7 +34,7 @@ fn user(url: &str) -> String {
 }
 
 /// All checks of one endpoint URL (TLS options already in its query).
-pub async fn endpoint(url: &str, args: &DoctorArgs) -> Endpoint {
+pub(super) async fn endpoint(url: &str, args: &DoctorArgs) -> Endpoint {
     let mut e = Endpoint {
         url: lepus::amqp::redact_uri(url),
         reachable: false,
@@ -154,10 +154,13 @@ pub async fn endpoint(url: &str, args: &DoctorArgs) -> Endpoint {
                     ),
                 )
             } else if is_tls {
-                (err.to_string(), "see the TLS checks above".to_owned())
+                (
+                    lepus::error::report(&err).to_string(),
+                    "see the TLS checks above".to_owned(),
+                )
             } else {
                 (
-                    err.to_string(),
+                    lepus::error::report(&err).to_string(),
                     "see the reason; the broker's log says more".to_owned(),
                 )
             };

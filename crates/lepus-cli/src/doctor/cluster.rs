@@ -9,7 +9,7 @@ use super::{Check, DoctorArgs, MAX_SKEW_SECS};
 use crate::mgmt::Management;
 
 /// The cluster's nodes, their alarms, and the clock, from the management API.
-pub async fn management(url: &str, args: &DoctorArgs) -> Vec<Check> {
+pub(super) async fn management(url: &str, args: &DoctorArgs) -> Vec<Check> {
     let _ = args;
     let mgmt = match Management::new(url, crate::connect::global()) {
         Ok(m) => m,

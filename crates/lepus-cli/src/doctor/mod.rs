@@ -26,18 +26,18 @@ use crate::exit;
 
 mod checks;
 mod cluster;
-pub mod tls;
+pub(crate) mod tls;
 
 /// Certificates expiring in fewer days than this are a warning.
-pub const EXPIRY_WARN_DAYS: i64 = 30;
+pub(crate) const EXPIRY_WARN_DAYS: i64 = 30;
 /// A heartbeat above this many seconds notices a dead peer too late.
-pub const MAX_HEARTBEAT_SECS: u16 = 60;
+pub(crate) const MAX_HEARTBEAT_SECS: u16 = 60;
 /// Clock skew above this many seconds is a warning (the HTTP date has 1 s resolution).
-pub const MAX_SKEW_SECS: i64 = 2;
+pub(crate) const MAX_SKEW_SECS: i64 = 2;
 
 /// Options of `lepus doctor`.
 #[derive(Args, Debug)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -52,7 +52,7 @@ pub struct DoctorArgs {
 /// A check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// Fine.
     Pass,
     /// Not looked at (nothing to look at, or it needs an option).
@@ -76,7 +76,7 @@ impl Status {
 
 /// One check.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     /// What was checked, e.g. `tls.expiry`.
     pub name: &'static str,
     /// The outcome.
@@ -90,7 +90,7 @@ pub struct Check {
 
 impl Check {
     /// A passed check.
-    pub fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+    pub(crate) fn pass(name: &'static str, detail: impl Into<String>) -> Check {
         Check {
             name,
             status: Status::Pass,
@@ -100,7 +100,7 @@ impl Check {
     }
 
     /// A skipped check.
-    pub fn skip(name: &'static str, detail: impl Into<String>) -> Check {
+    pub(crate) fn skip(name: &'static str, detail: impl Into<String>) -> Check {
         Check {
             name,
             status: Status::Skip,
@@ -110,7 +110,11 @@ impl Check {
     }
 
     /// A warning with what to do.
-    pub fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn warn(
+        name: &'static str,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
             name,
             status: Status::Warn,
@@ -120,7 +124,11 @@ impl Check {
     }
 
     /// A failure with what to do.
-    pub fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn fail(
+        name: &'static str,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
             name,
             status: Status::Fail,
@@ -132,7 +140,7 @@ impl Check {
 
 /// The checks of one endpoint.
 #[derive(Debug, Clone, Serialize)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The URL, password hidden.
     pub url: String,
     /// Whether DNS and TCP got through.
@@ -142,7 +150,7 @@ pub struct Endpoint {
 }
 
 /// Runs `lepus doctor`.
-pub async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let global = connect::global();
     let mut endpoints = Vec::new();
     for url in global.endpoints()? {

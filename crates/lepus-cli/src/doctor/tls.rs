@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 
 /// The TLS settings of one endpoint.
 #[derive(Debug, Clone, Default)]
-pub struct TlsSettings {
+pub(crate) struct TlsSettings {
     /// CA file; the system's roots when unset.
     pub ca: Option<PathBuf>,
     /// Client certificate chain.
@@ -41,7 +41,7 @@ pub struct TlsSettings {
 
 /// One certificate, as far as the checks care.
 #[derive(Debug, Clone)]
-pub struct CertInfo {
+pub(crate) struct CertInfo {
     /// Subject, e.g. `CN=rabbit`.
     pub subject: String,
     /// Issuer.
@@ -56,7 +56,7 @@ pub struct CertInfo {
 
 /// What the probe saw.
 #[derive(Debug)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// `TLSv1_3` and the like.
     pub version: String,
     /// The cipher suite.
@@ -77,7 +77,7 @@ pub struct Probe {
 }
 
 /// Parses a DER certificate.
-pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
+pub(crate) fn cert_info(der: &[u8]) -> Option<CertInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -109,7 +109,7 @@ pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
 
 /// Whether `name` (a host name or an IP address) is one of the certificate's names
 /// (a `*.` wildcard stands for exactly one leftmost label).
-pub fn name_matches(names: &[String], name: &str) -> bool {
+pub(crate) fn name_matches(names: &[String], name: &str) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     if let Ok(ip) = name.parse::<IpAddr>() {
         return names.iter().any(|n| n.parse::<IpAddr>().ok() == Some(ip));
@@ -126,7 +126,7 @@ pub fn name_matches(names: &[String], name: &str) -> bool {
 }
 
 /// Seconds since the epoch now.
-pub fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -253,7 +253,7 @@ fn read_certs(path: &PathBuf) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 /// Handshakes with `addr` and reports what it saw. Errors are for what stops the probe
 /// itself (unreadable files, no handshake at all).
-pub async fn probe(
+pub(crate) async fn probe(
     addr: std::net::SocketAddr,
     tls: &TlsSettings,
     timeout: Duration,

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// What a run of the binary produced.
-pub struct Run {
+pub(crate) struct Run {
     pub ok: bool,
     /// The exit code (`None` if killed by a signal).
     pub code: Option<i32>,
@@ -17,7 +17,7 @@ pub struct Run {
 }
 
 /// Runs the binary with `args`, feeding `stdin`, killing it past `timeout`.
-pub fn lepus(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
+pub(crate) fn lepus(args: &[&str], stdin: &[u8], timeout: Duration) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lepus"))
         .args(args)
         .env_remove("LEPUS_AMQP_URL")

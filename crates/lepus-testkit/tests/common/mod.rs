@@ -13,36 +13,36 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-pub const FRAME_METHOD: u8 = 1;
+pub(crate) const FRAME_METHOD: u8 = 1;
 const FRAME_HEADER: u8 = 2;
 const FRAME_BODY: u8 = 3;
 const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 
 /// How to log in.
-pub enum Login {
+pub(crate) enum Login {
     Plain(&'static str, &'static str),
     External,
 }
 
-pub struct Amqp<S: Read + Write> {
+pub(crate) struct Amqp<S: Read + Write> {
     stream: S,
 }
 
 /// A method frame's class id, method id and arguments.
-pub struct Method {
+pub(crate) struct Method {
     pub class: u16,
     pub method: u16,
     pub args: Vec<u8>,
 }
 
 impl Method {
-    pub fn is(&self, class: u16, method: u16) -> bool {
+    pub(crate) fn is(&self, class: u16, method: u16) -> bool {
         self.class == class && self.method == method
     }
 }
 
-pub fn connect_tcp(port: u16) -> Amqp<TcpStream> {
+pub(crate) fn connect_tcp(port: u16) -> Amqp<TcpStream> {
     let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
@@ -63,11 +63,11 @@ fn longstr(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 impl<S: Read + Write> Amqp<S> {
-    pub fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         Amqp { stream }
     }
 
-    pub fn stream(&mut self) -> &mut S {
+    pub(crate) fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
 
@@ -89,7 +89,7 @@ impl<S: Read + Write> Amqp<S> {
     }
 
     /// The next frame other than a heartbeat: (type, channel, payload).
-    pub fn read_frame(&mut self) -> std::io::Result<(u8, u16, Vec<u8>)> {
+    pub(crate) fn read_frame(&mut self) -> std::io::Result<(u8, u16, Vec<u8>)> {
         loop {
             let mut head = [0u8; 7];
             self.stream.read_exact(&mut head)?;
@@ -103,7 +103,7 @@ impl<S: Read + Write> Amqp<S> {
         }
     }
 
-    pub fn read_method(&mut self) -> std::io::Result<Method> {
+    pub(crate) fn read_method(&mut self) -> std::io::Result<Method> {
         let (kind, _, payload) = self.read_frame()?;
         assert_eq!(kind, FRAME_METHOD, "expected a method frame");
         Ok(Method {
@@ -126,7 +126,7 @@ impl<S: Read + Write> Amqp<S> {
     }
 
     /// Protocol header, start-ok, tune-ok, open; then channel 1 is opened.
-    pub fn handshake(&mut self, login: Login) {
+    pub(crate) fn handshake(&mut self, login: Login) {
         self.stream.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
         self.expect(10, 10); // connection.start
         let mut args = 0u32.to_be_bytes().to_vec(); // client properties: empty table
@@ -158,7 +158,7 @@ impl<S: Read + Write> Amqp<S> {
         self.expect(20, 11);
     }
 
-    pub fn declare_queue(&mut self, name: &str, durable: bool) {
+    pub(crate) fn declare_queue(&mut self, name: &str, durable: bool) {
         let mut args = 0u16.to_be_bytes().to_vec();
         shortstr(&mut args, name);
         args.push(if durable { 0b10 } else { 0 });
@@ -169,7 +169,7 @@ impl<S: Read + Write> Amqp<S> {
 
     /// Publishes a persistent message to `queue` through the default exchange and waits
     /// for the broker's confirm (given once the message is on disk).
-    pub fn publish_confirmed(&mut self, queue: &str, body: &[u8]) {
+    pub(crate) fn publish_confirmed(&mut self, queue: &str, body: &[u8]) {
         self.send_method(1, 85, 10, &[0]); // confirm.select
         self.expect(85, 11);
         let mut args = 0u16.to_be_bytes().to_vec();
@@ -188,7 +188,7 @@ impl<S: Read + Write> Amqp<S> {
     }
 
     /// basic.get with auto-ack: the body of the next message, or None if the queue is empty.
-    pub fn get(&mut self, queue: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&mut self, queue: &str) -> Option<Vec<u8>> {
         let mut args = 0u16.to_be_bytes().to_vec();
         shortstr(&mut args, queue);
         args.push(1);
@@ -218,6 +218,6 @@ impl<S: Read + Write> Amqp<S> {
 }
 
 /// True if something accepts TCP connections on 127.0.0.1:`port`.
-pub fn port_accepts(port: u16) -> bool {
+pub(crate) fn port_accepts(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).is_ok()
 }

@@ -62,15 +62,15 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive acks sent as one `basic.ack` with `multiple` (when order allows).
 pub const DEFAULT_ACK_BATCH: usize = 50;
 /// The longest a finished message waits for its ack to be sent with others.
-pub const ACK_LINGER: Duration = Duration::from_millis(5);
+pub(crate) const ACK_LINGER: Duration = Duration::from_millis(5);
 /// RabbitMQ's default `consumer_timeout` (30 minutes): a delivery unacked longer closes
 /// the channel.
 pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The first pause's ceiling before a failed move to a wait queue or the dead-letter
 /// queue is tried again; later ceilings double up to [`MOVE_RETRY_MAX_PAUSE`].
-pub const MOVE_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const MOVE_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// The largest pause between attempts to move a failed message.
-pub const MOVE_RETRY_MAX_PAUSE: Duration = Duration::from_secs(5);
+pub(crate) const MOVE_RETRY_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Consumes one queue with a [`Handler`].
 ///

@@ -101,10 +101,6 @@ impl Consumer {
         let batch = cfg.ack_batch.min(usize::from(cfg.prefetch / 2).max(1));
         let mut acker = Acker::new(channel.clone(), batch, Arc::clone(&self.stats));
         let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-        // The first handler in flight lives here, unboxed, and the rest (concurrency
-        // above 1) and the moves of failed messages in `running`: at concurrency 1,
-        // the default, a message costs no allocation and no task node of its own.
-        let mut inline = std::pin::pin!(None);
         let mut handlers_running = 0usize;
         let mut draining: Option<Instant> = None;
         let linger = tokio::time::sleep(ACK_LINGER);
@@ -132,12 +128,11 @@ impl Consumer {
         }));
         let end = loop {
             if let Some(since) = draining {
-                if running.is_empty() && inline.is_none() {
+                if running.is_empty() {
                     break SessionEnd::Shutdown;
                 }
                 if since.elapsed() >= cfg.shutdown_timeout {
-                    let left = running.len() + usize::from(inline.is_some());
-                    tracing::warn!(queue = %queue, left, "shutdown deadline passed; unfinished messages go back to the queue");
+                    tracing::warn!(queue = %queue, left = running.len(), "shutdown deadline passed; unfinished messages go back to the queue");
                     break SessionEnd::Shutdown;
                 }
             }
@@ -160,7 +155,7 @@ impl Consumer {
                         tracing::debug!(error = %crate::error::report(&e), "cancelling the consumer failed");
                     }
                 }
-                Some(done) = next_done(inline.as_mut(), &mut running), if inline.is_some() || !running.is_empty() => {
+                Some(done) = running.next(), if !running.is_empty() => {
                     if matches!(done, Done::Handled { .. } | Done::Skipped { .. }) {
                         handlers_running -= 1;
                         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -191,12 +186,7 @@ impl Consumer {
                             store: cfg.idempotency.clone(),
                             span: span.clone(),
                         };
-                        let call = call.run().instrument(span);
-                        if inline.is_none() {
-                            inline.set(Some(call));
-                        } else {
-                            running.push(Box::pin(call));
-                        }
+                        running.push(Box::pin(call.run().instrument(span)));
                     }
                     Some(Err(err)) if err.kind() == AmqpErrorKind::ConsumerCancelled => break SessionEnd::Cancelled(err.into()),
                     Some(Err(err)) => break SessionEnd::Lost(err.into()),
@@ -214,7 +204,7 @@ impl Consumer {
                 _ = sleep_until_opt(drain_deadline) => {}
             }
         };
-        if !matches!(end, SessionEnd::Shutdown) && (inline.is_some() || !running.is_empty()) {
+        if !matches!(end, SessionEnd::Shutdown) && !running.is_empty() {
             // The channel is gone, but handlers already running are let finish (within
             // their timeout): their side effects complete and a success is recorded in
             // the idempotency store (by the invocation), so the broker's redelivery is
@@ -223,9 +213,7 @@ impl Consumer {
             // under way are dropped): the original comes back.
             let deadline = crate::deadline::deadline_after(cfg.handler_timeout);
             while handlers_running > 0
-                && let Ok(Some(done)) =
-                    tokio::time::timeout_at(deadline, next_done(inline.as_mut(), &mut running))
-                        .await
+                && let Ok(Some(done)) = tokio::time::timeout_at(deadline, running.next()).await
             {
                 if matches!(done, Done::Handled { .. } | Done::Skipped { .. }) {
                     handlers_running -= 1;
@@ -248,28 +236,6 @@ impl Consumer {
         }
         end
     }
-}
-
-/// The next finished handler or move: the unboxed one in `inline` (emptied when it
-/// finishes), else one of `running`; `None` when there is none at all.
-fn next_done<'a, F: Future<Output = Done>>(
-    mut inline: Pin<&'a mut Option<F>>,
-    running: &'a mut FuturesUnordered<Running>,
-) -> impl Future<Output = Option<Done>> + 'a {
-    std::future::poll_fn(move |cx| {
-        if let Some(call) = inline.as_mut().as_pin_mut()
-            && let std::task::Poll::Ready(done) = call.poll(cx)
-        {
-            inline.set(None);
-            return std::task::Poll::Ready(Some(done));
-        }
-        match running.poll_next_unpin(cx) {
-            std::task::Poll::Ready(Some(done)) => std::task::Poll::Ready(Some(done)),
-            std::task::Poll::Ready(None) if inline.is_some() => std::task::Poll::Pending,
-            std::task::Poll::Ready(None) => std::task::Poll::Ready(None),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    })
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use lepus::{Client, ReconnectPolicy, Topology};
 
-pub use lepus_testkit::blocking;
+pub(crate) use lepus_testkit::blocking;
 
 /// A client of `url` that declares `topology` and reconnects quickly (50 ms to 500 ms).
-pub fn client(url: &str, topology: Topology) -> Client {
+pub(crate) fn client(url: &str, topology: Topology) -> Client {
     Client::builder()
         .endpoint(url)
         .unwrap()
@@ -27,17 +27,17 @@ pub fn client(url: &str, topology: Topology) -> Client {
 
 /// Waits until `f` (a plain condition) holds, failing the test with `what` after
 /// `timeout`: [`lepus_testkit::wait_until`] for conditions that need no `.await`.
-pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     lepus_testkit::wait_until(what, timeout, async || f()).await;
 }
 
 /// A log writer that keeps what it is given.
 #[derive(Clone, Default)]
-pub struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Captured {
     /// Everything written so far.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }

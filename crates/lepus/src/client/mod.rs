@@ -1,5 +1,7 @@
 //! `Client`: the supervised connections a service runs on.
 
+pub mod env;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -67,6 +69,19 @@ impl ClientBuilder {
             options: opts,
             label: redact_uri(uri),
         });
+        Ok(self)
+    }
+
+    /// Adds every broker of `uris` ([`endpoint`](Self::endpoint) for each), such as the
+    /// nodes of a cluster. Several endpoints are tried in random order.
+    pub fn endpoints<I>(mut self, uris: I) -> Result<Self>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        for uri in uris {
+            self = self.endpoint(uri.as_ref())?;
+        }
         Ok(self)
     }
 
