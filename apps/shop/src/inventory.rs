@@ -120,9 +120,8 @@ impl InventoryService {
         cancel: CancellationToken,
     ) -> anyhow::Result<InventoryService> {
         let schema = format!(
-            "{SCHEMA}{COUNTERS_SCHEMA}{EFFECTS_SCHEMA}{}{}",
-            outbox::SCHEMA,
-            crate::deadletter::SCHEMA
+            "{SCHEMA}{COUNTERS_SCHEMA}{EFFECTS_SCHEMA}{}",
+            outbox::SCHEMA
         );
         let db = Db::open(&common.inventory_db(), &schema)?;
         let snapshot = db
@@ -144,7 +143,7 @@ impl InventoryService {
         let queue = common.names.inventory_queue();
         let client = common.client(
             "inventory",
-            crate::topology::inventory_topology(&common.names, common.quorum),
+            crate::topology::inventory_topology(&common.names, common.queue_type()),
             false,
         )?;
         let relay = Relay::new(db.clone(), &client, common.names.exchange(), "inventory");
@@ -167,6 +166,8 @@ impl InventoryService {
             .concurrency(8)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::retry_policy())
+            // Declared with the service's topology, of its queue type.
+            .declare_retry_queues(false)
             .idempotency(MemoryStore::default())
             .build()?;
         let consumer_stats = consumer.stats();
@@ -184,15 +185,6 @@ impl InventoryService {
                 }
             }));
         }
-        let dlq = crate::topology::retry_policy().dlq(&queue);
-        tasks.push(crate::deadletter::spawn(
-            &client,
-            &dlq,
-            "inventory",
-            &db,
-            &health,
-            &cancel,
-        )?);
         tasks.push(tokio::spawn(crate::reconcile::run(
             db.clone(),
             Arc::clone(&breaker),

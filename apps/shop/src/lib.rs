@@ -8,7 +8,8 @@
 //!   timeout and a [`breaker`], decides from a cached snapshot while it is open and
 //!   reconciles later; announces the decision through its own outbox.
 //! - [`notify`]: tells the customer; retries transient failures and dead-letters
-//!   permanent ones, recording them ([`deadletter`]).
+//!   permanent ones; dead letters stay in their queues for operators ([`deadletter`]
+//!   only reads them for the demo's report).
 //!
 //! The [`demo`] runs them under load while killing the broker, closing connections and
 //! failing the stock dependency, then checks from the stores that nothing was lost.

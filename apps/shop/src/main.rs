@@ -125,7 +125,8 @@ struct CommonArgs {
     /// Prefix of the exchange and queue names.
     #[arg(long, env = "SHOP_NAMESPACE", default_value = "shop")]
     namespace: String,
-    /// Declare the work queues as quorum queues (for a cluster).
+    /// Declare every queue as a quorum queue, the retry and dead-letter queues included,
+    /// with a delivery limit on the work queues (for a cluster; classic otherwise).
     #[arg(long, env = "SHOP_QUORUM")]
     quorum: bool,
     /// Write JSON logs to this file instead of stdout.

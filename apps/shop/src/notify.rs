@@ -3,7 +3,8 @@
 //!
 //! The simulated mail gateway fails now and then (transient: lepus retries in process,
 //! then through the delay tiers) and refuses addresses it cannot deliver to (permanent:
-//! straight to the dead-letter queue, where the service records it with the reason).
+//! straight to the dead-letter queue, where it stays, with the reason in its headers, for
+//! an operator to list, fix and replay with `lepus dlq`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,15 +73,12 @@ impl NotifyService {
         listen: SocketAddr,
         cancel: CancellationToken,
     ) -> anyhow::Result<NotifyService> {
-        let schema = format!(
-            "{SCHEMA}{COUNTERS_SCHEMA}{EFFECTS_SCHEMA}{}",
-            crate::deadletter::SCHEMA
-        );
+        let schema = format!("{SCHEMA}{COUNTERS_SCHEMA}{EFFECTS_SCHEMA}");
         let db = Db::open(&common.notify_db(), &schema)?;
         let queue = common.names.notify_queue();
         let client = common.client(
             "notify",
-            crate::topology::notify_topology(&common.names, common.quorum),
+            crate::topology::notify_topology(&common.names, common.queue_type()),
             false,
         )?;
         let consumer = Consumer::builder(&client, &queue)
@@ -89,6 +87,8 @@ impl NotifyService {
             .concurrency(4)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::retry_policy())
+            // Declared with the service's topology, of its queue type.
+            .declare_retry_queues(false)
             .idempotency(MemoryStore::default())
             .build()?;
         let consumer_stats = consumer.stats();
@@ -109,10 +109,6 @@ impl NotifyService {
                 }
             }));
         }
-        let dlq = crate::topology::retry_policy().dlq(&queue);
-        tasks.push(crate::deadletter::spawn(
-            &client, &dlq, "notify", &db, &health, &cancel,
-        )?);
         tasks.push(spawn_connection_gauges(
             client.clone(),
             "notify",

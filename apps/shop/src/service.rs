@@ -16,13 +16,23 @@ pub struct Common {
     pub amqp_urls: Vec<String>,
     /// Exchange and queue names.
     pub names: Names,
-    /// Declare the work queues as quorum queues (use on a cluster).
+    /// Declare every queue (work, wait and dead-letter queues) as a quorum queue (use on
+    /// a cluster); classic otherwise.
     pub quorum: bool,
     /// Where the services' SQLite files live (`order.db`, `inventory.db`, `notify.db`).
     pub data_dir: PathBuf,
 }
 
 impl Common {
+    /// The type of every queue the services declare: quorum when [`Common::quorum`].
+    pub fn queue_type(&self) -> lepus::QueueType {
+        if self.quorum {
+            lepus::QueueType::Quorum
+        } else {
+            lepus::QueueType::Classic
+        }
+    }
+
     /// The order service's database file.
     pub fn order_db(&self) -> PathBuf {
         self.data_dir.join("order.db")

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::httpc;
 use crate::stock::CATALOG;
 
-/// One order in this many has an address the mail gateway refuses (it ends
-/// dead-lettered, with its reason, in the notification service's store).
+/// One order in this many has an address the mail gateway refuses (its event ends in the
+/// notification service's dead-letter queue, with its reason in the headers).
 pub const UNDELIVERABLE_EVERY: u64 = 97;
 /// Requests in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
