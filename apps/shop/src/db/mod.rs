@@ -7,6 +7,8 @@
 //! `synchronous = FULL` makes a committed order survive a crash of the machine, not only
 //! of the process, because the order API promises exactly that when it answers 201.
 
+pub mod pg_server;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
