@@ -31,9 +31,16 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DeadLetters {
     /// Messages in all the DLQs read.
     pub count: u64,
+    /// Distinct messages (by `message_id`) among those read: delivery is at least once,
+    /// so the same message can be dead-lettered twice (its ack lost to a connection
+    /// failure, it came back and failed again).
+    pub distinct: u64,
+    /// The message ids read.
+    pub message_ids: BTreeSet<String>,
     /// The order ids of the messages read (those whose body names one).
     pub order_ids: BTreeSet<String>,
-    /// Each message as `queue: order id: reason: last error`, for a reader wondering why.
+    /// Each distinct message as `queue: order id: reason: last error`, for a reader
+    /// wondering why.
     pub errors: Vec<String>,
 }
 
@@ -122,6 +129,12 @@ async fn read_one(
             break;
         };
         let delivery = message.delivery;
+        if let Some(id) = delivery.properties().message_id()
+            && !out.message_ids.insert(id.as_str().to_owned())
+        {
+            continue;
+        }
+        out.distinct += 1;
         let order_id = serde_json::from_slice::<serde_json::Value>(delivery.body())
             .ok()
             .and_then(|v| v.get("order_id")?.as_str().map(str::to_string));

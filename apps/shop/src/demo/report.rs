@@ -29,8 +29,8 @@ pub struct Report {
     /// Redeliveries and republishes skipped: lepus's idempotency stores plus the
     /// services' unique keys.
     pub duplicates_suppressed: u64,
-    /// Messages in the dead-letter queues at the end, with their reason in the headers
-    /// (read from the queues, where they stay for `lepus dlq`).
+    /// Distinct messages (by id) in the dead-letter queues at the end, with their reason
+    /// in the headers (read from the queues, where they stay for `lepus dlq`).
     pub dead_lettered: u64,
     /// Accepted orders with no final state (notified, or dead-lettered with a reason).
     pub lost: u64,
@@ -67,7 +67,7 @@ pub struct StoreState {
     pub notified: u64,
     /// Duplicates the stores' unique keys caught.
     pub store_duplicates: u64,
-    /// Messages in the dead-letter queues (they stay there, for operators).
+    /// Distinct messages in the dead-letter queues (they stay there, for operators).
     pub dead_lettered: u64,
     /// Each dead letter as `queue: order id: error`, for a reader wondering why.
     pub dead_letter_errors: Vec<String>,
@@ -214,7 +214,7 @@ impl StoreState {
     /// Adds what the dead-letter queues hold: their count, and the orders whose event
     /// ended there, which have a final state.
     pub fn apply_dead_letters(&mut self, dead: &crate::deadletter::DeadLetters) {
-        self.dead_lettered = dead.count;
+        self.dead_lettered = dead.distinct;
         self.dead_letter_errors = dead.errors.clone();
         self.unresolved.retain(|id| !dead.order_ids.contains(id));
     }
