@@ -33,3 +33,4 @@ pub mod system;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;
+pub mod zones;

@@ -35,6 +35,11 @@ pub struct LoadStats {
     pub abandoned: AtomicU64,
     /// Requests that failed and were retried.
     pub retried_requests: AtomicU64,
+    /// HTTP requests made, first attempts and retries.
+    pub attempts: AtomicU64,
+    /// Each accepted order: when its first request began, and how long until it was
+    /// accepted (retries included: what the customer waited).
+    pub accept_times: std::sync::Mutex<Vec<(tokio::time::Instant, Duration)>>,
     /// All orders sent and answered.
     pub done: AtomicBool,
 }
@@ -98,7 +103,9 @@ async fn place(addr: SocketAddr, i: u64, stats: &LoadStats, cancel: &Cancellatio
     stats.sent.fetch_add(1, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + ORDER_DEADLINE;
     let mut pause = Duration::from_millis(100);
+    let began = tokio::time::Instant::now();
     loop {
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
         let result = httpc::request(
             addr,
             "POST",
@@ -111,6 +118,11 @@ async fn place(addr: SocketAddr, i: u64, stats: &LoadStats, cancel: &Cancellatio
         match result {
             Ok(r) if r.status == 200 || r.status == 201 => {
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .accept_times
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((began, began.elapsed()));
                 return;
             }
             Ok(r) if (400..500).contains(&r.status) => {
