@@ -67,7 +67,7 @@ enum Command {
     },
     /// The demo: all three services under a load of orders and a schedule of faults,
     /// then a report computed from their stores (exit status 1 if any order was lost).
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
 }
 
 #[derive(Args)]
@@ -278,7 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             cancel.cancelled().await;
             system.stop().await;
         }
-        Command::Demo(args) => return demo(args, cancel).await,
+        Command::Demo(args) => return demo(*args, cancel).await,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -357,12 +357,17 @@ async fn zoned_demo(
         .unwrap_or_else(|| args.common.data_dir.join("shop-zones.log"));
     std::fs::create_dir_all(&args.common.data_dir)?;
     let _telemetry = shop::telemetry::init_logging("shop-zones", Some(&log_file))?;
-    println!("logs (JSON): {} and the replicas' beside it", log_file.display());
+    println!(
+        "logs (JSON): {} and the replicas' beside it",
+        log_file.display()
+    );
     let secs = |s: f64, what: &str| {
         if s.is_finite() && s > 0.0 {
             Ok(Duration::from_secs_f64(s))
         } else {
-            Err(anyhow::anyhow!("{what} must be a positive number of seconds"))
+            Err(anyhow::anyhow!(
+                "{what} must be a positive number of seconds"
+            ))
         }
     };
     let options = shop::zones::ZoneOptions {
@@ -384,10 +389,16 @@ async fn zoned_demo(
     let line = |label: &str, value: String| println!("  {label:<34} {value}");
     line("requests through HAProxy", r.attempted.to_string());
     line("availability", format!("{:.5}", r.availability));
-    line("accept p99 outside fault windows", format!("{} ms", r.accept_p99_ms));
+    line(
+        "accept p99 outside fault windows",
+        format!("{} ms", r.accept_p99_ms),
+    );
     line(
         "cached decisions settled",
-        format!("{} ({} cancelled after recheck)", r.compensated, r.cancelled_after_recheck),
+        format!(
+            "{} ({} cancelled after recheck)",
+            r.compensated, r.cancelled_after_recheck
+        ),
     );
     line(
         "faults",

@@ -164,7 +164,11 @@ async fn steps(
     let began = Instant::now();
     let (lab, zone) = (Arc::clone(&targets.lab), plan.cut_zone);
     blocking(move || Ok(lab.isolate(zone)?)).await?;
-    note(log, started, format!("zone {zone} cut off for {:?}", plan.cut_for));
+    note(
+        log,
+        started,
+        format!("zone {zone} cut off for {:?}", plan.cut_for),
+    );
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(plan.cut_for) => {}
@@ -174,7 +178,11 @@ async fn steps(
     whole_again(targets).await?;
     window(log, began);
     log.lock().unwrap_or_else(|p| p.into_inner()).zone_cuts += 1;
-    note(log, started, format!("zone {zone} healed; cluster whole, replicas ready"));
+    note(
+        log,
+        started,
+        format!("zone {zone} healed; cluster whole, replicas ready"),
+    );
 
     // 2. A node killed with SIGKILL and started again on its data.
     at(started, plan.node_kill_at, cancel).await?;
@@ -202,7 +210,11 @@ async fn steps(
         blocking(move || r.start(&lab)).await?;
         replica.wait_ready(READY_TIMEOUT).await?;
         log.lock().unwrap_or_else(|p| p.into_inner()).replica_kills += 1;
-        note(log, started, format!("{} started again and ready", replica.name));
+        note(
+            log,
+            started,
+            format!("{} started again and ready", replica.name),
+        );
     }
     window(log, began);
 

@@ -187,16 +187,12 @@ async fn start_parts(options: &ZoneOptions, common: &mut Common) -> anyhow::Resu
                 "SHOP_DATABASE_URL".to_string(),
                 urls.get(&service).cloned().unwrap_or_default(),
             )];
-            let replica = Replica::new(
-                &lab,
-                service,
-                name.to_string(),
-                zone,
-                &options.program,
-                &common_args,
-                env,
-                &options.dir,
-            )?;
+            let launch = replica::Launch {
+                program: &options.program,
+                common_args: &common_args,
+                dir: &options.dir,
+            };
+            let replica = Replica::new(&lab, (service, name, zone), launch, env)?;
             parts.replicas.push(Arc::new(replica));
         }
         // Consumers first, so their queues exist before orders flow.
@@ -329,8 +325,12 @@ async fn drive(
         })
     };
     let progress = {
-        let (common, client, stats, stop) =
-            (common.clone(), client.clone(), Arc::clone(&stats), stop.clone());
+        let (common, client, stats, stop) = (
+            common.clone(),
+            client.clone(),
+            Arc::clone(&stats),
+            stop.clone(),
+        );
         let total = options.count;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));

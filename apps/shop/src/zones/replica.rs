@@ -90,6 +90,18 @@ struct Life {
     starts: u32,
 }
 
+/// How replica processes are launched: the program, the arguments every replica gets
+/// (broker URLs, namespace, ...), and the directory of their logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// The `shop` program.
+    pub program: &'a Path,
+    /// Arguments after the subcommand, for every replica.
+    pub common_args: &'a [String],
+    /// Where `<name>.log` goes.
+    pub dir: &'a Path,
+}
+
 /// A replica process in a zone.
 #[derive(Debug)]
 pub struct Replica {
@@ -109,19 +121,16 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica of `service` named `name` in `zone` of `lab`, run as `program` with
-    /// `common_args` (broker URLs, namespace, ...) and `env`, logging to `dir/<name>.log`.
-    /// Not started yet.
+    /// A replica of `service` named `name` in `zone` of `lab`, launched as `launch` says
+    /// with `env`, logging to `<dir>/<name>.log`. Not started yet.
     pub fn new(
         lab: &Lab,
-        service: Service,
-        name: String,
-        zone: usize,
-        program: &Path,
-        common_args: &[String],
+        (service, name, zone): (Service, &str, usize),
+        launch: Launch<'_>,
         env: Vec<(String, String)>,
-        dir: &Path,
     ) -> anyhow::Result<Replica> {
+        let (program, common_args, dir) = (launch.program, launch.common_args, launch.dir);
+        let name = name.to_string();
         let ip = lab
             .zone_ip(zone)
             .with_context(|| format!("the lab has no zone {zone}"))?;
@@ -242,8 +251,15 @@ impl Replica {
 
     /// Reads its work counter from `/metrics` (a failed read keeps the last value).
     pub async fn scrape(&self) {
-        let Ok(r) = httpc::request(self.addr, "GET", "/metrics", None, &[], Duration::from_secs(2))
-            .await
+        let Ok(r) = httpc::request(
+            self.addr,
+            "GET",
+            "/metrics",
+            None,
+            &[],
+            Duration::from_secs(2),
+        )
+        .await
         else {
             return;
         };
@@ -290,7 +306,10 @@ shop_inventory_decisions_total{status=\"rejected\",source=\"cache\"} 2
 shop_inventory_decisions_total_other 100
 shop_orders_accepted_total 3
 ";
-        assert_eq!(sum_metric(text, "shop_inventory_decisions_total"), Some(9.0));
+        assert_eq!(
+            sum_metric(text, "shop_inventory_decisions_total"),
+            Some(9.0)
+        );
         assert_eq!(sum_metric(text, "shop_orders_accepted_total"), Some(3.0));
         assert_eq!(sum_metric(text, "shop_notifications_sent_total"), None);
     }
