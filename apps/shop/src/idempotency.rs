@@ -8,12 +8,13 @@
 //! given. A repeat of the same request is answered with the stored status and body, byte
 //! for byte; the same key with a different request is refused with 422 (the key is
 //! bound to its first request), as the HTTP idempotency-key draft advises. Writes to the
-//! store are serialized (an immediate transaction behind the service's one connection),
-//! so concurrent duplicates see the first one committed and never make two orders.
+//! store are serialized on SQLite (an immediate transaction behind the service's one
+//! connection); on PostgreSQL, where replicas write concurrently, the key's unique index
+//! refuses the second of two concurrent first uses, whose transaction (and order) is
+//! rolled back and which is then answered from the first. Never two orders.
 
-use rusqlite::{OptionalExtension as _, Transaction, params};
-
-use crate::db::now_ms;
+use crate::args;
+use crate::db::{DbResult, Session, now_ms};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -21,18 +22,6 @@ pub const HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// The longest key accepted, in bytes.
 pub const MAX_KEY: usize = 200;
-
-/// The `idempotency_keys` table (in the order store).
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key         TEXT PRIMARY KEY,
-    request     TEXT NOT NULL,
-    order_id    TEXT NOT NULL,
-    status      INTEGER NOT NULL,
-    response    TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL
-);
-";
 
 /// The key of a request: `Ok(None)` without the header, `Err` with why a present header
 /// is unusable (empty, too long, not visible ASCII).
@@ -64,35 +53,38 @@ pub struct Stored {
 }
 
 /// The first use of `key`, if any.
-pub fn lookup(tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Option<Stored>> {
-    tx.query_row(
-        "SELECT request, order_id, status, response FROM idempotency_keys WHERE key = ?1",
-        [key],
-        |r| {
-            Ok(Stored {
-                request: r.get(0)?,
-                order_id: r.get(1)?,
-                status: r.get(2)?,
-                response: r.get(3)?,
-            })
-        },
-    )
-    .optional()
+pub async fn lookup(tx: &mut Session, key: &str) -> DbResult<Option<Stored>> {
+    let Some(r) = tx
+        .query_opt(
+            "SELECT request, order_id, status, response FROM idempotency_keys WHERE key = $1",
+            args![key],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Stored {
+        request: r.text(0)?,
+        order_id: r.text(1)?,
+        status: u16::try_from(r.int(2)?).unwrap_or(201),
+        response: r.text(3)?,
+    }))
 }
 
 /// Records the first use of `key` inside the transaction that made the order.
-pub fn record(tx: &Transaction<'_>, key: &str, stored: &Stored) -> rusqlite::Result<()> {
+pub async fn record(tx: &mut Session, key: &str, stored: &Stored) -> DbResult<()> {
     tx.execute(
         "INSERT INTO idempotency_keys (key, request, order_id, status, response, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        args![
             key,
-            stored.request,
-            stored.order_id,
+            stored.request.as_str(),
+            stored.order_id.as_str(),
             stored.status,
-            stored.response,
+            stored.response.as_str(),
             now_ms()
         ],
     )
+    .await
     .map(drop)
 }

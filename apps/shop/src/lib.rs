@@ -17,6 +17,7 @@
 pub mod breaker;
 pub mod db;
 pub mod deadletter;
+pub mod dedupe;
 pub mod demo;
 pub mod events;
 pub mod httpc;

@@ -132,9 +132,15 @@ struct CommonArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_urls: Vec<String>,
-    /// Directory of the services' SQLite files.
+    /// Directory of the services' SQLite files (when no --database-url is given).
     #[arg(long, env = "SHOP_DATA_DIR", default_value = "shop-data")]
     data_dir: PathBuf,
+    /// The service's database: postgres://user:password@host:port/db for a store shared
+    /// by replicas, or a SQLite path. `{service}` in it is replaced by the service's name
+    /// (order, inventory, notify), so `shop all` takes one URL for its three stores.
+    /// Default: SQLite files in --data-dir.
+    #[arg(long, env = "SHOP_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Prefix of the exchange and queue names.
     #[arg(long, env = "SHOP_NAMESPACE", default_value = "shop")]
     namespace: String,
@@ -154,6 +160,7 @@ impl CommonArgs {
             names: Names::new(self.namespace.clone()),
             quorum: self.quorum,
             data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
         }
     }
 }

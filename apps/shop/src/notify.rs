@@ -11,28 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lepus::observability::{self, Health};
-use lepus::{Client, Consumer, ConsumerStats, HandlerError, Incoming, MemoryStore, Role};
-use rusqlite::params;
+use lepus::{Client, Consumer, ConsumerStats, HandlerError, Incoming, Role};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{COUNTERS_SCHEMA, Db, EFFECTS_SCHEMA, bump, log_effect, now_ms};
+use crate::args;
+use crate::db::{Db, now_ms};
 use crate::events::InventoryDecision;
 use crate::service::{Common, join_all, spawn_connection_gauges};
 use crate::telemetry::metrics_handle;
 use crate::trace::TraceContext;
-
-/// The notification service's tables.
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS notifications (
-    order_id         TEXT PRIMARY KEY,
-    kind             TEXT NOT NULL,
-    email            TEXT NOT NULL,
-    message          TEXT NOT NULL,
-    order_created_ms INTEGER NOT NULL,
-    sent_ms          INTEGER NOT NULL,
-    traceparent      TEXT NOT NULL
-);
-";
 
 /// Settings of the notification service.
 #[derive(Debug, Clone, Copy)]
@@ -73,8 +60,7 @@ impl NotifyService {
         listen: SocketAddr,
         cancel: CancellationToken,
     ) -> anyhow::Result<NotifyService> {
-        let schema = format!("{SCHEMA}{COUNTERS_SCHEMA}{EFFECTS_SCHEMA}");
-        let db = Db::open(&common.notify_db(), &schema)?;
+        let db = Db::open(&common.database("notify"), crate::db::migrate::NOTIFY).await?;
         let queue = common.names.notify_queue();
         let client = common.client(
             "notify",
@@ -89,7 +75,7 @@ impl NotifyService {
             .retry(crate::topology::retry_policy())
             // Declared with the service's topology, of its queue type.
             .declare_retry_queues(false)
-            .idempotency(MemoryStore::default())
+            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
             .build()?;
         let consumer_stats = consumer.stats();
         let health = Health::new(&client);
@@ -195,27 +181,34 @@ async fn handle(db: &Db, failure_rate: f64, msg: Incoming) -> Result<(), Handler
     let (email, created_ms, header) = (event.email.clone(), event.created_ms, trace.header());
     let kind_db = kind.clone();
     let sent_ms = now_ms();
-    let inserted = db
-        .call(move |c| {
-            let tx = c.transaction()?;
-            let n = tx.execute(
-                "INSERT OR IGNORE INTO notifications
+    let inserted = async {
+        let mut tx = db.begin().await?;
+        let n = tx
+            .execute(
+                "INSERT INTO notifications
                  (order_id, kind, email, message, order_created_ms, sent_ms, traceparent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    order_id, kind_db, email, message, created_ms, sent_ms, header
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
+                args![
+                    order_id.as_str(),
+                    kind_db,
+                    email,
+                    message,
+                    created_ms,
+                    sent_ms,
+                    header
                 ],
-            )?;
-            if n == 0 {
-                bump(&tx, "duplicates")?;
-            } else {
-                log_effect(&tx, &order_id, "customer-notified")?;
-            }
-            tx.commit()?;
-            Ok(n)
-        })
-        .await
-        .map_err(|e| HandlerError::transient(format!("{e:#}")))?;
+            )
+            .await?;
+        if n == 0 {
+            tx.bump("duplicates").await?;
+        } else {
+            tx.log_effect(&order_id, "customer-notified").await?;
+        }
+        tx.commit().await?;
+        Ok::<_, crate::db::DbError>(n)
+    }
+    .await
+    .map_err(|e| HandlerError::transient(format!("{e:#}")))?;
     if inserted == 0 {
         metrics::counter!("shop_duplicates_suppressed_total", "service" => "notify").increment(1);
         tracing::info!(service = "notify", trace_id = %trace_id, order_id = %event.order_id, "duplicate notification suppressed");

@@ -1,5 +1,5 @@
 //! The order service: an HTTP API to place and read orders. An order and its
-//! `order.created` event commit in one SQLite transaction (the outbox), so an order the
+//! `order.created` event commit in one transaction (the outbox), so an order the
 //! API accepted (201) is announced eventually even if the broker is down right now.
 //!
 //! `POST /orders` is idempotent under an `Idempotency-Key` header ([`idempotency`]), and
@@ -17,32 +17,18 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lepus::observability::{self, Health};
 use lepus::{Client, Role};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Db, now_ms};
+use crate::args;
+use crate::db::{Db, DbError, DbResult, now_ms};
 use crate::events::{ORDER_CREATED, OrderCreated, OrderLine, check_lines};
 use crate::idempotency;
 use crate::outbox::{self, Relay};
 use crate::service::{Common, join_all, spawn_connection_gauges};
 use crate::telemetry::metrics_handle;
 use crate::trace::{TRACEPARENT, TraceContext};
-
-/// The order service's tables.
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS orders (
-    id              TEXT PRIMARY KEY,
-    idempotency_key TEXT UNIQUE,
-    customer        TEXT NOT NULL,
-    email           TEXT NOT NULL,
-    lines           TEXT NOT NULL,
-    traceparent     TEXT NOT NULL,
-    event_id        TEXT NOT NULL,
-    created_ms      INTEGER NOT NULL
-);
-";
 
 /// The body of `POST /orders`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,8 +86,7 @@ impl OrderService {
         listen: SocketAddr,
         cancel: CancellationToken,
     ) -> anyhow::Result<OrderService> {
-        let schema = format!("{SCHEMA}{}{}", outbox::SCHEMA, idempotency::SCHEMA);
-        let db = Db::open(&common.order_db(), &schema)?;
+        let db = Db::open(&common.database("order"), crate::db::migrate::ORDER).await?;
         let client = common.client(
             "order",
             crate::topology::order_topology(&common.names),
@@ -203,9 +188,7 @@ async fn place_order(
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse)
         .map_or_else(TraceContext::new_root, |parent| parent.child());
-    let placed = app
-        .db
-        .call(move |c| insert_order(c, &order, key.as_deref(), &trace))
+    let placed = place(&app.db, &order, key.as_deref(), &trace)
         .await
         .map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "storing an order failed");
@@ -253,22 +236,38 @@ async fn place_order(
     }
 }
 
-fn to_sql_error(e: serde_json::Error) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+fn json_error(e: serde_json::Error) -> DbError {
+    DbError::Other(format!("encoding JSON: {e}"))
 }
 
-fn insert_order(
-    c: &mut rusqlite::Connection,
+/// Stores the order; a concurrent first use of the same key on another replica (the
+/// key's unique index refused this one) is answered from that one.
+async fn place(
+    db: &Db,
     order: &NewOrder,
     key: Option<&str>,
     trace: &TraceContext,
-) -> rusqlite::Result<Placed> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+) -> DbResult<Placed> {
+    match insert_order(db, order, key, trace).await {
+        Err(e) if key.is_some() && e.is_unique_violation() => {
+            insert_order(db, order, key, trace).await
+        }
+        other => other,
+    }
+}
+
+async fn insert_order(
+    db: &Db,
+    order: &NewOrder,
+    key: Option<&str>,
+    trace: &TraceContext,
+) -> DbResult<Placed> {
+    let mut tx = db.begin().await?;
     // The request as the key remembers it: what the order is, however the JSON was laid
     // out.
-    let request = serde_json::to_string(order).map_err(to_sql_error)?;
+    let request = serde_json::to_string(order).map_err(json_error)?;
     if let Some(key) = key {
-        if let Some(stored) = idempotency::lookup(&tx, key)? {
+        if let Some(stored) = idempotency::lookup(&mut tx, key).await? {
             return Ok(if stored.request == request {
                 Placed::Replayed(stored)
             } else {
@@ -276,18 +275,19 @@ fn insert_order(
             });
         }
         // An order keyed before keys were stored with their answers.
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT id FROM orders WHERE idempotency_key = ?1",
-                [key],
-                |r| r.get(0),
+        let existing = tx
+            .query_opt(
+                "SELECT id FROM orders WHERE idempotency_key = $1",
+                args![key],
             )
-            .optional()?;
-        if let Some(id) = existing {
+            .await?;
+        if let Some(row) = existing {
+            let id = row.text(0)?;
             drop(tx);
-            return read_order(c, &id)?
+            return read_order(db, &id)
+                .await?
                 .map(Placed::Keyed)
-                .ok_or(rusqlite::Error::QueryReturnedNoRows);
+                .ok_or_else(|| DbError::Other(format!("order {id} vanished")));
         }
     }
     let order_id = uuid::Uuid::now_v7().to_string();
@@ -299,14 +299,24 @@ fn insert_order(
         lines: order.lines.clone(),
         created_ms,
     };
-    let payload = serde_json::to_string(&event).map_err(to_sql_error)?;
-    let lines = serde_json::to_string(&order.lines).map_err(to_sql_error)?;
-    let event_id = outbox::insert(&tx, ORDER_CREATED, &payload, &trace.header())?;
+    let payload = serde_json::to_string(&event).map_err(json_error)?;
+    let lines = serde_json::to_string(&order.lines).map_err(json_error)?;
+    let event_id = outbox::insert(&mut tx, ORDER_CREATED, &payload, &trace.header()).await?;
     tx.execute(
         "INSERT INTO orders (id, idempotency_key, customer, email, lines, traceparent, event_id, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![order_id, key, order.customer, order.email, lines, trace.header(), event_id, created_ms],
-    )?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        args![
+            order_id.as_str(),
+            key,
+            order.customer.as_str(),
+            order.email.as_str(),
+            lines,
+            trace.header(),
+            event_id,
+            created_ms
+        ],
+    )
+    .await?;
     let view = OrderView {
         order_id,
         customer: order.customer.clone(),
@@ -321,51 +331,50 @@ fn insert_order(
             request,
             order_id: view.order_id.clone(),
             status: StatusCode::CREATED.as_u16(),
-            response: serde_json::to_string(&view).map_err(to_sql_error)?,
+            response: serde_json::to_string(&view).map_err(json_error)?,
         };
-        idempotency::record(&tx, key, &stored)?;
+        idempotency::record(&mut tx, key, &stored).await?;
     }
-    tx.commit()?;
+    tx.commit().await?;
     Ok(Placed::New(view))
 }
 
-fn read_order(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<OrderView>> {
-    c.query_row(
-        "SELECT o.id, o.customer, o.email, o.lines, o.traceparent, o.created_ms, x.sent_ms
-         FROM orders o LEFT JOIN outbox x ON x.event_id = o.event_id WHERE o.id = ?1",
-        [id],
-        |r| {
-            let lines: String = r.get(3)?;
-            let traceparent: String = r.get(4)?;
-            let sent: Option<i64> = r.get(6)?;
-            Ok(OrderView {
-                order_id: r.get(0)?,
-                customer: r.get(1)?,
-                email: r.get(2)?,
-                lines: serde_json::from_str(&lines).unwrap_or_default(),
-                trace_id: TraceContext::parse(&traceparent)
-                    .map(|t| t.trace_id())
-                    .unwrap_or_default(),
-                event: if sent.is_some() {
-                    "published"
-                } else {
-                    "pending"
-                }
-                .into(),
-                created_ms: r.get(5)?,
-            })
-        },
-    )
-    .optional()
+async fn read_order(db: &Db, id: &str) -> DbResult<Option<OrderView>> {
+    let Some(r) = db
+        .query_opt(
+            "SELECT o.id, o.customer, o.email, o.lines, o.traceparent, o.created_ms, x.sent_ms
+             FROM orders o LEFT JOIN outbox x ON x.event_id = o.event_id WHERE o.id = $1",
+            args![id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let lines = r.text(3)?;
+    let traceparent = r.text(4)?;
+    Ok(Some(OrderView {
+        order_id: r.text(0)?,
+        customer: r.text(1)?,
+        email: r.text(2)?,
+        lines: serde_json::from_str(&lines).unwrap_or_default(),
+        trace_id: TraceContext::parse(&traceparent)
+            .map(|t| t.trace_id())
+            .unwrap_or_default(),
+        event: if r.opt_int(6)?.is_some() {
+            "published"
+        } else {
+            "pending"
+        }
+        .into(),
+        created_ms: r.int(5)?,
+    }))
 }
 
 async fn get_order(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let found = app
-        .db
-        .call(move |c| read_order(c, &id))
+    let found = read_order(&app.db, &id)
         .await
         .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
     found

@@ -1,38 +1,31 @@
-//! The transactional outbox: an event is a row written in the same SQLite transaction as
-//! the state change it announces, and a relay publishes unsent rows with confirms and
-//! marks them sent only once the broker has confirmed them.
+//! The transactional outbox: an event is a row written in the same transaction as the
+//! state change it announces, and a relay publishes unsent rows with confirms and marks
+//! them sent only once the broker has confirmed them.
 //!
 //! So a state change and its event are never separated: if the broker is down, rows wait
 //! (and the API keeps accepting orders); if the process dies between the confirm and the
 //! mark, the row goes out again after restart under the same `message_id`, and consumers
 //! drop the duplicate. At least once from the database to the broker, by construction.
+//!
+//! Replicas share one PostgreSQL outbox, so there a relay claims its batch with
+//! `SELECT ... FOR UPDATE SKIP LOCKED` and holds the claim (its transaction) until the
+//! confirms are in and the rows marked: two relays never take the same row, and a relay
+//! that dies releases its claim with its connection, so another relay sends the rows.
+//! On SQLite (one instance, one connection) holding a transaction across the publish
+//! would stall the service's other writers, so there the batch is read, published and
+//! marked in separate steps, as before.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lepus::{Client, Message, Publisher, PublisherOptions};
-use rusqlite::{Transaction, params};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::db::{Db, now_ms};
+use crate::args;
+use crate::db::{Db, DbResult, Session, now_ms};
 use crate::trace::{TRACEPARENT, relay_span};
-
-/// The outbox table (each service has one in its own database).
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS outbox (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id    TEXT NOT NULL UNIQUE,
-    routing_key TEXT NOT NULL,
-    payload     TEXT NOT NULL,
-    traceparent TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    sent_ms     INTEGER
-);
-CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent_ms IS NULL;
-";
 
 /// Events in the outbox not yet confirmed by the broker, by `service`.
 pub const PENDING: &str = "shop_outbox_pending";
@@ -48,18 +41,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Adds an event to the outbox inside `tx`. Returns its id (the message id it will be
 /// published with).
-pub fn insert(
-    tx: &Transaction<'_>,
+pub async fn insert(
+    tx: &mut Session,
     routing_key: &str,
     payload: &str,
     traceparent: &str,
-) -> rusqlite::Result<String> {
+) -> DbResult<String> {
     let event_id = uuid::Uuid::now_v7().to_string();
     tx.execute(
         "INSERT INTO outbox (event_id, routing_key, payload, traceparent, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![event_id, routing_key, payload, traceparent, now_ms()],
-    )?;
+         VALUES ($1, $2, $3, $4, $5)",
+        args![
+            event_id.as_str(),
+            routing_key,
+            payload,
+            traceparent,
+            now_ms()
+        ],
+    )
+    .await?;
     Ok(event_id)
 }
 
@@ -151,55 +151,91 @@ impl Relay {
     /// One batch: publish, await confirms, mark the confirmed rows. Returns (confirmed,
     /// failed).
     async fn round(&self) -> anyhow::Result<(usize, usize)> {
-        let rows = self
+        self.report_backlog().await?;
+        if self.db.is_postgres() {
+            self.round_claimed().await
+        } else {
+            self.round_single().await
+        }
+    }
+
+    /// The backlog as this round found it: how many events wait, and how long the
+    /// oldest has waited (0 when none does). Alerts watch the age.
+    async fn report_backlog(&self) -> anyhow::Result<()> {
+        let row = self
             .db
-            .call(|c| {
-                let tx = c.transaction()?;
-                let rows = {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT seq, event_id, routing_key, payload, traceparent FROM outbox
-                         WHERE sent_ms IS NULL ORDER BY seq LIMIT ?1",
-                    )?;
-                    let rows = stmt
-                        .query_map([BATCH as i64], |r| {
-                            Ok(Row {
-                                seq: r.get(0)?,
-                                event_id: r.get(1)?,
-                                routing_key: r.get(2)?,
-                                payload: r.get(3)?,
-                                traceparent: r.get(4)?,
-                            })
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    let mut bump = tx.prepare_cached(
-                        "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?1",
-                    )?;
-                    for row in &rows {
-                        bump.execute([row.seq])?;
-                    }
-                    rows
-                };
-                let backlog = tx.query_row(
-                    "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE sent_ms IS NULL",
-                    [],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
-                )?;
-                tx.commit()?;
-                Ok((rows, backlog))
-            })
+            .query_opt(
+                "SELECT COUNT(*), MIN(created_ms) FROM outbox WHERE sent_ms IS NULL",
+                &[],
+            )
             .await?;
-        let (rows, (pending, oldest)) = rows;
-        // The backlog as this round found it: how many events wait, and how long the
-        // oldest has waited (0 when none does). Alerts watch the age.
+        let (pending, oldest) = match row {
+            Some(r) => (r.int(0)?, r.opt_int(1)?),
+            None => (0, None),
+        };
         let age = oldest.map_or(0.0, |ms| {
             (now_ms().saturating_sub(ms)).max(0) as f64 / 1000.0
         });
         metrics::gauge!(PENDING, "service" => self.service).set(pending as f64);
         metrics::gauge!(OLDEST_AGE, "service" => self.service).set(age);
-        metrics::gauge!("shop_outbox_batch", "service" => self.service).set(rows.len() as f64);
+        Ok(())
+    }
+
+    /// PostgreSQL: claim a batch (row locks other relays skip), publish it, mark what
+    /// was confirmed, and only then release the claim.
+    async fn round_claimed(&self) -> anyhow::Result<(usize, usize)> {
+        let mut tx = self.db.begin().await?;
+        let rows = claim(&mut tx, " FOR UPDATE SKIP LOCKED").await?;
         if rows.is_empty() {
+            metrics::gauge!("shop_outbox_batch", "service" => self.service).set(0.0);
             return Ok((0, 0));
         }
+        let (confirmed, failed) = self.publish(rows).await;
+        let count = confirmed.len();
+        mark(&mut tx, confirmed).await?;
+        tx.commit().await?;
+        self.count(count, failed);
+        Ok((count, failed))
+    }
+
+    /// SQLite: take a batch, publish it, mark what was confirmed.
+    async fn round_single(&self) -> anyhow::Result<(usize, usize)> {
+        let rows = {
+            let mut tx = self.db.begin().await?;
+            let rows = claim(&mut tx, "").await?;
+            tx.commit().await?;
+            rows
+        };
+        if rows.is_empty() {
+            metrics::gauge!("shop_outbox_batch", "service" => self.service).set(0.0);
+            return Ok((0, 0));
+        }
+        let (confirmed, failed) = self.publish(rows).await;
+        let count = confirmed.len();
+        if count > 0 {
+            let mut tx = self.db.begin().await?;
+            mark(&mut tx, confirmed).await?;
+            tx.commit().await?;
+        }
+        self.count(count, failed);
+        Ok((count, failed))
+    }
+
+    fn count(&self, confirmed: usize, failed: usize) {
+        if confirmed > 0 {
+            metrics::counter!("shop_outbox_confirmed_total", "service" => self.service)
+                .increment(confirmed as u64);
+        }
+        if failed > 0 {
+            metrics::counter!("shop_outbox_failed_total", "service" => self.service)
+                .increment(failed as u64);
+        }
+    }
+
+    /// Publishes `rows` and awaits their confirms: the confirmed rows' `seq`, and how
+    /// many failed.
+    async fn publish(&self, rows: Vec<Row>) -> (Vec<i64>, usize) {
+        metrics::gauge!("shop_outbox_batch", "service" => self.service).set(rows.len() as f64);
         let mut confirms = Vec::with_capacity(rows.len());
         let mut failed = 0usize;
         for row in rows {
@@ -229,39 +265,60 @@ impl Relay {
                 }
             }
         }
-        let count = confirmed.len();
-        if count > 0 {
-            self.db
-                .call(move |c| {
-                    let tx = c.transaction()?;
-                    {
-                        let now = now_ms();
-                        let mut mark = tx.prepare_cached(
-                            "UPDATE outbox SET sent_ms = ?1 WHERE seq = ?2 AND sent_ms IS NULL",
-                        )?;
-                        for seq in confirmed {
-                            mark.execute(params![now, seq])?;
-                        }
-                    }
-                    tx.commit()
-                })
-                .await?;
-            metrics::counter!("shop_outbox_confirmed_total", "service" => self.service)
-                .increment(count as u64);
-        }
-        if failed > 0 {
-            metrics::counter!("shop_outbox_failed_total", "service" => self.service)
-                .increment(failed as u64);
-        }
-        Ok((count, failed))
+        (confirmed, failed)
     }
 }
 
+/// Takes a batch of unsent rows, oldest first, counting the attempt; `lock` is appended
+/// to the inner select (the claim on PostgreSQL).
+async fn claim(tx: &mut Session, lock: &str) -> DbResult<Vec<Row>> {
+    let sql = format!(
+        "UPDATE outbox SET attempts = attempts + 1 WHERE seq IN (
+             SELECT seq FROM outbox WHERE sent_ms IS NULL ORDER BY seq LIMIT $1{lock})
+         RETURNING seq, event_id, routing_key, payload, traceparent"
+    );
+    let mut rows = tx
+        .query(&sql, args![BATCH as i64])
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Row {
+                seq: r.int(0)?,
+                event_id: r.text(1)?,
+                routing_key: r.text(2)?,
+                payload: r.text(3)?,
+                traceparent: r.text(4)?,
+            })
+        })
+        .collect::<DbResult<Vec<_>>>()?;
+    rows.sort_by_key(|r| r.seq);
+    Ok(rows)
+}
+
+/// Marks the confirmed rows sent (the ids are integers from the table, written into the
+/// statement: one statement per batch, not one per row).
+async fn mark(tx: &mut Session, confirmed: Vec<i64>) -> DbResult<()> {
+    for chunk in confirmed.chunks(BATCH) {
+        let ids: Vec<String> = chunk.iter().map(i64::to_string).collect();
+        tx.execute(
+            &format!(
+                "UPDATE outbox SET sent_ms = $1 WHERE sent_ms IS NULL AND seq IN ({})",
+                ids.join(",")
+            ),
+            args![now_ms()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Rows not yet confirmed.
-pub fn pending(conn: &rusqlite::Connection) -> rusqlite::Result<i64> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL",
-        [],
-        |r| r.get(0),
-    )
+pub async fn pending(db: &Db) -> DbResult<i64> {
+    match db
+        .query_opt("SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL", &[])
+        .await?
+    {
+        Some(r) => r.int(0),
+        None => Ok(0),
+    }
 }

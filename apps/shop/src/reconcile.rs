@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::params;
 use tokio_util::sync::CancellationToken;
 
+use crate::args;
 use crate::breaker::CircuitBreaker;
 use crate::db::{Db, now_ms};
 use crate::events::OrderLine;
@@ -60,22 +60,16 @@ pub async fn pass(
     // An open breaker refuses at once below; after its open period the first call here
     // may be the probe that closes it.
     let pending = db
-        .call(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT k.order_id, k.lines, d.status FROM compensation_checks k
-                 JOIN decisions d ON d.order_id = k.order_id
-                 WHERE k.status = 'pending' ORDER BY k.created_ms LIMIT ?1",
-            )?;
-            stmt.query_map([BATCH], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .await?;
+        .query(
+            "SELECT k.order_id, k.lines, d.status FROM compensation_checks k
+             JOIN decisions d ON d.order_id = k.order_id
+             WHERE k.status = 'pending' ORDER BY k.created_ms LIMIT $1",
+            args![BATCH as i64],
+        )
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?)))
+        .collect::<crate::db::DbResult<Vec<_>>>()?;
     let mut resolved = 0;
     'checks: for (order_id, lines, status) in pending {
         let (verdict, detail) = match parse_lines(&lines) {
@@ -101,13 +95,11 @@ pub async fn pass(
         };
         let id = order_id.clone();
         let text = detail.clone();
-        db.call(move |c| {
-            c.execute(
-                "UPDATE compensation_checks SET status = ?1, detail = ?2, resolved_ms = ?3
-                 WHERE order_id = ?4 AND status = 'pending'",
-                params![verdict, text, now_ms(), id],
-            )
-        })
+        db.execute(
+            "UPDATE compensation_checks SET status = $1, detail = $2, resolved_ms = $3
+             WHERE order_id = $4 AND status = 'pending'",
+            args![verdict, text, now_ms(), id],
+        )
         .await?;
         resolved += 1;
         metrics::counter!("shop_compensation_checks_total", "result" => verdict).increment(1);
@@ -133,27 +125,28 @@ mod tests {
     use crate::breaker::BreakerConfig;
 
     async fn store(dir: &std::path::Path) -> Db {
-        let db = Db::open(&dir.join("inventory.db"), crate::inventory::SCHEMA).unwrap();
-        db.call(|c| {
-            for (order, lines) in [
-                ("o-good", r#"[{"sku":"lamp","qty":1}]"#),
-                ("o-garbled", "{not json"),
-                ("o-empty", "[]"),
-            ] {
-                c.execute(
-                    "INSERT INTO decisions (order_id, status, source, lines, traceparent, decided_ms)
-                     VALUES (?1, 'reserved', 'snapshot', ?2, '', 0)",
-                    params![order, lines],
-                )?;
-                c.execute(
-                    "INSERT INTO compensation_checks (order_id, lines, created_ms) VALUES (?1, ?2, 0)",
-                    params![order, lines],
-                )?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+        let db = Db::open_path(&dir.join("inventory.db"), crate::db::migrate::INVENTORY)
+            .await
+            .unwrap();
+        for (order, lines) in [
+            ("o-good", r#"[{"sku":"lamp","qty":1}]"#),
+            ("o-garbled", "{not json"),
+            ("o-empty", "[]"),
+        ] {
+            db.execute(
+                "INSERT INTO decisions (order_id, status, source, lines, traceparent, decided_ms)
+                 VALUES ($1, 'reserved', 'snapshot', $2, '', 0)",
+                args![order, lines],
+            )
+            .await
+            .unwrap();
+            db.execute(
+                "INSERT INTO compensation_checks (order_id, lines, created_ms) VALUES ($1, $2, 0)",
+                args![order, lines],
+            )
+            .await
+            .unwrap();
+        }
         db
     }
 
@@ -164,16 +157,16 @@ mod tests {
         let breaker = CircuitBreaker::new("test", BreakerConfig::default());
         let warehouse = Warehouse::new();
         assert_eq!(pass(&db, &breaker, &warehouse).await.unwrap(), 3);
-        let rows = db
-            .call(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT order_id, status, COALESCE(detail, '') FROM compensation_checks ORDER BY order_id",
-                )?;
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect::<rusqlite::Result<Vec<(String, String, String)>>>()
-            })
+        let rows: Vec<(String, String, String)> = db
+            .query(
+                "SELECT order_id, status, COALESCE(detail, '') FROM compensation_checks ORDER BY order_id",
+                &[],
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.text(0).unwrap(), r.text(1).unwrap(), r.text(2).unwrap()))
+            .collect();
         let status: Vec<(&str, &str)> = rows
             .iter()
             .map(|(o, s, _)| (o.as_str(), s.as_str()))

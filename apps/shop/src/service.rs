@@ -19,8 +19,13 @@ pub struct Common {
     /// Declare every queue (work, wait and dead-letter queues) as a quorum queue (use on
     /// a cluster); classic otherwise.
     pub quorum: bool,
-    /// Where the services' SQLite files live (`order.db`, `inventory.db`, `notify.db`).
+    /// Where the services' SQLite files live (`order.db`, `inventory.db`, `notify.db`)
+    /// when no database URL is given.
     pub data_dir: PathBuf,
+    /// The services' database (`--database-url`): a PostgreSQL URL or a SQLite path;
+    /// `{service}` in it stands for the service's name (`order`, `inventory`,
+    /// `notify`), so one URL serves several services. None: SQLite files in `data_dir`.
+    pub database_url: Option<String>,
 }
 
 impl Common {
@@ -30,6 +35,30 @@ impl Common {
             lepus::QueueType::Quorum
         } else {
             lepus::QueueType::Classic
+        }
+    }
+
+    /// Settings for a broker at `amqp_urls`, stores in SQLite files under `data_dir`.
+    pub fn new(amqp_urls: Vec<String>, names: Names, data_dir: PathBuf) -> Common {
+        Common {
+            amqp_urls,
+            names,
+            quorum: false,
+            data_dir,
+            database_url: None,
+        }
+    }
+
+    /// Where service `service` keeps its store (a URL or a SQLite path, see
+    /// [`crate::db::Location`]).
+    pub fn database(&self, service: &str) -> String {
+        match &self.database_url {
+            Some(url) => url.replace("{service}", service),
+            None => self
+                .data_dir
+                .join(format!("{service}.db"))
+                .display()
+                .to_string(),
         }
     }
 

@@ -40,6 +40,7 @@ async fn start() -> Running {
         names: Names::new(lepus_testkit::unique_name("shop")),
         quorum: false,
         data_dir: dir.path().to_path_buf(),
+        database_url: None,
     };
     let cancel = CancellationToken::new();
     let system = System::start(

@@ -79,6 +79,7 @@ async fn the_dashboard_shows_live_figures_in_chromium() {
                 names: names.clone(),
                 quorum: false,
                 data_dir: dir.path().join("data"),
+                database_url: None,
             },
             order_listen: common::any_port(),
             inventory_listen: common::any_port(),

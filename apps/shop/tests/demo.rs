@@ -55,6 +55,7 @@ async fn nothing_is_lost_through_broker_kill_connection_kill_and_stock_outage() 
                 names: Names::default(),
                 quorum: false,
                 data_dir: dir.path().to_path_buf(),
+                database_url: None,
             },
             order_listen: common::any_port(),
             inventory_listen: common::any_port(),

@@ -35,6 +35,7 @@ async fn orders_flow_through_all_three_services() {
         // Quorum queues (what a cluster uses) work on a single node too.
         quorum: true,
         data_dir: dir.path().to_path_buf(),
+        database_url: None,
     };
     let cancel = CancellationToken::new();
     let system = System::start(

@@ -31,6 +31,7 @@ async fn one_order_one_trace_across_services_and_logs() {
         names: Names::new(lepus_testkit::unique_name("shop")),
         quorum: false,
         data_dir: dir.path().join("data"),
+        database_url: None,
     };
     let cancel = CancellationToken::new();
     let system = System::start(

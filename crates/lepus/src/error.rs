@@ -161,6 +161,13 @@ impl Error {
 }
 
 impl Error {
+    /// A store's failure ([`ErrorKind::Storage`]): for stores kept outside lepus (an
+    /// [`IdempotencyStore`](crate::IdempotencyStore) in an application's own database)
+    /// to report a read or write that may succeed if tried again.
+    pub fn storage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Storage, message)
+    }
+
     /// A publish the engine refused before sending it: a body over the client's limit is
     /// [`ErrorKind::TooLarge`], anything else the engine's error as is.
     pub(crate) fn from_publish(err: lepus_amqp::Error) -> Self {

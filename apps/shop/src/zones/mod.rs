@@ -171,6 +171,8 @@ async fn start_parts(options: &ZoneOptions, common: &mut Common) -> anyhow::Resu
         .iter()
         .map(|s| (*s, pg.url_on(host.into(), s.name())))
         .collect();
+    // The report reads the same databases, from the root namespace.
+    common.database_url = Some(pg.url_on(host.into(), "{service}"));
     parts.pg = Some(pg);
     let result = async {
         let common_args = vec![
@@ -261,6 +263,7 @@ pub async fn run(options: ZoneOptions, cancel: CancellationToken) -> anyhow::Res
         names: Names::new(options.namespace.clone()),
         quorum: true,
         data_dir,
+        database_url: None,
     };
     let parts = start_parts(&options, &mut common).await?;
     let outcome = drive(&options, &common, &parts, &cancel).await;
