@@ -9,6 +9,12 @@ pub const INVENTORY_RESERVED: &str = "inventory.reserved";
 /// Routing key of a rejection.
 pub const INVENTORY_REJECTED: &str = "inventory.rejected";
 
+/// Routing key of a reservation decided from the cached stock snapshot, to be settled
+/// by the compensator (the compensation queue's binding).
+pub const INVENTORY_COMPENSATE: &str = "inventory.compensate";
+/// Routing key of an order cancelled because the recheck found too little stock.
+pub const INVENTORY_CANCELLED: &str = "inventory.cancelled";
+
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
@@ -33,12 +39,29 @@ pub struct OrderCreated {
     pub created_ms: i64,
 }
 
-/// `inventory.reserved` / `inventory.rejected`: published by the inventory service.
+/// `inventory.compensate`: a reservation made from the cached snapshot, for the
+/// compensator to take from the stock service once it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compensate {
+    /// The order's id.
+    pub order_id: String,
+    /// What was reserved.
+    pub lines: Vec<OrderLine>,
+    /// Who ordered.
+    pub customer: String,
+    /// Where to tell them if it is cancelled.
+    pub email: String,
+    /// When the order was accepted (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+/// `inventory.reserved` / `inventory.rejected` / `inventory.cancelled`: published by the
+/// inventory service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryDecision {
     /// The order's id.
     pub order_id: String,
-    /// `reserved` or `rejected`.
+    /// `reserved`, `rejected` or `cancelled` (after the recheck of a cached decision).
     pub status: String,
     /// Why, for a rejection.
     #[serde(default)]

@@ -27,7 +27,6 @@ pub mod notify;
 pub mod order;
 pub mod outbox;
 pub mod queues;
-pub mod reconcile;
 pub mod service;
 pub mod stock;
 pub mod system;

@@ -1,5 +1,7 @@
 //! The notification service: consumes `inventory.reserved` and `inventory.rejected` and
-//! "sends" the customer a message by writing it to its store, once per order.
+//! "sends" the customer a message by writing it to its store, once per order; and
+//! `inventory.cancelled` (a reservation from the cached stock the recheck could not
+//! cover), telling the customer once more, once per order.
 //!
 //! The simulated mail gateway fails now and then (transient: lepus retries in process,
 //! then through the delay tiers) and refuses addresses it cannot deliver to (permanent:
@@ -152,7 +154,7 @@ async fn handle(db: &Db, failure_rate: f64, msg: Incoming) -> Result<(), Handler
         ));
     }
     let kind = match event.status.as_str() {
-        "reserved" | "rejected" => event.status.clone(),
+        "reserved" | "rejected" | "cancelled" => event.status.clone(),
         other => return Err(HandlerError::permanent(format!("unknown status {other:?}"))),
     };
     if !deliverable(&event.email) {
@@ -169,6 +171,12 @@ async fn handle(db: &Db, failure_rate: f64, msg: Incoming) -> Result<(), Handler
             "Dear {}, your order {} is confirmed.",
             event.customer, event.order_id
         ),
+        "cancelled" => format!(
+            "Dear {}, sorry: your order {} had to be cancelled after all ({}); nothing will be charged.",
+            event.customer,
+            event.order_id,
+            event.reason.as_deref().unwrap_or("no stock")
+        ),
         _ => format!(
             "Dear {}, sorry: your order {} could not be filled ({}).",
             event.customer,
@@ -183,14 +191,22 @@ async fn handle(db: &Db, failure_rate: f64, msg: Incoming) -> Result<(), Handler
     let sent_ms = now_ms();
     let inserted = async {
         let mut tx = db.begin().await?;
-        let n = tx
-            .execute(
+        let n = if kind_db == "cancelled" {
+            // A second message to a customer told "confirmed" before: its own table.
+            tx.execute(
+                "INSERT INTO cancellations (order_id, email, message, sent_ms, traceparent)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING",
+                args![order_id.as_str(), email, message, sent_ms, header],
+            )
+            .await?
+        } else {
+            tx.execute(
                 "INSERT INTO notifications
                  (order_id, kind, email, message, order_created_ms, sent_ms, traceparent)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
                 args![
                     order_id.as_str(),
-                    kind_db,
+                    kind_db.as_str(),
                     email,
                     message,
                     created_ms,
@@ -198,9 +214,12 @@ async fn handle(db: &Db, failure_rate: f64, msg: Incoming) -> Result<(), Handler
                     header
                 ],
             )
-            .await?;
+            .await?
+        };
         if n == 0 {
             tx.bump("duplicates").await?;
+        } else if kind_db == "cancelled" {
+            tx.log_effect(&order_id, "customer-told-cancelled").await?;
         } else {
             tx.log_effect(&order_id, "customer-notified").await?;
         }

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use lepus::{Exchange, Queue, QueueType, RetryPolicy, Topology};
 
-use crate::events::{INVENTORY_REJECTED, INVENTORY_RESERVED, ORDER_CREATED};
+use crate::events::{
+    INVENTORY_CANCELLED, INVENTORY_COMPENSATE, INVENTORY_REJECTED, INVENTORY_RESERVED,
+    ORDER_CREATED,
+};
 
 /// Names of the exchange and queues, under a namespace (default `shop`), so two systems
 /// (or two tests) can share a broker.
@@ -54,13 +57,26 @@ impl Names {
         format!("{}.notify.inventory-events", self.namespace)
     }
 
+    /// The compensation queue: reservations made from the cached stock snapshot, until
+    /// the stock service confirms or refuses them.
+    pub fn compensation_queue(&self) -> String {
+        format!("{}.inventory.compensation", self.namespace)
+    }
+
     /// Every queue the system declares: work queues, wait queues, dead-letter queues.
     pub fn all_queues(&self) -> Vec<String> {
-        let policy = retry_policy();
         let mut queues = Vec::new();
-        for work in [self.inventory_queue(), self.notify_queue()] {
+        for (work, policy, tiers) in [
+            (self.inventory_queue(), retry_policy(), RETRY_DELAYS.len()),
+            (self.notify_queue(), retry_policy(), RETRY_DELAYS.len()),
+            (
+                self.compensation_queue(),
+                compensation_policy(),
+                COMPENSATION_DELAYS.len(),
+            ),
+        ] {
             queues.push(work.clone());
-            for tier in 0..RETRY_DELAYS.len() {
+            for tier in 0..tiers {
                 queues.push(policy.wait_queue(&work, tier));
             }
             queues.push(policy.dlq(&work));
@@ -84,9 +100,26 @@ pub fn retry_policy() -> RetryPolicy {
     RetryPolicy::default().immediate(2).delays(RETRY_DELAYS)
 }
 
-/// The wait and dead-letter queues of `queue`, of `queue_type`.
-fn retry_topology(queue: &str, queue_type: QueueType) -> Topology {
-    retry_policy()
+/// The delay tiers of the compensation queue: the stock service may be out for a while,
+/// and a compensation must outlast that (about two minutes in all) before an operator
+/// has to look at it in the dead-letter queue.
+pub const COMPENSATION_DELAYS: [Duration; 4] = [
+    Duration::from_secs(2),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+];
+
+/// The compensator's retry policy: one immediate retry, then [`COMPENSATION_DELAYS`].
+pub fn compensation_policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .immediate(1)
+        .delays(COMPENSATION_DELAYS)
+}
+
+/// The wait and dead-letter queues of `queue` under `policy`, of `queue_type`.
+fn retry_topology(policy: RetryPolicy, queue: &str, queue_type: QueueType) -> Topology {
+    policy
         .quorum(queue_type == QueueType::Quorum)
         .topology(queue)
 }
@@ -113,11 +146,19 @@ pub fn order_topology(names: &Names) -> Topology {
 /// `queue_type`.
 pub fn inventory_topology(names: &Names, queue_type: QueueType) -> Topology {
     let queue = names.inventory_queue();
+    let compensation = names.compensation_queue();
     Topology::new()
         .exchange(Exchange::topic(names.exchange()))
         .queue(work_queue(&queue, queue_type))
         .bind(&queue, names.exchange(), ORDER_CREATED)
-        .merge(retry_topology(&queue, queue_type))
+        .merge(retry_topology(retry_policy(), &queue, queue_type))
+        .queue(work_queue(&compensation, queue_type))
+        .bind(&compensation, names.exchange(), INVENTORY_COMPENSATE)
+        .merge(retry_topology(
+            compensation_policy(),
+            &compensation,
+            queue_type,
+        ))
 }
 
 /// What the notification service declares: its work queue, wait queues and DLQ, all of
@@ -129,7 +170,8 @@ pub fn notify_topology(names: &Names, queue_type: QueueType) -> Topology {
         .queue(work_queue(&queue, queue_type))
         .bind(&queue, names.exchange(), INVENTORY_RESERVED)
         .bind(&queue, names.exchange(), INVENTORY_REJECTED)
-        .merge(retry_topology(&queue, queue_type))
+        .bind(&queue, names.exchange(), INVENTORY_CANCELLED)
+        .merge(retry_topology(retry_policy(), &queue, queue_type))
 }
 
 #[cfg(test)]
@@ -140,7 +182,7 @@ mod tests {
     fn every_queue_is_listed_once() {
         let names = Names::new("t");
         let all = names.all_queues();
-        assert_eq!(all.len(), 8);
+        assert_eq!(all.len(), 14);
         assert!(all.contains(&"t.inventory.order-created.retry.2".to_string()));
         assert!(all.contains(&"t.notify.inventory-events.dlq".to_string()));
         let declared: Vec<String> = inventory_topology(&names, QueueType::Classic)

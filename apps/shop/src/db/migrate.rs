@@ -66,12 +66,19 @@ pub const INVENTORY: &[Migration] = &[
         "stock, decisions, snapshot, checks, outbox"
     ),
     migration!("inventory", 2, "0002_handled", "shared dedupe store"),
+    migration!(
+        "inventory",
+        3,
+        "0003_compensation",
+        "the stock service's stock"
+    ),
 ];
 
 /// The notification service's migrations.
 pub const NOTIFY: &[Migration] = &[
     migration!("notify", 1, "0001_init", "notifications, dead letters"),
     migration!("notify", 2, "0002_handled", "shared dedupe store"),
+    migration!("notify", 3, "0003_cancellations", "cancellation notices"),
 ];
 
 /// A lock id of the shop's migrations (any constant; one per database).

@@ -122,6 +122,16 @@ impl Db {
     /// Opens the store at `url` (see [`Location::parse`]) and applies `migrations` not
     /// yet applied.
     pub async fn open(url: &str, migrations: &[Migration]) -> anyhow::Result<Db> {
+        let db = Db::connect(url)?;
+        migrate::apply(&db, migrations)
+            .await
+            .with_context(|| format!("migrating {}", db.name))?;
+        Ok(db)
+    }
+
+    /// Opens the store at `url` as it is, without migrating (readers: reports,
+    /// dashboards). PostgreSQL connections are made when first needed.
+    pub fn connect(url: &str) -> anyhow::Result<Db> {
         let location = Location::parse(url);
         let (backend, name) = match &location {
             Location::Sqlite(path) => (
@@ -134,14 +144,10 @@ impl Db {
                 (Backend::Postgres(Box::new(pool)), name)
             }
         };
-        let db = Db {
+        Ok(Db {
             backend: std::sync::Arc::new(backend),
             name,
-        };
-        migrate::apply(&db, migrations)
-            .await
-            .with_context(|| format!("migrating {}", db.name))?;
-        Ok(db)
+        })
     }
 
     /// Opens the SQLite file at `path` (the single-instance default).

@@ -167,7 +167,9 @@ impl Lease {
         if let Ok(conn) = self.conn() {
             if upper.starts_with("BEGIN") {
                 conn.in_tx = result.is_ok();
-            } else if upper.starts_with("COMMIT") || upper.starts_with("ROLLBACK") {
+            } else if upper.starts_with("COMMIT")
+                || (upper.starts_with("ROLLBACK") && !upper.starts_with("ROLLBACK TO"))
+            {
                 conn.in_tx = false;
             }
         }

@@ -254,9 +254,7 @@ async fn sample(sources: Sources, shared: Shared, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let common = sources.common.clone();
-        let stores = tokio::task::spawn_blocking(move || read_stores(&common)).await;
-        if let Ok(Ok(s)) = stores {
+        if let Ok(s) = read_stores(&sources.common).await {
             totals = totals_of(&s);
         }
         let now = Instant::now();

@@ -75,10 +75,7 @@ fn wipe_stores(common: &Common) -> anyhow::Result<()> {
 }
 
 async fn read_stores(common: &Common) -> anyhow::Result<StoreState> {
-    let common = common.clone();
-    tokio::task::spawn_blocking(move || report::read_stores(&common))
-        .await
-        .context("store reader failed")?
+    report::read_stores(common).await
 }
 
 /// The stores, and what the dead-letter queues hold (read through `client`, every

@@ -3,12 +3,10 @@
 //! (lost).
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Db, counter};
+use crate::db::{Db, DbResult, Location};
 use crate::service::Common;
 
 /// The report; its JSON form is the demo's last line.
@@ -40,6 +38,11 @@ pub struct Report {
     pub connection_kills: u64,
     /// Times the stock-check breaker tripped open (inventory store).
     pub breaker_trips: u64,
+    /// Reservations from the cached snapshot settled by taking the stock for real.
+    pub compensated: u64,
+    /// Reservations from the cached snapshot cancelled because the stock service could
+    /// not cover them (the customer was told).
+    pub cancelled_after_recheck: u64,
     /// Median time from order accepted to customer notified.
     pub latency_p50_ms: u64,
     /// 99th percentile of the same.
@@ -75,10 +78,17 @@ pub struct StoreState {
     pub unresolved: Vec<String>,
     /// Compensation checks waiting for the stock service.
     pub compensation_pending: u64,
-    /// Compensation checks that confirmed the decision.
-    pub compensation_verified: u64,
-    /// Compensation checks that found the reservation not covered.
-    pub compensation_mismatch: u64,
+    /// Reservations from the cached snapshot whose units the compensator took from the
+    /// stock service.
+    pub compensated: u64,
+    /// Reservations from the cached snapshot the stock service could not cover: the
+    /// order was cancelled (compensation checks).
+    pub cancelled_after_recheck: u64,
+    /// Decisions cancelled (must equal `cancelled_after_recheck`).
+    pub cancelled_decisions: u64,
+    /// Customers told of a cancellation (must equal `cancelled_after_recheck` once
+    /// drained).
+    pub cancellation_notices: u64,
     /// Compensation checks that could not be evaluated (a person must look).
     pub compensation_errors: u64,
     /// Side effects logged more than once for the same order, as
@@ -94,105 +104,143 @@ pub struct StoreState {
     pub latencies_ms: Vec<u64>,
 }
 
-fn count(c: &Connection, sql: &str) -> rusqlite::Result<u64> {
-    c.query_row(sql, [], |r| r.get::<_, i64>(0))
-        .map(|n| u64::try_from(n).unwrap_or(0))
+async fn count(db: &Db, sql: &str) -> DbResult<u64> {
+    match db.query_opt(sql, &[]).await? {
+        Some(r) => Ok(u64::try_from(r.int(0)?).unwrap_or(0)),
+        None => Ok(0),
+    }
 }
 
-fn ids(c: &Connection, sql: &str) -> rusqlite::Result<HashSet<String>> {
-    let mut stmt = c.prepare(sql)?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    rows.collect()
+async fn texts(db: &Db, sql: &str) -> DbResult<Vec<String>> {
+    db.query(sql, &[])
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect()
 }
 
-fn open(path: &Path) -> anyhow::Result<Connection> {
-    Db::open_read_only(path)
+async fn ids(db: &Db, sql: &str) -> DbResult<HashSet<String>> {
+    Ok(texts(db, sql).await?.into_iter().collect())
 }
 
-/// Reads the three stores (read-only; the services may be running).
-pub fn read_stores(common: &Common) -> anyhow::Result<StoreState> {
-    let order = open(&common.order_db())?;
-    let inventory = open(&common.inventory_db())?;
-    let notify = open(&common.notify_db())?;
+/// The three stores, as the services' `--database-url` names them (SQLite files or
+/// PostgreSQL databases). Opened without migrating: a store not made yet is an error.
+pub async fn open_stores(common: &Common) -> anyhow::Result<[Db; 3]> {
+    let mut out = Vec::with_capacity(3);
+    for service in ["order", "inventory", "notify"] {
+        let url = common.database(service);
+        if let Location::Sqlite(path) = Location::parse(&url)
+            && !path.exists()
+        {
+            anyhow::bail!("no store at {}", path.display());
+        }
+        out.push(Db::connect(&url)?);
+    }
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("three stores expected"))
+}
+
+/// Reads the three stores (the services may be running).
+pub async fn read_stores(common: &Common) -> anyhow::Result<StoreState> {
+    let [order, inventory, notify] = open_stores(common).await?;
+    Ok(read(&order, &inventory, &notify).await?)
+}
+
+/// Reads the three stores given.
+pub async fn read(order: &Db, inventory: &Db, notify: &Db) -> DbResult<StoreState> {
     let mut s = StoreState {
-        accepted: count(&order, "SELECT COUNT(*) FROM orders")?,
+        accepted: count(order, "SELECT COUNT(*) FROM orders").await?,
         ..StoreState::default()
     };
-    for c in [&order, &inventory] {
-        s.published += count(c, "SELECT COALESCE(SUM(attempts), 0) FROM outbox")?;
-        s.confirmed += count(c, "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NOT NULL")?;
-        s.outbox_pending += count(c, "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL")?;
+    for c in [order, inventory] {
+        s.published += count(
+            c,
+            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM outbox",
+        )
+        .await?;
+        s.confirmed += count(c, "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NOT NULL").await?;
+        s.outbox_pending += count(c, "SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL").await?;
     }
     s.reserved = count(
-        &inventory,
+        inventory,
         "SELECT COUNT(*) FROM decisions WHERE status = 'reserved'",
-    )?;
+    )
+    .await?;
     s.rejected = count(
-        &inventory,
+        inventory,
         "SELECT COUNT(*) FROM decisions WHERE status = 'rejected'",
-    )?;
+    )
+    .await?;
+    s.cancelled_decisions = count(
+        inventory,
+        "SELECT COUNT(*) FROM decisions WHERE status = 'cancelled'",
+    )
+    .await?;
     s.decided_from_cache = count(
-        &inventory,
+        inventory,
         "SELECT COUNT(*) FROM decisions WHERE source = 'cache'",
-    )?;
-    s.notified = count(&notify, "SELECT COUNT(*) FROM notifications")?;
-    s.store_duplicates =
-        u64::try_from(counter(&inventory, "duplicates")? + counter(&notify, "duplicates")?)
-            .unwrap_or(0);
-    s.compensation_pending = count(
-        &inventory,
-        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'pending'",
-    )?;
-    s.compensation_verified = count(
-        &inventory,
-        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'verified'",
-    )?;
-    s.compensation_mismatch = count(
-        &inventory,
-        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'mismatch'",
-    )?;
-    s.compensation_errors = count(
-        &inventory,
-        "SELECT COUNT(*) FROM compensation_checks WHERE status = 'error'",
-    )?;
-    for (service, c) in [("inventory", &inventory), ("notify", &notify)] {
-        let mut stmt = c.prepare(
-            "SELECT order_id || ': ' || effect || ' x' || COUNT(*) FROM effects
+    )
+    .await?;
+    s.notified = count(notify, "SELECT COUNT(*) FROM notifications").await?;
+    s.cancellation_notices = count(notify, "SELECT COUNT(*) FROM cancellations").await?;
+    let mut duplicates = 0;
+    for c in [inventory, notify] {
+        duplicates += c.session().await?.counter("duplicates").await?;
+    }
+    s.store_duplicates = u64::try_from(duplicates).unwrap_or(0);
+    for (field, status) in [
+        (&mut s.compensation_pending, "pending"),
+        (&mut s.compensated, "compensated"),
+        (&mut s.cancelled_after_recheck, "cancelled"),
+        (&mut s.compensation_errors, "error"),
+    ] {
+        *field = count(
+            inventory,
+            &format!("SELECT COUNT(*) FROM compensation_checks WHERE status = '{status}'"),
+        )
+        .await?;
+    }
+    for (service, c) in [("inventory", inventory), ("notify", notify)] {
+        for row in texts(
+            c,
+            "SELECT order_id || ': ' || effect || ' x' || CAST(COUNT(*) AS TEXT) FROM effects
              GROUP BY order_id, effect HAVING COUNT(*) > 1 ORDER BY order_id",
-        )?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        for row in rows {
-            s.repeated_effects.push(format!("{service}: {}", row?));
+        )
+        .await?
+        {
+            s.repeated_effects.push(format!("{service}: {row}"));
         }
     }
     s.orders_with_decision_effect = count(
-        &inventory,
+        inventory,
         "SELECT COUNT(DISTINCT order_id) FROM effects WHERE effect IN ('stock-reserved', 'rejected')",
-    )?;
+    )
+    .await?;
     s.orders_with_notify_effect = count(
-        &notify,
+        notify,
         "SELECT COUNT(DISTINCT order_id) FROM effects WHERE effect = 'customer-notified'",
-    )?;
+    )
+    .await?;
     s.breaker_trips = count(
-        &inventory,
+        inventory,
         "SELECT COUNT(*) FROM breaker_events WHERE kind = 'trip'",
-    )?;
+    )
+    .await?;
 
     // Final states: a notification here; a dead letter is the other one, and the
     // dead-letter queues say which ([`StoreState::apply_dead_letters`]).
-    let accepted = ids(&order, "SELECT id FROM orders")?;
-    let done = ids(&notify, "SELECT order_id FROM notifications")?;
+    let accepted = ids(order, "SELECT id FROM orders").await?;
+    let done = ids(notify, "SELECT order_id FROM notifications").await?;
     let mut unresolved: Vec<String> = accepted.difference(&done).cloned().collect();
     unresolved.sort();
     s.unresolved = unresolved;
 
-    let mut stmt = notify.prepare("SELECT sent_ms - order_created_ms FROM notifications")?;
-    let mut latencies: Vec<u64> = stmt
-        .query_map([], |r| r.get::<_, i64>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?
-        .into_iter()
-        .map(|ms| u64::try_from(ms).unwrap_or(0))
-        .collect();
+    let mut latencies: Vec<u64> = notify
+        .query("SELECT sent_ms - order_created_ms FROM notifications", &[])
+        .await?
+        .iter()
+        .map(|r| r.int(0).map(|ms| u64::try_from(ms).unwrap_or(0)))
+        .collect::<DbResult<_>>()?;
     latencies.sort_unstable();
     s.latencies_ms = latencies;
     Ok(s)
@@ -239,6 +287,8 @@ impl StoreState {
             broker_restarts,
             connection_kills,
             breaker_trips: self.breaker_trips,
+            compensated: self.compensated,
+            cancelled_after_recheck: self.cancelled_after_recheck,
             latency_p50_ms: percentile(&self.latencies_ms, 50.0),
             latency_p99_ms: percentile(&self.latencies_ms, 99.0),
         }
@@ -262,10 +312,10 @@ pub fn render(report: &Report, state: &StoreState) -> String {
     line(
         "decided from the cached snapshot",
         format!(
-            "{} (re-verified {}, mismatches {}, pending {})",
+            "{} (compensated {}, cancelled after recheck {}, pending {})",
             state.decided_from_cache,
-            state.compensation_verified,
-            state.compensation_mismatch,
+            state.compensated,
+            state.cancelled_after_recheck,
             state.compensation_pending
         ),
     );

@@ -1,5 +1,5 @@
-//! The inventory service's admin API (the stock service's mode, the breaker's state) and
-//! the breaker's history in the store.
+//! The inventory service's admin API (the stock service's mode and stock, the breaker's
+//! state) and the breaker's history in the store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,4 +94,32 @@ pub(super) async fn set_stock_mode(
 pub(super) async fn get_breaker(State(ctx): State<Arc<Ctx>>) -> Json<serde_json::Value> {
     let s = ctx.breaker.status();
     Json(serde_json::json!({ "state": s.state.as_str(), "trips": s.trips, "reopens": s.reopens }))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct WarehouseStockRequest {
+    sku: String,
+    on_hand: i64,
+}
+
+/// `POST /admin/warehouse {"sku": ..., "on_hand": n}`: the stock service's stock of an
+/// article changes behind the inventory's back (what makes a cached snapshot wrong).
+pub(super) async fn set_warehouse_stock(
+    State(ctx): State<Arc<Ctx>>,
+    body: Result<Json<WarehouseStockRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    let Json(req) = body.map_err(|e| (StatusCode::BAD_REQUEST, e.body_text()))?;
+    if req.sku.is_empty() || req.sku.len() > 64 || !(0..=1_000_000).contains(&req.on_hand) {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "sku must have 1 to 64 bytes and on_hand be in 0..=1000000".into(),
+        ));
+    }
+    ctx.warehouse
+        .set_on_hand(&req.sku, req.on_hand)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(
+        serde_json::json!({ "sku": req.sku, "on_hand": req.on_hand }),
+    ))
 }

@@ -16,10 +16,11 @@ use crate::args;
 use crate::breaker::CallError;
 use crate::db::{DbError, DbResult, Session, now_ms};
 use crate::events::{
-    INVENTORY_REJECTED, INVENTORY_RESERVED, InventoryDecision, OrderCreated, check_lines,
+    Compensate, INVENTORY_COMPENSATE, INVENTORY_REJECTED, INVENTORY_RESERVED, InventoryDecision,
+    OrderCreated, check_lines,
 };
-use crate::outbox;
 use crate::trace::TraceContext;
+use crate::{outbox, stock};
 
 /// How a decision came about.
 #[derive(Debug)]
@@ -168,6 +169,23 @@ async fn shortage(
     Ok(None)
 }
 
+/// Takes every line from the warehouse, or none (a savepoint undoes the lines taken
+/// before the one it lacks): why not, if not.
+pub(super) async fn take_all(
+    tx: &mut Session,
+    wanted: &BTreeMap<String, i64>,
+) -> DbResult<Option<String>> {
+    tx.batch("SAVEPOINT take").await?;
+    for (sku, qty) in wanted {
+        if !stock::take(tx, sku, *qty).await? {
+            tx.batch("ROLLBACK TO SAVEPOINT take").await?;
+            return Ok(Some(format!("the warehouse has fewer than {qty} of {sku}")));
+        }
+    }
+    tx.batch("RELEASE SAVEPOINT take").await?;
+    Ok(None)
+}
+
 async fn decide(
     ctx: &Ctx,
     event: &OrderCreated,
@@ -195,7 +213,13 @@ async fn decide(
         tx.commit().await?;
         return Ok(Decided::Duplicate);
     }
-    let reason = shortage(&mut tx, for_update, wanted, on_hand).await?;
+    let mut reason = shortage(&mut tx, for_update, wanted, on_hand).await?;
+    if reason.is_none() && source == "live" {
+        // The stock service answered for every article: take the units from it now, with
+        // the decision. It may have fewer than it said a moment ago (another replica took
+        // them): then none is taken and the order is rejected.
+        reason = take_all(&mut tx, wanted).await?;
+    }
     let status = if reason.is_none() {
         for (sku, qty) in wanted {
             tx.execute(
@@ -226,13 +250,24 @@ async fn decide(
         ],
     )
     .await?;
-    if source == "cache" {
+    if source == "cache" && status == "reserved" {
+        // Reserved on the word of the cached snapshot: the compensator takes the units
+        // from the stock service once it answers, or cancels the order.
         tx.execute(
             "INSERT INTO compensation_checks (order_id, lines, created_ms) VALUES ($1, $2, $3)
              ON CONFLICT (order_id) DO NOTHING",
             args![event.order_id.as_str(), lines.as_str(), now],
         )
         .await?;
+        let compensate = Compensate {
+            order_id: event.order_id.clone(),
+            lines: event.lines.clone(),
+            customer: event.customer.clone(),
+            email: event.email.clone(),
+            created_ms: event.created_ms,
+        };
+        let payload = serde_json::to_string(&compensate).map_err(json)?;
+        outbox::insert(&mut tx, INVENTORY_COMPENSATE, &payload, &trace.header()).await?;
     }
     for (sku, n) in live {
         tx.execute(

@@ -5,14 +5,22 @@
 //!   in one transaction keyed by the order id, so a redelivered event finds the decision
 //!   and changes nothing (lepus's idempotency store skips most redeliveries earlier; the
 //!   database is what makes it exact).
-//! - The stock-check dependency is called under a timeout and a circuit breaker. When the
-//!   call fails or the breaker is open, the decision uses the last answer cached for that
-//!   article and records a compensation check; a reconciler re-verifies those once the
-//!   dependency answers again. An article never seen before cannot be decided from cache:
-//!   that order is retried through lepus's tiers.
+//! - The stock-check dependency is called under a timeout and a circuit breaker. A live
+//!   reservation takes the units from it with the decision. When the call fails or the
+//!   breaker is open, the decision uses the last answer cached for that article, and a
+//!   reservation so made goes to the compensation queue, where the [`compensate`]or
+//!   takes the units for real once the dependency answers again, or cancels the order.
+//!   An article never seen before cannot be decided from cache: that order is retried
+//!   through lepus's tiers.
+//! - Replicas share the store (PostgreSQL): decisions, compensations and handled message
+//!   ids are keyed in it, never in a process's memory.
+//!
+//! The seams: [`decide`] (an order's decision), [`compensate`] (settling cached
+//! decisions), `admin` (the admin API and the breaker's history).
 
 mod admin;
-mod decide;
+pub mod compensate;
+pub mod decide;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use lepus::observability::{self, Health};
 use lepus::{Client, Consumer, ConsumerStats, Incoming, Role};
 use tokio::sync::Notify;
@@ -88,7 +96,7 @@ impl InventoryService {
         )?;
         let relay = Relay::new(db.clone(), &client, common.names.exchange(), "inventory");
         let breaker = Arc::new(CircuitBreaker::new("stock", options.breaker));
-        let warehouse = Arc::new(Warehouse::new());
+        let warehouse = Arc::new(Warehouse::open(db.clone()).await?);
         let ctx = Arc::new(Ctx {
             db: db.clone(),
             breaker: Arc::clone(&breaker),
@@ -125,12 +133,31 @@ impl InventoryService {
                 }
             }));
         }
-        tasks.push(tokio::spawn(crate::reconcile::run(
-            db.clone(),
-            Arc::clone(&breaker),
-            Arc::clone(&warehouse),
-            cancel.clone(),
-        )));
+        let compensation_queue = common.names.compensation_queue();
+        let compensator = Consumer::builder(&client, &compensation_queue)
+            .name("inventory-compensator")
+            .prefetch(16)
+            .concurrency(4)
+            .handler_timeout(Duration::from_secs(20))
+            .retry(crate::topology::compensation_policy())
+            // Declared with the service's topology, of its queue type.
+            .declare_retry_queues(false)
+            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
+            .build()?;
+        health.watch_consumer(&compensator);
+        {
+            let ctx = Arc::clone(&ctx);
+            let token = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                let handler = move |msg: Incoming| {
+                    let ctx = Arc::clone(&ctx);
+                    async move { compensate::handle(&ctx, msg).await }
+                };
+                if let Err(e) = compensator.run(handler, token).await {
+                    tracing::error!(service = "inventory", error = %e, "compensator stopped");
+                }
+            }));
+        }
         tasks.push(tokio::spawn(admin::record_breaker(
             db.clone(),
             breaker.subscribe(),
@@ -154,6 +181,7 @@ impl InventoryService {
                 get(admin::get_stock_mode).post(admin::set_stock_mode),
             )
             .route("/admin/breaker", get(admin::get_breaker))
+            .route("/admin/warehouse", post(admin::set_warehouse_stock))
             .with_state(Arc::clone(&ctx))
             .merge(observability::router(
                 Some(metrics_handle()),

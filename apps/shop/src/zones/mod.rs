@@ -425,8 +425,6 @@ async fn drive(
         attempted,
         availability: report::availability(accepted_requests, attempted),
         accept_p99_ms: report::p99_outside(&samples, &log.windows),
-        compensated: state.compensation_verified + state.compensation_mismatch,
-        cancelled_after_recheck: state.compensation_mismatch,
         zone_cuts: log.zone_cuts,
         node_kills: log.node_kills,
         replica_kills: log.replica_kills,

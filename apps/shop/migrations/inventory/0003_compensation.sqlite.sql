@@ -1,0 +1,7 @@
+-- Compensation for real: the stock service's stock (simulated, kept here so that every
+-- replica sees the same), from which live reservations and the compensator take.
+CREATE TABLE IF NOT EXISTS warehouse_stock (
+    sku     TEXT PRIMARY KEY,
+    on_hand INTEGER NOT NULL CHECK (on_hand >= 0)
+);
+CREATE INDEX IF NOT EXISTS compensation_checks_status ON compensation_checks (status);
