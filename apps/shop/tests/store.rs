@@ -35,9 +35,11 @@ async fn one_store_api_and_versioned_migrations_on_sqlite_and_postgres() {
         dir.path().join("inventory.db").display().to_string(),
         pg.url("inventory"),
     ];
+    let versions: Vec<i64> = migrate::INVENTORY.iter().map(|m| m.version).collect();
+    assert_eq!(versions, [1, 2, 3]);
     for url in &urls {
         let db = Db::open(url, migrate::INVENTORY).await.unwrap();
-        assert_eq!(migrate::applied(&db).await.unwrap(), [1, 2], "{url}");
+        assert_eq!(migrate::applied(&db).await.unwrap(), versions, "{url}");
         db.execute(
             "INSERT INTO decisions (order_id, status, reason, source, lines, traceparent, decided_ms)
              VALUES ($1, 'reserved', $2, 'live', '[]', '', $3)",
@@ -57,7 +59,7 @@ async fn one_store_api_and_versioned_migrations_on_sqlite_and_postgres() {
         // Opening again applies nothing twice.
         drop(db);
         let db = Db::open(url, migrate::INVENTORY).await.unwrap();
-        assert_eq!(migrate::applied(&db).await.unwrap(), [1, 2], "{url}");
+        assert_eq!(migrate::applied(&db).await.unwrap(), versions, "{url}");
         let row = db
             .query_opt(
                 "SELECT order_id, reason, decided_ms FROM decisions WHERE order_id = $1",

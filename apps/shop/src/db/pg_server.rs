@@ -142,9 +142,7 @@ impl PgServer {
         server.init()?;
         server.launch(listen)?;
         server.stopped = false;
-        for db in databases {
-            server.create_database(db)?;
-        }
+        server.create_databases(databases)?;
         Ok(server)
     }
 
@@ -238,9 +236,10 @@ impl PgServer {
         Ok(())
     }
 
-    /// Runs one statement through psql on the local socket as `postgres`; returns its
-    /// unaligned output.
-    fn psql(&self, sql: &str) -> anyhow::Result<String> {
+    /// Runs statements through psql on the local socket as `postgres`, each on its own
+    /// (not one transaction: `CREATE DATABASE` refuses to run in one); returns the rows
+    /// they print, unaligned.
+    fn psql(&self, statements: &[String]) -> anyhow::Result<String> {
         let mut psql = self.command("psql");
         psql.arg("-h")
             .arg(self.socket_dir())
@@ -252,27 +251,37 @@ impl PgServer {
                 "-d",
                 "postgres",
             ])
-            .args(["-v", "ON_ERROR_STOP=1", "-tA", "-c", sql]);
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-tA"]);
+        for sql in statements {
+            psql.args(["-c", sql]);
+        }
         let out = run(psql, &self.dir.join("psql.log"), SQL_TIMEOUT, "psql")?;
         Ok(out.trim().to_string())
     }
 
-    fn create_database(&self, name: &str) -> anyhow::Result<()> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            bail!("database name {name:?}: letters, digits and _ only");
+    /// The `shop` role (once) and `databases` (those missing), in two psql runs.
+    fn create_databases(&self, databases: &[&str]) -> anyhow::Result<()> {
+        for name in databases {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                bail!("database name {name:?}: letters, digits and _ only");
+            }
         }
-        let role = self.psql(&format!("SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'"))?;
-        if role.is_empty() {
-            self.psql(&format!(
-                "CREATE ROLE {ROLE} LOGIN PASSWORD '{}'",
+        let existing = self.psql(&[
+            format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') \
+                 THEN CREATE ROLE {ROLE} LOGIN PASSWORD '{}'; END IF; END $$",
                 self.password
-            ))?;
-        }
-        let exists = self.psql(&format!(
-            "SELECT 1 FROM pg_database WHERE datname = '{name}'"
-        ))?;
-        if exists.is_empty() {
-            self.psql(&format!("CREATE DATABASE \"{name}\" OWNER {ROLE}"))?;
+            ),
+            "SELECT datname FROM pg_database".to_string(),
+        ])?;
+        let existing: Vec<&str> = existing.lines().map(str::trim).collect();
+        let create: Vec<String> = databases
+            .iter()
+            .filter(|name| !existing.contains(name))
+            .map(|name| format!("CREATE DATABASE \"{name}\" OWNER {ROLE}"))
+            .collect();
+        if !create.is_empty() {
+            self.psql(&create)?;
         }
         Ok(())
     }

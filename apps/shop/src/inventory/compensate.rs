@@ -22,6 +22,7 @@ use lepus::{HandlerError, Incoming};
 use super::Ctx;
 use super::decide::take_all;
 use crate::args;
+use crate::breaker::CallError;
 use crate::db::{DbError, DbResult, now_ms};
 use crate::events::{Compensate, INVENTORY_CANCELLED, InventoryDecision, check_lines};
 use crate::outbox;
@@ -70,8 +71,7 @@ pub(super) async fn handle(ctx: &Ctx, msg: Incoming) -> Result<(), HandlerError>
     }
     // The stock service must answer (under the breaker) before anything is taken.
     for sku in wanted.keys() {
-        ctx.breaker
-            .call(ctx.warehouse.on_hand(sku))
+        ask(ctx, sku)
             .await
             .map_err(|e| transient(format!("stock service still not answering: {e}")))?;
     }
@@ -96,6 +96,23 @@ pub(super) async fn handle(ctx: &Ctx, msg: Incoming) -> Result<(), HandlerError>
         }
     }
     Ok(())
+}
+
+/// Asks the stock service about `sku`. An open breaker refuses at once, and its open
+/// period is short: it is waited out once here rather than sending the message around
+/// the delay tiers (seconds to a minute) for it.
+async fn ask(ctx: &Ctx, sku: &str) -> Result<i64, String> {
+    let mut waited = false;
+    loop {
+        match ctx.breaker.call(ctx.warehouse.on_hand(sku)).await {
+            Ok(n) => return Ok(n),
+            Err(CallError::Open) if !waited => {
+                waited = true;
+                tokio::time::sleep(ctx.breaker.config().open_for).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 /// Takes the order's units, or cancels it, in one transaction.

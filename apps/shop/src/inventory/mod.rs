@@ -96,7 +96,11 @@ impl InventoryService {
         )?;
         let relay = Relay::new(db.clone(), &client, common.names.exchange(), "inventory");
         let breaker = Arc::new(CircuitBreaker::new("stock", options.breaker));
-        let warehouse = Arc::new(Warehouse::open(db.clone()).await?);
+        // The stock service answers under the breaker's short timeout: on SQLite it gets
+        // a connection of its own, so that it never queues behind the service's writes
+        // (WAL lets it read meanwhile).
+        let warehouse_db = Db::connect(&common.database("inventory"))?;
+        let warehouse = Arc::new(Warehouse::open(warehouse_db).await?);
         let ctx = Arc::new(Ctx {
             db: db.clone(),
             breaker: Arc::clone(&breaker),
