@@ -11,7 +11,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lepus::IdempotencyStore;
+use std::sync::Arc;
+
+use lepus::{IdempotencyStore, MemoryStore};
 
 use crate::args;
 use crate::db::{Db, now_ms};
@@ -20,6 +22,17 @@ use crate::db::{Db, now_ms};
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
 /// Expired ids are deleted once per this many inserts.
 const SWEEP_EVERY: u64 = 1000;
+
+/// The dedupe store for a service on `db`: shared in the database on PostgreSQL (where
+/// replicas run); on SQLite (one instance) lepus's memory store, which costs the
+/// service's one connection nothing; the handlers' unique keys make either exact.
+pub fn for_store(db: &Db) -> Arc<dyn IdempotencyStore> {
+    if db.is_postgres() {
+        Arc::new(SharedStore::new(db.clone()))
+    } else {
+        Arc::new(MemoryStore::default())
+    }
+}
 
 /// Handled message ids in the `handled` table of a service's store.
 #[derive(Debug)]

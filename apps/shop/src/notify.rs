@@ -77,7 +77,7 @@ impl NotifyService {
             .retry(crate::topology::retry_policy())
             // Declared with the service's topology, of its queue type.
             .declare_retry_queues(false)
-            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
+            .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         let consumer_stats = consumer.stats();
         let health = Health::new(&client);

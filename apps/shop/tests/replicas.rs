@@ -90,8 +90,8 @@ async fn state(common: &Common) -> report::StoreState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_reservations_are_taken_for_real_or_cancelled_and_told() {
     let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
-    let (pg, _pg_dir) = common::postgres().await;
-    let common = common_on(&broker, &pg);
+    let pg = common::postgres().await;
+    let common = common_on(&broker, &pg.server);
     let cancel = CancellationToken::new();
     let system = start(&common, &cancel).await;
 
@@ -159,6 +159,36 @@ async fn cached_reservations_are_taken_for_real_or_cancelled_and_told() {
         .int(0)
         .unwrap();
     assert_eq!(available, 60 - 6 + 2);
+
+    // Every compensation event again, under new message ids (no dedupe store can tell):
+    // each is recognised as settled, and nothing is taken or cancelled twice.
+    let before = state(&common).await.store_duplicates;
+    inventory
+        .execute(
+            "INSERT INTO outbox (event_id, routing_key, payload, traceparent, created_ms)
+             SELECT event_id || '-again', routing_key, payload, traceparent, created_ms
+             FROM outbox WHERE routing_key = $1",
+            args!["inventory.compensate"],
+        )
+        .await
+        .unwrap();
+    common::wait_until(
+        "the repeated compensations recognised",
+        Duration::from_secs(30),
+        async || state(&common).await.store_duplicates >= before + 5,
+    )
+    .await;
+    let s = state(&common).await;
+    assert_eq!(
+        (
+            s.compensated,
+            s.cancelled_after_recheck,
+            s.cancellation_notices
+        ),
+        (3, 2, 2),
+        "{s:?}"
+    );
+    assert!(s.repeated_effects.is_empty(), "{:?}", s.repeated_effects);
     cancel.cancel();
     system.stop().await;
 }
@@ -171,8 +201,8 @@ async fn cached_reservations_are_taken_for_real_or_cancelled_and_told() {
 async fn replicas_decide_each_order_once_and_keyed_orders_once() {
     const ORDERS: usize = 40;
     let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
-    let (pg, _pg_dir) = common::postgres().await;
-    let common = common_on(&broker, &pg);
+    let pg = common::postgres().await;
+    let common = common_on(&broker, &pg.server);
     let cancel = CancellationToken::new();
     let system = start(&common, &cancel).await;
     let second = InventoryService::start(

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 /// backends; a unique key's refusal is recognised on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_store_api_and_versioned_migrations_on_sqlite_and_postgres() {
-    let (pg, _pg_dir) = common::postgres().await;
+    let pg = common::postgres().await;
     let dir = tempfile::tempdir().unwrap();
     let urls = [
         dir.path().join("inventory.db").display().to_string(),
@@ -90,7 +90,7 @@ async fn one_store_api_and_versioned_migrations_on_sqlite_and_postgres() {
 /// program older than its store refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_migrates_and_a_newer_store_is_refused() {
-    let (pg, _pg_dir) = common::postgres().await;
+    let pg = common::postgres().await;
     let dir = tempfile::tempdir().unwrap();
     for (service, migrations) in [
         ("order", migrate::ORDER),
@@ -134,7 +134,7 @@ async fn queue_depth(client: &lepus::Client, queue: &str) -> u32 {
 async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
     const ROWS: usize = 600;
     let broker = common::blocking(|| lepus_testkit::shared_broker().unwrap()).await;
-    let (pg, _pg_dir) = common::postgres().await;
+    let pg = common::postgres().await;
     let db = Db::open(&pg.url("order"), migrate::ORDER).await.unwrap();
     let mut common = Common::new(
         vec![broker.url().to_string()],
@@ -208,7 +208,7 @@ async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
 /// The dedupe store: an id one replica handled is known to the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedupe_store_is_shared_by_replicas() {
-    let (pg, _pg_dir) = common::postgres().await;
+    let pg = common::postgres().await;
     let a = Arc::new(SharedStore::new(
         Db::open(&pg.url("notify"), migrate::NOTIFY).await.unwrap(),
     ));

@@ -43,6 +43,9 @@ pub struct PgServer {
     password: String,
     as_postgres: bool,
     stopped: bool,
+    /// The postmaster's pid, for a last resort when pg_ctl cannot stop it (its directory
+    /// was removed under it).
+    pid: Option<u32>,
 }
 
 /// The directory of the server binaries: `SHOP_PG_BINDIR` if set, else the newest
@@ -138,10 +141,14 @@ impl PgServer {
             password: String::new(),
             as_postgres,
             stopped: true,
+            pid: None,
         };
         server.init()?;
         server.launch(listen)?;
         server.stopped = false;
+        server.pid = std::fs::read_to_string(server.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().and_then(|l| l.trim().parse().ok()));
         server.create_databases(databases)?;
         Ok(server)
     }
@@ -330,11 +337,30 @@ impl PgServer {
         .map(drop)
     }
 
+    /// Fast shutdown through pg_ctl, else immediate, else (the directory is gone) a
+    /// SIGINT (fast shutdown) to the postmaster this value started.
+    fn shut_down(&self) -> anyhow::Result<()> {
+        let Err(e) = self
+            .pg_ctl_stop("fast")
+            .or_else(|_| self.pg_ctl_stop("immediate"))
+        else {
+            return Ok(());
+        };
+        let Some(pid) = self.pid else {
+            return Err(e);
+        };
+        let log = std::env::temp_dir().join(format!("shop-pg-kill-{pid}.log"));
+        let mut kill = Command::new("kill");
+        kill.args(["-INT", &pid.to_string()]);
+        let result = run(kill, &log, SQL_TIMEOUT, "kill -INT postgres");
+        let _ = std::fs::remove_file(&log);
+        result.map(drop).context(e)
+    }
+
     /// Stops the server (fast shutdown: sessions are ended, committed data kept).
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.stopped = true;
-        self.pg_ctl_stop("fast")
-            .or_else(|_| self.pg_ctl_stop("immediate"))
+        self.shut_down()
     }
 }
 
@@ -342,10 +368,7 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         if !self.stopped {
             self.stopped = true;
-            if let Err(e) = self
-                .pg_ctl_stop("fast")
-                .or_else(|_| self.pg_ctl_stop("immediate"))
-            {
+            if let Err(e) = self.shut_down() {
                 tracing::warn!(dir = %self.dir.display(), error = %format!("{e:#}"), "stopping PostgreSQL failed");
             }
         }

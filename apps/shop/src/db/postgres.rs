@@ -158,20 +158,25 @@ impl Lease {
     }
 
     pub(super) async fn batch(&mut self, sql: &str) -> DbResult<()> {
+        let upper = sql.trim().to_ascii_uppercase();
         let conn = self.conn()?;
+        // Pessimistic: a session dropped while BEGIN or COMMIT is on its way (a handler
+        // timed out) leaves the connection marked, and the next user rolls back first
+        // (a ROLLBACK outside a transaction only warns).
+        if upper.starts_with("BEGIN") {
+            conn.in_tx = true;
+        }
         let result = tokio::time::timeout(STATEMENT_TIMEOUT, conn.client.batch_execute(sql))
             .await
             .map_err(|_| timed_out(sql))
             .and_then(|r| r.map_err(DbError::from));
-        let upper = sql.trim().to_ascii_uppercase();
-        if let Ok(conn) = self.conn() {
-            if upper.starts_with("BEGIN") {
-                conn.in_tx = result.is_ok();
-            } else if upper.starts_with("COMMIT")
-                || (upper.starts_with("ROLLBACK") && !upper.starts_with("ROLLBACK TO"))
-            {
-                conn.in_tx = false;
-            }
+        let ends = upper.starts_with("COMMIT")
+            || (upper.starts_with("ROLLBACK") && !upper.starts_with("ROLLBACK TO"));
+        if let Ok(conn) = self.conn()
+            && ends
+            && result.is_ok()
+        {
+            conn.in_tx = false;
         }
         self.discard_on(&result);
         result

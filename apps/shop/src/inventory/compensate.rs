@@ -137,7 +137,11 @@ pub(super) async fn settle(
         .await?;
     match status {
         Some(r) if r.text(0)? == "pending" => {}
-        Some(_) => return Ok(Settled::Already),
+        Some(_) => {
+            tx.bump("duplicates").await?;
+            tx.commit().await?;
+            return Ok(Settled::Already);
+        }
         None => {
             return Err(DbError::Other(format!(
                 "no compensation check for order {order_id}"

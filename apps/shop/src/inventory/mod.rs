@@ -120,7 +120,7 @@ impl InventoryService {
             .retry(crate::topology::retry_policy())
             // Declared with the service's topology, of its queue type.
             .declare_retry_queues(false)
-            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
+            .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         let consumer_stats = consumer.stats();
         health.watch_consumer(&consumer);
@@ -146,7 +146,7 @@ impl InventoryService {
             .retry(crate::topology::compensation_policy())
             // Declared with the service's topology, of its queue type.
             .declare_retry_queues(false)
-            .idempotency(crate::dedupe::SharedStore::new(db.clone()))
+            .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         health.watch_consumer(&compensator);
         {

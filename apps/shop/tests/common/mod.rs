@@ -10,13 +10,28 @@ pub fn any_port() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A PostgreSQL cluster of its own (under target/tmp), with the services' databases;
-/// stopped when the returned values drop.
-pub async fn postgres() -> (shop::db::pg_server::PgServer, tempfile::TempDir) {
+/// A PostgreSQL cluster of its own in a temporary directory under target/tmp. The
+/// server is stopped before its directory is removed (fields drop in order).
+pub struct TestPg {
+    /// The server.
+    pub server: shop::db::pg_server::PgServer,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestPg {
+    type Target = shop::db::pg_server::PgServer;
+
+    fn deref(&self) -> &Self::Target {
+        &self.server
+    }
+}
+
+/// Starts a [`TestPg`] with the services' databases.
+pub async fn postgres() -> TestPg {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temporary directory");
     let path = dir.path().to_path_buf();
     let server = blocking(move || shop::db::pg_server::PgServer::start(&path, &[], 0))
         .await
         .expect("starting PostgreSQL (scripts/install-postgres installs it)");
-    (server, dir)
+    TestPg { server, _dir: dir }
 }
