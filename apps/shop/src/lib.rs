@@ -10,8 +10,8 @@
 //!   settles those decisions later from a compensation queue (taking the stock for real,
 //!   or cancelling the order); announces the decision through its own outbox.
 //! - [`notify`]: tells the customer; retries transient failures and dead-letters
-//!   permanent ones, recording them ([`deadletter`]); tells them again if a
-//!   reservation is cancelled.
+//!   permanent ones; tells them again if a reservation is cancelled. Dead letters stay
+//!   in their queues for operators ([`deadletter`] only reads them for the report).
 //!
 //! The [`demo`] runs them under load while killing the broker, closing connections and
 //! failing the stock dependency, then checks from the stores that nothing was lost.
@@ -35,3 +35,4 @@ pub mod system;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;
+pub mod zones;

@@ -71,7 +71,7 @@ enum Command {
     Postgres(PostgresArgs),
     /// The demo: all three services under a load of orders and a schedule of faults,
     /// then a report computed from their stores (exit status 1 if any order was lost).
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
 }
 
 #[derive(Args)]
@@ -80,16 +80,29 @@ struct DemoArgs {
     common: CommonArgs,
     #[command(flatten)]
     ports: PortArgs,
-    /// Orders per second.
-    #[arg(long, env = "SHOP_DEMO_RATE", default_value_t = 25.0)]
-    rate: f64,
-    /// Orders in all (the default takes about a minute).
-    #[arg(long, env = "SHOP_DEMO_COUNT", default_value_t = 1500)]
-    count: u64,
+    /// Orders per second (default 25; 50 with --zones).
+    #[arg(long, env = "SHOP_DEMO_RATE")]
+    rate: Option<f64>,
+    /// Orders in all (default 1500, about a minute; 6000 with --zones, two minutes).
+    #[arg(long, env = "SHOP_DEMO_COUNT")]
+    count: Option<u64>,
+    /// Run across this many zones (only 3): a lab of network namespaces with a node
+    /// each, two replicas of every service as processes in the zones, PostgreSQL,
+    /// HAProxy in front, and the zone drill (needs root, haproxy, PostgreSQL). Without
+    /// it, the single-node demo.
+    #[arg(long, env = "SHOP_DEMO_ZONES")]
+    zones: Option<usize>,
+    /// With --zones: seconds the zone stays cut off.
+    #[arg(long, env = "SHOP_DEMO_CUT_SECS", default_value_t = 20.0)]
+    cut_secs: f64,
+    /// With --zones: where HAProxy listens.
+    #[arg(long, env = "SHOP_DEMO_FRONT_DOOR", default_value = "127.0.0.1:8090")]
+    front_door: SocketAddr,
     /// Inject faults: connection kill, stock outage, malformed event, broker SIGKILL.
     #[arg(long, env = "SHOP_DEMO_FAULTS", default_value = "on", value_parser = ["on", "off"])]
     faults: String,
-    /// Seconds the stock service stays slow (default: 12 % of the load, at least 4).
+    /// Seconds the stock service stays slow (default: 12 % of the load, at least 4; with
+    /// --zones 15).
     #[arg(long, env = "SHOP_DEMO_OUTAGE_SECS")]
     outage_secs: Option<f64>,
     /// Seconds to wait for the system to drain after the load.
@@ -152,7 +165,8 @@ struct CommonArgs {
     /// Prefix of the exchange and queue names.
     #[arg(long, env = "SHOP_NAMESPACE", default_value = "shop")]
     namespace: String,
-    /// Declare the work queues as quorum queues (for a cluster).
+    /// Declare every queue as a quorum queue, the retry and dead-letter queues included,
+    /// with a delivery limit on the work queues (for a cluster; classic otherwise).
     #[arg(long, env = "SHOP_QUORUM")]
     quorum: bool,
     /// Write JSON logs to this file instead of stdout.
@@ -292,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             cancel.cancelled().await;
             system.stop().await;
         }
-        Command::Demo(args) => return demo(args, cancel).await,
+        Command::Demo(args) => return demo(*args, cancel).await,
         Command::Postgres(args) => {
             let server = tokio::task::spawn_blocking(move || {
                 shop::db::pg_server::PgServer::start(&args.dir, &args.listen, args.port)
@@ -320,7 +334,11 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<std::process::ExitCode> {
-    if !(args.rate > 0.0 && args.rate.is_finite()) || args.count == 0 {
+    if let Some(zones) = args.zones {
+        return zoned_demo(args, zones, cancel).await;
+    }
+    let (rate, count) = (args.rate.unwrap_or(25.0), args.count.unwrap_or(1500));
+    if !(rate > 0.0 && rate.is_finite()) || count == 0 {
         anyhow::bail!("--rate must be positive and --count at least 1");
     }
     let log_file = args
@@ -346,8 +364,8 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<std::
                 gateway_failure_rate: args.gateway_failure_rate,
             },
         },
-        rate: args.rate,
-        count: args.count,
+        rate,
+        count,
         faults: args.faults == "on",
         outage: args
             .outage_secs
@@ -370,6 +388,84 @@ async fn demo(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<std::
     if outcome.report.lost > 0 {
         code = std::process::ExitCode::from(1);
     }
+    println!("{}", serde_json::to_string(&outcome.report)?);
+    Ok(code)
+}
+
+async fn zoned_demo(
+    args: DemoArgs,
+    zones: usize,
+    cancel: CancellationToken,
+) -> anyhow::Result<std::process::ExitCode> {
+    if zones != shop::zones::ZONES {
+        anyhow::bail!("--zones {zones}: only {} is offered", shop::zones::ZONES);
+    }
+    let log_file = args
+        .common
+        .log_file
+        .clone()
+        .unwrap_or_else(|| args.common.data_dir.join("shop-zones.log"));
+    std::fs::create_dir_all(&args.common.data_dir)?;
+    let _telemetry = shop::telemetry::init_logging("shop-zones", Some(&log_file))?;
+    println!(
+        "logs (JSON): {} and the replicas' beside it",
+        log_file.display()
+    );
+    let secs = |s: f64, what: &str| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(anyhow::anyhow!(
+                "{what} must be a positive number of seconds"
+            ))
+        }
+    };
+    let options = shop::zones::ZoneOptions {
+        program: std::env::current_exe().context("finding the shop program")?,
+        dir: args.common.data_dir.join("zones"),
+        namespace: args.common.namespace.clone(),
+        rate: args.rate.unwrap_or(50.0),
+        count: args.count.unwrap_or(6000),
+        cut_for: secs(args.cut_secs, "--cut-secs")?,
+        outage_for: secs(args.outage_secs.unwrap_or(15.0), "--outage-secs")?,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        front_door: args.front_door,
+    };
+    let outcome = shop::zones::run(options, cancel).await?;
+    println!();
+    println!("shop zones report (from the services' stores, the DLQs and the load)");
+    print!("{}", render(&outcome.report.base, &outcome.state));
+    let r = &outcome.report;
+    let line = |label: &str, value: String| println!("  {label:<34} {value}");
+    line("requests through HAProxy", r.attempted.to_string());
+    line("availability", format!("{:.5}", r.availability));
+    line(
+        "accept p99 outside fault windows",
+        format!("{} ms", r.accept_p99_ms),
+    );
+    line(
+        "faults",
+        format!(
+            "{} zone cuts, {} node kills, {} replica kills",
+            r.zone_cuts, r.node_kills, r.replica_kills
+        ),
+    );
+    for (service, replicas) in &r.replicas {
+        let each: Vec<String> = replicas.iter().map(|(n, h)| format!("{n} {h}")).collect();
+        line(&format!("{service} replicas handled"), each.join(", "));
+    }
+    for event in &outcome.events {
+        println!("  drill {event}");
+    }
+    let code = if outcome.missed.is_empty() {
+        println!("  all goals met");
+        std::process::ExitCode::SUCCESS
+    } else {
+        for m in &outcome.missed {
+            println!("  GOAL MISSED: {m}");
+        }
+        std::process::ExitCode::from(1)
+    };
     println!("{}", serde_json::to_string(&outcome.report)?);
     Ok(code)
 }

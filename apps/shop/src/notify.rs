@@ -5,7 +5,8 @@
 //!
 //! The simulated mail gateway fails now and then (transient: lepus retries in process,
 //! then through the delay tiers) and refuses addresses it cannot deliver to (permanent:
-//! straight to the dead-letter queue, where the service records it with the reason).
+//! straight to the dead-letter queue, where it stays, with the reason in its headers, for
+//! an operator to list, fix and replay with `lepus dlq`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,7 +67,7 @@ impl NotifyService {
         let queue = common.names.notify_queue();
         let client = common.client(
             "notify",
-            crate::topology::notify_topology(&common.names, common.quorum),
+            crate::topology::notify_topology(&common.names, common.queue_type()),
             false,
         )?;
         let consumer = Consumer::builder(&client, &queue)
@@ -75,6 +76,8 @@ impl NotifyService {
             .concurrency(4)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::retry_policy())
+            // Declared with the service's topology, of its queue type.
+            .declare_retry_queues(false)
             .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         let consumer_stats = consumer.stats();
@@ -95,10 +98,6 @@ impl NotifyService {
                 }
             }));
         }
-        let dlq = crate::topology::retry_policy().dlq(&queue);
-        tasks.push(crate::deadletter::spawn(
-            &client, &dlq, "notify", &db, &health, &cancel,
-        )?);
         tasks.push(spawn_connection_gauges(
             client.clone(),
             "notify",

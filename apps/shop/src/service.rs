@@ -16,7 +16,8 @@ pub struct Common {
     pub amqp_urls: Vec<String>,
     /// Exchange and queue names.
     pub names: Names,
-    /// Declare the work queues as quorum queues (use on a cluster).
+    /// Declare every queue (work, wait and dead-letter queues) as a quorum queue (use on
+    /// a cluster); classic otherwise.
     pub quorum: bool,
     /// Where the services' SQLite files live (`order.db`, `inventory.db`, `notify.db`)
     /// when no database URL is given.
@@ -28,6 +29,15 @@ pub struct Common {
 }
 
 impl Common {
+    /// The type of every queue the services declare: quorum when [`Common::quorum`].
+    pub fn queue_type(&self) -> lepus::QueueType {
+        if self.quorum {
+            lepus::QueueType::Quorum
+        } else {
+            lepus::QueueType::Classic
+        }
+    }
+
     /// Settings for a broker at `amqp_urls`, stores in SQLite files under `data_dir`.
     pub fn new(amqp_urls: Vec<String>, names: Names, data_dir: PathBuf) -> Common {
         Common {

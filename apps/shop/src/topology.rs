@@ -1,9 +1,20 @@
-//! The broker topology: one topic exchange, a durable work queue per consuming service
-//! (quorum on a cluster), and lepus's retry tiers and dead-letter queue for each.
+//! The broker topology: one topic exchange, a durable work queue per consuming service,
+//! and lepus's retry tiers and dead-letter queue for each.
+//!
+//! The queue type is the caller's: classic on a single node (the demo's default, where
+//! replication buys nothing), quorum on a cluster. Quorum means every queue, the wait
+//! queues and the dead-letter queues too: a dead letter on a classic queue lives on one
+//! node and is gone with its disk. Work queues then carry a delivery limit
+//! ([`DELIVERY_LIMIT`]) and dead-letter to their DLQ, so that a message that keeps
+//! killing its consumer (it is never acked, the broker returns it each time the
+//! consumer's channel dies) ends in the DLQ instead of looping forever. lepus's own retries
+//! never requeue, so they do not count against the limit. The DLQs carry no limit:
+//! `lepus dlq list` reads by holding messages and letting the broker return them, which
+//! counts as a delivery, and a DLQ has nowhere further to send them.
 
 use std::time::Duration;
 
-use lepus::{Exchange, Queue, RetryPolicy, Topology};
+use lepus::{Exchange, Queue, QueueType, RetryPolicy, Topology};
 
 use crate::events::{
     INVENTORY_CANCELLED, INVENTORY_COMPENSATE, INVENTORY_REJECTED, INVENTORY_RESERVED,
@@ -77,8 +88,14 @@ impl Names {
 /// The delay tiers: short, so that a demo of a minute shows retries completing.
 pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(5)];
 
+/// Times the broker may hand a quorum work queue's message out again after a consumer
+/// died holding it, before it dead-letters it to the DLQ. Generous: a replica killed in
+/// the middle of its work, or a node failing over, returns its whole prefetch window once.
+pub const DELIVERY_LIMIT: i64 = 20;
+
 /// The retry policy of both consumers: 2 immediate retries, then 1 s and 5 s tiers, then
-/// the dead-letter queue.
+/// the dead-letter queue. Its queues are declared by the services' topology (see
+/// [`inventory_topology`]), so consumers do not declare them again.
 pub fn retry_policy() -> RetryPolicy {
     RetryPolicy::default().immediate(2).delays(RETRY_DELAYS)
 }
@@ -100,9 +117,24 @@ pub fn compensation_policy() -> RetryPolicy {
         .delays(COMPENSATION_DELAYS)
 }
 
-fn work_queue(name: &str, quorum: bool) -> Queue {
-    let queue = Queue::new(name);
-    if quorum { queue.quorum() } else { queue }
+/// The wait and dead-letter queues of `queue` under `policy`, of `queue_type`.
+fn retry_topology(policy: RetryPolicy, queue: &str, queue_type: QueueType) -> Topology {
+    policy
+        .quorum(queue_type == QueueType::Quorum)
+        .topology(queue)
+}
+
+/// A work queue of `queue_type`; a quorum one gets the delivery limit and dead-letters
+/// to its DLQ.
+fn work_queue(name: &str, queue_type: QueueType) -> Queue {
+    let queue = Queue::new(name).queue_type(queue_type);
+    match queue_type {
+        QueueType::Quorum => queue
+            .delivery_limit(DELIVERY_LIMIT)
+            .dead_letter_exchange("")
+            .dead_letter_routing_key(&retry_policy().dlq(name)),
+        _ => queue,
+    }
 }
 
 /// What the order service declares: the exchange (it only publishes).
@@ -110,30 +142,36 @@ pub fn order_topology(names: &Names) -> Topology {
     Topology::new().exchange(Exchange::topic(names.exchange()))
 }
 
-/// What the inventory service declares.
-pub fn inventory_topology(names: &Names, quorum: bool) -> Topology {
+/// What the inventory service declares: its work queue, wait queues and DLQ, all of
+/// `queue_type`.
+pub fn inventory_topology(names: &Names, queue_type: QueueType) -> Topology {
     let queue = names.inventory_queue();
     let compensation = names.compensation_queue();
     Topology::new()
         .exchange(Exchange::topic(names.exchange()))
-        .queue(work_queue(&queue, quorum))
+        .queue(work_queue(&queue, queue_type))
         .bind(&queue, names.exchange(), ORDER_CREATED)
-        .merge(retry_policy().topology(&queue))
-        .queue(work_queue(&compensation, quorum))
+        .merge(retry_topology(retry_policy(), &queue, queue_type))
+        .queue(work_queue(&compensation, queue_type))
         .bind(&compensation, names.exchange(), INVENTORY_COMPENSATE)
-        .merge(compensation_policy().topology(&compensation))
+        .merge(retry_topology(
+            compensation_policy(),
+            &compensation,
+            queue_type,
+        ))
 }
 
-/// What the notification service declares.
-pub fn notify_topology(names: &Names, quorum: bool) -> Topology {
+/// What the notification service declares: its work queue, wait queues and DLQ, all of
+/// `queue_type`.
+pub fn notify_topology(names: &Names, queue_type: QueueType) -> Topology {
     let queue = names.notify_queue();
     Topology::new()
         .exchange(Exchange::topic(names.exchange()))
-        .queue(work_queue(&queue, quorum))
+        .queue(work_queue(&queue, queue_type))
         .bind(&queue, names.exchange(), INVENTORY_RESERVED)
         .bind(&queue, names.exchange(), INVENTORY_REJECTED)
         .bind(&queue, names.exchange(), INVENTORY_CANCELLED)
-        .merge(retry_policy().topology(&queue))
+        .merge(retry_topology(retry_policy(), &queue, queue_type))
 }
 
 #[cfg(test)]
@@ -147,13 +185,55 @@ mod tests {
         assert_eq!(all.len(), 14);
         assert!(all.contains(&"t.inventory.order-created.retry.2".to_string()));
         assert!(all.contains(&"t.notify.inventory-events.dlq".to_string()));
-        let declared: Vec<String> = inventory_topology(&names, false)
+        let declared: Vec<String> = inventory_topology(&names, QueueType::Classic)
             .queues()
-            .chain(notify_topology(&names, true).queues())
+            .chain(notify_topology(&names, QueueType::Quorum).queues())
             .map(|q| q.name().to_string())
             .collect();
         for q in &all {
             assert!(declared.contains(q), "{q} is not declared");
         }
+    }
+
+    #[test]
+    fn clustered_runs_declare_every_queue_quorum_with_limits_on_work_queues() {
+        let names = Names::new("t");
+        let defs = inventory_topology(&names, QueueType::Quorum)
+            .merge(notify_topology(&names, QueueType::Quorum))
+            .to_definitions();
+        assert_eq!(defs.queues.len(), names.all_queues().len());
+        for q in &defs.queues {
+            assert_eq!(
+                q.arguments.get("x-queue-type").and_then(|v| v.as_str()),
+                Some("quorum"),
+                "{} is not quorum",
+                q.name
+            );
+            let limit = q.arguments.get("x-delivery-limit").and_then(|v| v.as_i64());
+            match kind_of(&q.name) {
+                "work" => {
+                    assert_eq!(limit, Some(DELIVERY_LIMIT), "{}", q.name);
+                    assert_eq!(
+                        q.arguments
+                            .get("x-dead-letter-routing-key")
+                            .and_then(|v| v.as_str()),
+                        Some(format!("{}.dlq", q.name).as_str())
+                    );
+                }
+                _ => assert_eq!(limit, None, "{} must carry no delivery limit", q.name),
+            }
+        }
+        let single = inventory_topology(&names, QueueType::Classic).to_definitions();
+        for q in &single.queues {
+            assert_ne!(
+                q.arguments.get("x-queue-type").and_then(|v| v.as_str()),
+                Some("quorum")
+            );
+            assert!(q.arguments.get("x-delivery-limit").is_none());
+        }
+    }
+
+    fn kind_of(name: &str) -> &'static str {
+        crate::queues::kind(name)
     }
 }

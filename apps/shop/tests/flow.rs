@@ -1,6 +1,6 @@
-//! The three services in process against a real broker, no faults, quorum work queues:
-//! every order placed through the API ends notified (or dead-lettered, for an
-//! undeliverable address), once.
+//! The three services in process against a real broker, no faults, quorum queues (work,
+//! wait and dead-letter): every order placed through the API ends notified (or in the
+//! dead-letter queue, for an undeliverable address), once.
 
 #![allow(
     clippy::unwrap_used,
@@ -32,7 +32,7 @@ async fn orders_flow_through_all_three_services() {
     let common = Common {
         amqp_urls: vec![broker.url().to_string()],
         names: Names::new(lepus_testkit::unique_name("shop")),
-        // Quorum work queues (what a cluster uses) work on a single node too.
+        // Quorum queues (what a cluster uses) work on a single node too.
         quorum: true,
         data_dir: dir.path().to_path_buf(),
         database_url: None,
@@ -116,30 +116,42 @@ async fn orders_flow_through_all_three_services() {
     .unwrap();
     assert_eq!(bad.status, 422);
 
-    let settled = || {
+    // The undeliverable one stays in the notification service's dead-letter queue, with
+    // its reason, for an operator (`lepus dlq`); nothing drains it.
+    let reader = common
+        .client("test-reader", lepus::Topology::new(), true)
+        .unwrap();
+    let dlqs = vec![
+        shop::topology::retry_policy().dlq(&common.names.notify_queue()),
+        shop::topology::retry_policy().dlq(&common.names.inventory_queue()),
+    ];
+    let settled = async || {
         let notified = count(&common.notify_db(), "SELECT COUNT(*) FROM notifications");
-        let dead = count(&common.notify_db(), "SELECT COUNT(*) FROM dead_letters");
+        let dead = shop::deadletter::read(&reader, &dlqs, Duration::from_secs(10))
+            .await
+            .unwrap();
         (notified, dead)
     };
     let what = "40 orders notified or dead-lettered";
     common::wait_until(what, Duration::from_secs(60), async || {
-        let (notified, dead) = settled();
-        notified + dead >= 40
+        let (notified, dead) = settled().await;
+        notified as u64 + dead.count >= 40
     })
     .await;
-    assert_eq!(settled(), (39, 1));
-    let reason: String = shop::db::Db::open_read_only(&common.notify_db())
-        .unwrap()
-        .query_row(
-            "SELECT reason || ': ' || error FROM dead_letters",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let (notified, dead) = settled().await;
+    assert_eq!((notified, dead.count), (39, 1));
+    assert_eq!(dead.errors.len(), 1);
     assert!(
-        reason.starts_with("rejected: undeliverable address"),
-        "{reason}"
+        dead.errors[0].contains(": rejected: undeliverable address"),
+        "{:?}",
+        dead.errors
     );
+    // Reading put it back: it is still there.
+    let again = shop::deadletter::read(&reader, &dlqs, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(again.count, 1);
+    assert_eq!(again.order_ids, dead.order_ids);
     // 60 vases in stock, 2 per order: the first 30 orders get theirs, the rest are refused.
     assert_eq!(
         count(

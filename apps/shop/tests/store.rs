@@ -146,7 +146,7 @@ async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
     let observer = common
         .client(
             "observer",
-            shop::topology::inventory_topology(&common.names, false),
+            shop::topology::inventory_topology(&common.names, lepus::QueueType::Classic),
             true,
         )
         .unwrap();

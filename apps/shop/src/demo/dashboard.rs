@@ -283,6 +283,15 @@ async fn sample(sources: Sources, shared: Shared, cancel: CancellationToken) {
             })
             .collect();
         let queue_depths = depths(&sources.demo_client, &queues).await;
+        // Dead letters stay in their queues: the count is what they hold.
+        let in_dlqs: Vec<u32> = queue_depths
+            .iter()
+            .filter(|q| q.kind == "dead-letter")
+            .filter_map(|q| q.messages)
+            .collect();
+        if !in_dlqs.is_empty() {
+            totals.dead_lettered = in_dlqs.iter().map(|n| u64::from(*n)).sum();
+        }
         let phase = sources
             .phase
             .lock()

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::httpc;
 use crate::stock::CATALOG;
 
-/// One order in this many has an address the mail gateway refuses (it ends
-/// dead-lettered, with its reason, in the notification service's store).
+/// One order in this many has an address the mail gateway refuses (its event ends in the
+/// notification service's dead-letter queue, with its reason in the headers).
 pub const UNDELIVERABLE_EVERY: u64 = 97;
 /// Requests in flight at once.
 const MAX_IN_FLIGHT: usize = 64;
@@ -36,6 +36,11 @@ pub struct LoadStats {
     pub abandoned: AtomicU64,
     /// Requests that failed and were retried.
     pub retried_requests: AtomicU64,
+    /// HTTP requests made, first attempts and retries.
+    pub attempts: AtomicU64,
+    /// Each accepted order: when its first request began, and how long until it was
+    /// accepted (retries included: what the customer waited).
+    pub accept_times: std::sync::Mutex<Vec<(tokio::time::Instant, Duration)>>,
     /// All orders sent and answered.
     pub done: AtomicBool,
     /// Accept latency of each accepted order, microseconds: from the moment the load's
@@ -133,7 +138,9 @@ async fn place(
     stats.sent.fetch_add(1, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + ORDER_DEADLINE;
     let mut pause = Duration::from_millis(100);
+    let began = tokio::time::Instant::now();
     loop {
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
         let result = httpc::request(
             addr,
             "POST",
@@ -152,6 +159,11 @@ async fn place(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(u64::try_from(took).unwrap_or(u64::MAX));
+                stats
+                    .accept_times
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((began, began.elapsed()));
                 return;
             }
             Ok(r) if (400..500).contains(&r.status) => {

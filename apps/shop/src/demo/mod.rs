@@ -78,6 +78,24 @@ async fn read_stores(common: &Common) -> anyhow::Result<StoreState> {
     report::read_stores(common).await
 }
 
+/// The stores, and what the dead-letter queues hold (read through `client`, every
+/// message put back).
+pub async fn observe(common: &Common, client: &lepus::Client) -> anyhow::Result<StoreState> {
+    let mut state = read_stores(common).await?;
+    let dlqs: Vec<String> = common
+        .names
+        .all_queues()
+        .into_iter()
+        .filter(|q| crate::queues::kind(q) == "dead-letter")
+        .collect();
+    let dead = crate::deadletter::read(client, &dlqs, DLQ_READ_TIMEOUT).await?;
+    state.apply_dead_letters(&dead);
+    Ok(state)
+}
+
+/// The longest one read of the dead-letter queues may take.
+const DLQ_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn progress_line(
     started: Instant,
     load: &LoadStats,
@@ -201,6 +219,7 @@ pub async fn run(
     let progress_stop = cancel.child_token();
     let progress = {
         let (common, stats, stop) = (common.clone(), Arc::clone(&stats), progress_stop.clone());
+        let client = demo_client.clone();
         let breaker = Arc::clone(&system.inventory.breaker);
         let total = options.count;
         tokio::spawn(async move {
@@ -211,7 +230,7 @@ pub async fn run(
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Ok(s) = read_stores(&common).await {
+                if let Ok(s) = observe(&common, &client).await {
                     println!(
                         "{}",
                         progress_line(started, &stats, total, &s, breaker.status().state.as_str())
@@ -259,7 +278,7 @@ pub async fn run(
     set_phase("draining");
     // Drain: every accepted order final, both outboxes empty, cached decisions verified.
     let deadline = Instant::now() + options.drain_timeout;
-    let mut state = read_stores(&common).await?;
+    let mut state = observe(&common, &demo_client).await?;
     loop {
         let drained = state.unresolved.is_empty()
             && state.outbox_pending == 0
@@ -278,7 +297,15 @@ pub async fn run(
             _ = cancel.cancelled() => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
-        state = read_stores(&common).await?;
+        state = match observe(&common, &demo_client).await {
+            Ok(s) => s,
+            // A broker briefly away: the next look decides.
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %format!("{e:#}"), "demo: cannot read the state");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
     }
     progress_stop.cancel();
     let _ = progress.await;

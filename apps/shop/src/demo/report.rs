@@ -1,5 +1,6 @@
-//! The final report, computed from the services' own stores: what was accepted, what
-//! became of each order, and which orders reached no final state (lost).
+//! The final report, computed from the services' own stores and the dead-letter queues:
+//! what was accepted, what became of each order, and which orders reached no final state
+//! (lost).
 
 use std::collections::HashSet;
 
@@ -26,7 +27,8 @@ pub struct Report {
     /// Redeliveries and republishes skipped: lepus's idempotency stores plus the
     /// services' unique keys.
     pub duplicates_suppressed: u64,
-    /// Messages dead-lettered and recorded with their reason (both stores).
+    /// Distinct messages (by id) in the dead-letter queues at the end, with their reason
+    /// in the headers (read from the queues, where they stay for `lepus dlq`).
     pub dead_lettered: u64,
     /// Accepted orders with no final state (notified, or dead-lettered with a reason).
     pub lost: u64,
@@ -68,11 +70,11 @@ pub struct StoreState {
     pub notified: u64,
     /// Duplicates the stores' unique keys caught.
     pub store_duplicates: u64,
-    /// Dead-letter records.
+    /// Distinct messages in the dead-letter queues (they stay there, for operators).
     pub dead_lettered: u64,
-    /// Each dead-letter record as `queue: order id: error`, for a reader wondering why.
+    /// Each dead letter as `queue: order id: error`, for a reader wondering why.
     pub dead_letter_errors: Vec<String>,
-    /// Accepted orders with no final state yet.
+    /// Accepted orders with no final state yet (not notified, no event in a DLQ).
     pub unresolved: Vec<String>,
     /// Compensation checks waiting for the stock service.
     pub compensation_pending: u64,
@@ -186,17 +188,6 @@ pub async fn read(order: &Db, inventory: &Db, notify: &Db) -> DbResult<StoreStat
         duplicates += c.session().await?.counter("duplicates").await?;
     }
     s.store_duplicates = u64::try_from(duplicates).unwrap_or(0);
-    for c in [inventory, notify] {
-        s.dead_lettered += count(c, "SELECT COUNT(*) FROM dead_letters").await?;
-        s.dead_letter_errors.extend(
-            texts(
-                c,
-                "SELECT queue || ': ' || COALESCE(order_id, '-') || ': ' || error
-                 FROM dead_letters ORDER BY recorded_ms",
-            )
-            .await?,
-        );
-    }
     for (field, status) in [
         (&mut s.compensation_pending, "pending"),
         (&mut s.compensated, "compensated"),
@@ -236,18 +227,10 @@ pub async fn read(order: &Db, inventory: &Db, notify: &Db) -> DbResult<StoreStat
     )
     .await?;
 
-    // Final states: a notification, or a dead-letter record with its reason.
+    // Final states: a notification here; a dead letter is the other one, and the
+    // dead-letter queues say which ([`StoreState::apply_dead_letters`]).
     let accepted = ids(order, "SELECT id FROM orders").await?;
-    let mut done = ids(notify, "SELECT order_id FROM notifications").await?;
-    for c in [inventory, notify] {
-        done.extend(
-            ids(
-                c,
-                "SELECT order_id FROM dead_letters WHERE order_id IS NOT NULL AND reason <> ''",
-            )
-            .await?,
-        );
-    }
+    let done = ids(notify, "SELECT order_id FROM notifications").await?;
     let mut unresolved: Vec<String> = accepted.difference(&done).cloned().collect();
     unresolved.sort();
     s.unresolved = unresolved;
@@ -276,6 +259,14 @@ pub fn percentile(values: &[u64], p: f64) -> u64 {
 }
 
 impl StoreState {
+    /// Adds what the dead-letter queues hold: their count, and the orders whose event
+    /// ended there, which have a final state.
+    pub fn apply_dead_letters(&mut self, dead: &crate::deadletter::DeadLetters) {
+        self.dead_lettered = dead.distinct;
+        self.dead_letter_errors = dead.errors.clone();
+        self.unresolved.retain(|id| !dead.order_ids.contains(id));
+    }
+
     /// The report, with the fault counts and lepus's own duplicate count added.
     pub fn report(
         &self,

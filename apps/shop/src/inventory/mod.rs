@@ -92,7 +92,7 @@ impl InventoryService {
         let queue = common.names.inventory_queue();
         let client = common.client(
             "inventory",
-            crate::topology::inventory_topology(&common.names, common.quorum),
+            crate::topology::inventory_topology(&common.names, common.queue_type()),
             false,
         )?;
         let relay = Relay::new(db.clone(), &client, common.names.exchange(), "inventory");
@@ -119,6 +119,8 @@ impl InventoryService {
             .concurrency(8)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::retry_policy())
+            // Declared with the service's topology, of its queue type.
+            .declare_retry_queues(false)
             .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         let consumer_stats = consumer.stats();
@@ -136,15 +138,6 @@ impl InventoryService {
                 }
             }));
         }
-        let dlq = crate::topology::retry_policy().dlq(&queue);
-        tasks.push(crate::deadletter::spawn(
-            &client,
-            &dlq,
-            "inventory",
-            &db,
-            &health,
-            &cancel,
-        )?);
         let compensation_queue = common.names.compensation_queue();
         let compensator = Consumer::builder(&client, &compensation_queue)
             .name("inventory-compensator")
@@ -152,6 +145,8 @@ impl InventoryService {
             .concurrency(4)
             .handler_timeout(Duration::from_secs(20))
             .retry(crate::topology::compensation_policy())
+            // Declared with the service's topology, of its queue type.
+            .declare_retry_queues(false)
             .idempotency_shared(crate::dedupe::for_store(&db))
             .build()?;
         health.watch_consumer(&compensator);
