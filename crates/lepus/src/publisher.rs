@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,6 @@ use task::Task;
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Job>,
-    admit: Arc<Semaphore>,
     shared: Arc<Shared>,
     options: PublisherOptions,
     stop: CancellationToken,
@@ -92,7 +91,7 @@ impl Publisher {
     /// as [`Publisher::builder`] with [`PublisherBuilder::options`]).
     pub fn new(client: &Client, options: PublisherOptions) -> Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(options.buffer));
         let stop = client.shutdown_token().child_token();
         let task = Task::new(
             rx,
@@ -104,7 +103,6 @@ impl Publisher {
         tokio::spawn(task.run());
         Publisher {
             tx,
-            admit: Arc::new(Semaphore::new(options.buffer)),
             shared,
             options,
             stop,
@@ -115,8 +113,8 @@ impl Publisher {
     /// buffer, up to the publish timeout.
     pub async fn send(&self, mut message: Message) -> Result<Confirm, PublishError> {
         message.stamp();
-        let (deadline, permit) = match self.admit().await {
-            Ok(admitted) => admitted,
+        let deadline = match self.admit().await {
+            Ok(deadline) => deadline,
             Err(error) => {
                 return Err(PublishError {
                     error,
@@ -126,53 +124,49 @@ impl Publisher {
         };
         let (tx, rx) = oneshot::channel();
         let confirm = Confirm::new(rx, message.message_id().unwrap_or_default());
-        self.enqueue(message, Reply::Wait(tx), deadline, permit)?;
+        self.enqueue(message, Reply::Wait(tx), deadline)?;
         Ok(confirm)
     }
 
-    /// Waits for room in the buffer; fails if closed or still full at the deadline.
-    async fn admit(&self) -> Result<(Instant, OwnedSemaphorePermit), Error> {
+    /// Takes a slot of the buffer, waiting for one if it is full; fails if closed or
+    /// still full at the deadline. The message then counts as outstanding.
+    async fn admit(&self) -> Result<Instant, Error> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(Error::new(ErrorKind::Closed, "the publisher is closed"));
         }
         let deadline = crate::deadline::deadline_after(self.options.publish_timeout);
         // Room in the buffer is the usual case: take it without building a timer.
-        if let Ok(permit) = Arc::clone(&self.admit).try_acquire_owned() {
-            return Ok((deadline, permit));
+        if self.shared.try_take() || self.shared.take(deadline).await {
+            return Ok(deadline);
         }
-        match tokio::time::timeout_at(deadline, Arc::clone(&self.admit).acquire_owned()).await {
-            Ok(Ok(permit)) => Ok((deadline, permit)),
-            Ok(Err(_)) => Err(Error::new(ErrorKind::Closed, "the publisher is closed")),
-            Err(_) => Err(Error::new(
-                ErrorKind::BufferFull,
-                format!(
-                    "publish buffer of {} messages stayed full for {:?}",
-                    self.options.buffer, self.options.publish_timeout
-                ),
-            )),
-        }
+        Err(Error::new(
+            ErrorKind::BufferFull,
+            format!(
+                "publish buffer of {} messages stayed full for {:?}",
+                self.options.buffer, self.options.publish_timeout
+            ),
+        ))
     }
 
+    /// Hands the admitted `message` to the task.
     fn enqueue(
         &self,
         mut message: Message,
         reply: Reply,
         deadline: Instant,
-        permit: OwnedSemaphorePermit,
     ) -> Result<(), PublishError> {
         let span = span::publish_span(&mut message);
-        self.shared.taken();
         let job = Job {
             msg: Box::new(message),
             reply,
             deadline,
             nacks: 0,
+            metrics: 0,
             sent_at: None,
             _span: span,
-            _permit: permit,
         };
         self.tx.send(job).map_err(|mpsc::error::SendError(job)| {
-            self.shared.untaken();
+            self.shared.give_back();
             PublishError {
                 error: Error::new(ErrorKind::Closed, "the publisher is closed"),
                 message: job.msg,
@@ -213,9 +207,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         message.stamp();
         match self.admit().await {
-            Ok((deadline, permit)) => {
-                self.enqueue(message, Reply::callback(callback), deadline, permit)
-            }
+            Ok(deadline) => self.enqueue(message, Reply::callback(callback), deadline),
             Err(error) => Err(PublishError {
                 error,
                 message: Box::new(message),
@@ -230,7 +222,7 @@ impl Publisher {
                 let idle = self.shared.idle.notified();
                 tokio::pin!(idle);
                 idle.as_mut().enable();
-                if self.shared.outstanding.load(Ordering::Acquire) == 0 {
+                if self.shared.outstanding() == 0 {
                     return;
                 }
                 idle.await;
@@ -241,7 +233,7 @@ impl Publisher {
                 ErrorKind::Timeout,
                 format!(
                     "{} messages still unconfirmed after {timeout:?}",
-                    self.shared.outstanding.load(Ordering::Acquire)
+                    self.shared.outstanding()
                 ),
             )
         })

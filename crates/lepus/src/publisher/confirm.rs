@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
+use super::shared::Answer;
 use super::{PublishError, PublishResult};
 use crate::error::{Error, ErrorKind};
 use crate::message::Message;
@@ -12,12 +13,12 @@ use crate::message::Message;
 /// Resolves when the broker confirms one message; on failure the message comes back.
 #[must_use = "a confirm does nothing unless awaited"]
 pub struct Confirm {
-    rx: oneshot::Receiver<PublishResult>,
+    rx: oneshot::Receiver<Answer>,
     message_id: IdText,
 }
 
 impl Confirm {
-    pub(super) fn new(rx: oneshot::Receiver<PublishResult>, message_id: &str) -> Confirm {
+    pub(super) fn new(rx: oneshot::Receiver<Answer>, message_id: &str) -> Confirm {
         Confirm {
             rx,
             message_id: IdText::new(message_id),
@@ -37,13 +38,15 @@ impl std::future::Future for Confirm {
         // The publisher task always answers (it fails what it cannot publish before its
         // deadline); a dropped sender means the task is gone, which only a panic in it
         // could cause, and then the message is lost to us: report it plainly.
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            r.unwrap_or_else(|_| {
-                Err(PublishError {
-                    error: Error::new(ErrorKind::Closed, "the publisher stopped"),
-                    message: Box::new(Message::new("", "", "")),
-                })
-            })
+        //
+        // A confirmed message comes back to be freed here, on the caller's thread, which
+        // allocated it.
+        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            Ok(answer) => answer.map(drop),
+            Err(_) => Err(PublishError {
+                error: Error::new(ErrorKind::Closed, "the publisher stopped"),
+                message: Box::new(Message::new("", "", "")),
+            }),
         })
     }
 }

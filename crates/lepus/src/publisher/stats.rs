@@ -1,12 +1,32 @@
 //! A publisher's counters: atomics its task updates, and a snapshot of plain numbers
 //! for everyone else (the same shape as the consumer's).
+//!
+//! The one counter the callers write too, `outstanding`, lives on a cache line of its
+//! own: the task's per-message counting then never pulls the callers' line over, nor
+//! the reverse.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// A value alone on its cache line (128 bytes: two lines, for CPUs that fetch pairs).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(super) struct Padded<T>(pub(super) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// Counters of a publisher, updated as it works. Read them with
 /// [`PublisherStats::snapshot`].
 #[derive(Debug, Default)]
 pub struct PublisherStats {
+    /// Messages taken and not yet answered (the outage buffer's fill): taken by callers,
+    /// given back by the task.
+    pub(super) outstanding: Padded<AtomicUsize>,
     published: AtomicU64,
     confirmed: AtomicU64,
     nacked: AtomicU64,
@@ -14,7 +34,6 @@ pub struct PublisherStats {
     republished: AtomicU64,
     failed: AtomicU64,
     stalls: AtomicU64,
-    buffered: AtomicUsize,
     in_flight: AtomicUsize,
 }
 
@@ -32,8 +51,8 @@ impl PublisherStats {
             republished: n(&self.republished),
             failed: n(&self.failed),
             stalls: n(&self.stalls),
-            buffered: self.buffered.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            buffered: self.buffered(),
+            in_flight: self.in_flight(),
         }
     }
 
@@ -65,20 +84,26 @@ impl PublisherStats {
         self.stalls.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn add_buffered(&self, delta: isize) {
-        add(&self.buffered, delta);
+    /// Messages waiting to be published: every one outstanding that is not in flight
+    /// (queued, waiting for a channel, or pausing after a nack).
+    pub(super) fn buffered(&self) -> usize {
+        let in_flight = self.in_flight();
+        self.outstanding
+            .load(Ordering::Relaxed)
+            .saturating_sub(in_flight)
     }
 
-    pub(super) fn add_in_flight(&self, delta: isize) {
-        add(&self.in_flight, delta);
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
-}
 
-fn add(gauge: &AtomicUsize, delta: isize) {
-    if delta >= 0 {
-        gauge.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
-    } else {
-        gauge.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    /// Only the task writes it: one message more (or `n` fewer) on the channel.
+    pub(super) fn add_in_flight(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn sub_in_flight(&self, n: usize) {
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
     }
 }
 

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::PublisherOptions;
 use super::shared::{Job, Shared};
 use crate::error::{Error, ErrorKind};
-use crate::observability::metrics::PublishMetrics;
+use crate::observability::metrics::{self as m, PublishMetrics};
 use crate::supervisor::Live;
 
 mod channel;
@@ -44,8 +44,16 @@ const RENEW_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) struct Task {
     rx: mpsc::UnboundedReceiver<Job>,
-    last_metrics: Option<(String, PublishMetrics)>,
-    metrics: HashMap<String, PublishMetrics>,
+    /// The metric handles of each exchange published to, in order of first use (a
+    /// job keeps its index), with an index by name and the last one used.
+    metrics: Vec<PublishMetrics>,
+    metrics_by_exchange: HashMap<String, usize>,
+    last_metrics: Option<(String, usize)>,
+    /// The gauges of messages waiting and in flight, and what this publisher last added
+    /// to each: brought up to date once per turn of the loop, not per message.
+    buffer_gauge: metrics::Gauge,
+    in_flight_gauge: metrics::Gauge,
+    reported: (usize, usize),
     waiting: VecDeque<Job>,
     inflight: VecDeque<(Job, PublishConfirm)>,
     /// Nacked messages waiting out their pause, with when they may go again.
@@ -96,8 +104,12 @@ impl Task {
     ) -> Task {
         Task {
             rx,
+            metrics: Vec::new(),
+            metrics_by_exchange: HashMap::new(),
             last_metrics: None,
-            metrics: HashMap::new(),
+            buffer_gauge: m::buffer_depth(),
+            in_flight_gauge: m::in_flight(),
+            reported: (0, 0),
             waiting: VecDeque::new(),
             inflight: VecDeque::new(),
             delayed: Vec::new(),
@@ -125,6 +137,7 @@ impl Task {
                 continue;
             }
             self.expire();
+            self.report_gauges();
             let event = self.next_event().await;
             match event {
                 Event::Job(Some(job)) => {
@@ -140,7 +153,7 @@ impl Task {
                 Event::Job(None) | Event::Stop => break,
                 Event::Confirmed(outcome) => {
                     if let Some((job, _)) = self.inflight.pop_front() {
-                        self.shared.in_flight(-1);
+                        self.shared.stats.sub_in_flight(1);
                         self.settle(job, outcome, Instant::now());
                     }
                 }
@@ -199,25 +212,40 @@ impl Task {
         }
     }
 
-    /// Runs `f` with the metric handles of `exchange`, registering them on first use.
-    /// The last exchange's handles are kept at hand: most publishers use one or two.
-    fn with_metrics(&mut self, exchange: &str, f: impl FnOnce(&PublishMetrics)) {
-        if let Some((last, handles)) = &self.last_metrics
+    /// The index of `exchange`'s metric handles, registering them on first use. The last
+    /// exchange's is checked first: most publishers use one or two.
+    fn metrics_slot(&mut self, exchange: &str) -> usize {
+        if let Some((last, slot)) = &self.last_metrics
             && last == exchange
         {
-            return f(handles);
+            return *slot;
         }
-        if let Some(handles) = self.metrics.get(exchange) {
-            self.last_metrics = Some((exchange.to_owned(), handles.clone()));
-        }
-        match self.metrics.get(exchange) {
-            Some(handles) => f(handles),
+        let slot = match self.metrics_by_exchange.get(exchange) {
+            Some(slot) => *slot,
             None => {
-                let handles = PublishMetrics::new(exchange);
-                f(&handles);
-                self.metrics.insert(exchange.to_owned(), handles);
+                let slot = self.metrics.len();
+                self.metrics.push(PublishMetrics::new(exchange));
+                self.metrics_by_exchange.insert(exchange.to_owned(), slot);
+                slot
             }
+        };
+        self.last_metrics = Some((exchange.to_owned(), slot));
+        slot
+    }
+
+    /// Runs `f` with the metric handles at `slot` (from [`Task::metrics_slot`]).
+    fn with_metrics(&self, slot: usize, f: impl FnOnce(&PublishMetrics)) {
+        if let Some(handles) = self.metrics.get(slot) {
+            f(handles);
         }
+    }
+
+    /// Adds to the gauges what changed since they were last brought up to date.
+    fn report_gauges(&mut self) {
+        let now = (self.shared.stats.buffered(), self.shared.stats.in_flight());
+        move_gauge(&self.buffer_gauge, self.reported.0, now.0);
+        move_gauge(&self.in_flight_gauge, self.reported.1, now.1);
+        self.reported = now;
     }
 
     async fn shutdown(mut self) {
@@ -244,5 +272,15 @@ impl Task {
         if let Some(open) = self.channel.take() {
             let _ = open.channel.close().await;
         }
+        self.report_gauges();
+    }
+}
+
+/// Moves `gauge` by what one publisher's share of it went from, `from`, to `to`.
+fn move_gauge(gauge: &metrics::Gauge, from: usize, to: usize) {
+    if to > from {
+        gauge.increment((to - from) as f64);
+    } else if from > to {
+        gauge.decrement((from - to) as f64);
     }
 }

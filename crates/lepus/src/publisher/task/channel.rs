@@ -94,7 +94,6 @@ impl Task {
             let Some(job) = self.waiting.pop_front() else {
                 return false;
             };
-            self.shared.buffered(-1);
             // One clock read serves the deadline and the confirm latency's start.
             let now = Instant::now();
             if job.deadline <= now {
@@ -123,7 +122,6 @@ impl Task {
             let Some(result) = result else {
                 // Not written (the wait for room is all a publish awaits): first on
                 // the next connection.
-                self.shared.buffered(1);
                 self.waiting.push_front(job);
                 self.stalled("no room to write within the stall timeout");
                 return true;
@@ -133,15 +131,15 @@ impl Task {
                     let mut job = job;
                     job.sent_at = Some(now);
                     self.shared.stats.count_published();
-                    self.with_metrics(&job.msg.exchange, |m| m.published.increment(1));
-                    self.shared.in_flight(1);
+                    job.metrics = self.metrics_slot(&job.msg.exchange);
+                    self.with_metrics(job.metrics, |m| m.published.increment(1));
+                    self.shared.stats.add_in_flight();
                     self.inflight.push_back((job, confirm));
                 }
                 Err(err) if err.is_recoverable() => {
                     // Not written: it goes out on the next channel, first. The confirms
                     // the close failed say whether a publish caused it.
                     tracing::debug!(error = %err, "publish failed; will retry on a new channel");
-                    self.shared.buffered(1);
                     self.waiting.push_front(job);
                     self.settle_ready();
                     if self.channel.is_some() {

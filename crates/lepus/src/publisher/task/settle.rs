@@ -37,7 +37,7 @@ impl Task {
             let Some((job, _)) = self.inflight.pop_front() else {
                 break;
             };
-            self.shared.in_flight(-1);
+            self.shared.stats.sub_in_flight(1);
             let lost = outcome.is_err();
             let now = *now.get_or_insert_with(Instant::now);
             self.settle(job, outcome, now);
@@ -65,12 +65,12 @@ impl Task {
         match outcome {
             Confirmation::Nack => {
                 self.shared.stats.count_nacked();
-                self.with_metrics(&job.msg.exchange, |m| m.nacked.increment(1));
+                self.with_metrics(job.metrics, |m| m.nacked.increment(1));
                 self.retry_nack(job, now);
             }
             Confirmation::Returned(ret) => {
                 self.shared.stats.count_returned();
-                self.with_metrics(&job.msg.exchange, |m| m.returned.increment(1));
+                self.with_metrics(job.metrics, |m| m.returned.increment(1));
                 let error = Error::new(
                     ErrorKind::Unroutable,
                     format!(
@@ -84,7 +84,7 @@ impl Task {
                 let latency = job
                     .sent_at
                     .map(|at| now.saturating_duration_since(at).as_secs_f64());
-                self.with_metrics(&job.msg.exchange, |m| {
+                self.with_metrics(job.metrics, |m| {
                     m.confirmed.increment(1);
                     if let Some(latency) = latency {
                         m.latency.record(latency);
@@ -117,7 +117,6 @@ impl Task {
             self.renew.get_or_insert(now);
         }
         self.shared.stats.count_republished();
-        self.shared.buffered(1);
         self.delayed.push((at, job));
     }
 
@@ -154,7 +153,7 @@ impl Task {
         let now = Instant::now();
         let inflight = std::mem::take(&mut self.inflight);
         for (job, mut confirm) in inflight {
-            self.shared.in_flight(-1);
+            self.shared.stats.sub_in_flight(1);
             match Pin::new(&mut confirm).poll(&mut cx) {
                 // A confirm that made it in before the loss still counts for what it
                 // was: an ack succeeds, a nack counts against the retries, a return fails.
@@ -193,7 +192,6 @@ impl Task {
 
     pub(super) fn requeue_front(&mut self, job: Job) {
         self.shared.stats.count_republished();
-        self.shared.buffered(1);
         self.waiting.push_front(job);
     }
 
@@ -203,7 +201,6 @@ impl Task {
         let now = Instant::now();
         while self.waiting.front().is_some_and(|j| j.deadline <= now) {
             if let Some(job) = self.waiting.pop_front() {
-                self.shared.buffered(-1);
                 let reason = if self.channel.is_none() {
                     "no connection to the broker before the publish timeout"
                 } else if self.is_blocked() {
@@ -221,7 +218,7 @@ impl Task {
             .is_some_and(|(j, _)| j.deadline <= now)
         {
             if let Some((job, _)) = self.inflight.pop_front() {
-                self.shared.in_flight(-1);
+                self.shared.stats.sub_in_flight(1);
                 self.shared.fail(
                     job,
                     Error::new(ErrorKind::Timeout, "no confirm before the publish timeout"),
