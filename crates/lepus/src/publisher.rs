@@ -1,7 +1,7 @@
 //! The reliable publisher: a publish that returns `Ok` means the broker took the message.
 //!
 //! One task owns the channel. Callers hand it messages through a queue bounded by a
-//! semaphore (the outage buffer) and get a future that resolves on the broker's confirm.
+//! count of the messages not yet answered (the outage buffer) and get a future that resolves on the broker's confirm.
 //! The task publishes up to `window` unconfirmed messages, keeps each until its confirm,
 //! and when the connection dies puts the unconfirmed ones back at the front of the queue,
 //! in order, so they go out again (before anything newer) on the next connection. A
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,7 @@ mod confirm;
 mod culprit;
 mod error;
 mod options;
+mod queue;
 mod shared;
 mod span;
 mod stats;
@@ -49,6 +50,7 @@ pub use options::{
 };
 pub use stats::{PublisherSnapshot, PublisherStats};
 
+use queue::{Queue, Sender};
 use shared::{Job, Reply, Shared};
 use task::Task;
 
@@ -65,7 +67,7 @@ use task::Task;
 /// ```
 #[derive(Clone)]
 pub struct Publisher {
-    tx: mpsc::UnboundedSender<Job>,
+    queue: Arc<Sender>,
     shared: Arc<Shared>,
     options: PublisherOptions,
     stop: CancellationToken,
@@ -90,11 +92,11 @@ impl Publisher {
     /// Starts a publisher on `client`'s publishing connection with `options` (the same
     /// as [`Publisher::builder`] with [`PublisherBuilder::options`]).
     pub fn new(client: &Client, options: PublisherOptions) -> Publisher {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
         let shared = Arc::new(Shared::new(options.buffer));
         let stop = client.shutdown_token().child_token();
         let task = Task::new(
-            rx,
+            Arc::clone(&queue),
             client.watch_connection(Role::Publish),
             Arc::clone(&shared),
             options.clone(),
@@ -102,7 +104,7 @@ impl Publisher {
         );
         tokio::spawn(task.run());
         Publisher {
-            tx,
+            queue: Arc::new(Sender::new(queue)),
             shared,
             options,
             stop,
@@ -165,7 +167,7 @@ impl Publisher {
             sent_at: None,
             _span: span,
         };
-        self.tx.send(job).map_err(|mpsc::error::SendError(job)| {
+        self.queue.push(job).map_err(|job| {
             self.shared.give_back();
             PublishError {
                 error: Error::new(ErrorKind::Closed, "the publisher is closed"),

@@ -25,11 +25,12 @@ use std::task::Poll;
 use std::time::Duration;
 
 use lepus_amqp::{Channel, Confirmation, Connection, PublishConfirm};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::PublisherOptions;
+use super::queue::{Queue, Taken};
 use super::shared::{Job, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::observability::metrics::{self as m, PublishMetrics};
@@ -43,7 +44,7 @@ mod settle;
 const RENEW_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) struct Task {
-    rx: mpsc::UnboundedReceiver<Job>,
+    queue: Arc<Queue>,
     /// The metric handles of each exchange published to, in order of first use (a
     /// job keeps its index), with an index by name and the last one used.
     metrics: Vec<PublishMetrics>,
@@ -87,7 +88,7 @@ pub(super) struct Open {
 // Transient: built and matched at once, never stored, so its size costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Event {
-    Job(Option<Job>),
+    Queued,
     Confirmed(lepus_amqp::Result<Confirmation>),
     Changed,
     Deadline,
@@ -96,14 +97,14 @@ enum Event {
 
 impl Task {
     pub(super) fn new(
-        rx: mpsc::UnboundedReceiver<Job>,
+        queue: Arc<Queue>,
         live: watch::Receiver<Option<Live>>,
         shared: Arc<Shared>,
         options: PublisherOptions,
         stop: CancellationToken,
     ) -> Task {
         Task {
-            rx,
+            queue,
             metrics: Vec::new(),
             metrics_by_exchange: HashMap::new(),
             last_metrics: None,
@@ -128,6 +129,11 @@ impl Task {
 
     pub(super) async fn run(mut self) {
         loop {
+            // Everything queued comes along at once: one turn of this loop per burst,
+            // not one per message.
+            if self.queue.take_into(&mut self.waiting) == Taken::Abandoned {
+                break;
+            }
             self.settle_ready();
             self.release_delayed();
             self.check_stall();
@@ -140,24 +146,14 @@ impl Task {
             self.report_gauges();
             let event = self.next_event().await;
             match event {
-                Event::Job(Some(job)) => {
-                    self.waiting.push_back(job);
-                    // What else is queued already comes along (up to a window's worth):
-                    // one turn of this loop per burst, not one per message.
-                    while self.waiting.len() < self.options.window.max(1)
-                        && let Ok(job) = self.rx.try_recv()
-                    {
-                        self.waiting.push_back(job);
-                    }
-                }
-                Event::Job(None) | Event::Stop => break,
+                Event::Stop => break,
                 Event::Confirmed(outcome) => {
                     if let Some((job, _)) = self.inflight.pop_front() {
                         self.shared.stats.sub_in_flight(1);
                         self.settle(job, outcome, Instant::now());
                     }
                 }
-                Event::Changed | Event::Deadline => {}
+                Event::Queued | Event::Changed | Event::Deadline => {}
             }
         }
         self.shutdown().await;
@@ -201,7 +197,7 @@ impl Task {
             biased;
             _ = self.stop.cancelled() => Event::Stop,
             outcome = front_confirm => Event::Confirmed(outcome),
-            job = self.rx.recv() => Event::Job(job),
+            _ = self.queue.ready() => Event::Queued,
             _ = self.live.changed() => Event::Changed,
             _ = blocked => {
                 // Confirms wait while the broker blocks: not a stall.
@@ -250,10 +246,7 @@ impl Task {
 
     async fn shutdown(mut self) {
         self.settle_ready();
-        self.rx.close();
-        while let Ok(job) = self.rx.try_recv() {
-            self.waiting.push_back(job);
-        }
+        self.queue.close(&mut self.waiting);
         let closed = || {
             Error::new(
                 ErrorKind::Closed,
