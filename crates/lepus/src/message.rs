@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod id;
+
 /// A message to publish. Persistent by default; [`crate::Publisher`] gives it a
 /// `message_id` (UUIDv7) and a timestamp when it has none, so every message can be
 /// deduplicated downstream.
@@ -152,8 +154,8 @@ impl Message {
         if !needs_id && !needs_time {
             return;
         }
-        // One clock read for both; the id's random bits come from a thread-local RNG,
-        // not a system call per message.
+        // One clock read for both; the id counts up from a random start per millisecond
+        // and thread (see `id`), no random draw per message.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -161,8 +163,8 @@ impl Message {
         // builder call moves them.
         let mut properties = std::mem::take(&mut self.properties);
         if needs_id {
-            let ts = uuid::Timestamp::from_unix(uuid::NoContext, now.as_secs(), now.subsec_nanos());
-            let id = uuid::Uuid::new_v7(ts);
+            let unix_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+            let id = id::next(unix_ms);
             let mut buf = uuid::Uuid::encode_buffer();
             let text = id.hyphenated().encode_lower(&mut buf);
             // A hyphenated UUID is 36 ASCII bytes: always a valid short string.
