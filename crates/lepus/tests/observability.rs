@@ -262,3 +262,62 @@ async fn a_password_never_shows_in_debug_errors_or_logs() {
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(!logs.contains(SECRET), "{logs}");
 }
+
+/// The waiting and in-flight gauges are brought up to date by the publisher's task, once
+/// per turn of its loop rather than per message: they still show messages waiting for a
+/// connection, and fall back to zero once those are answered.
+#[tokio::test]
+async fn the_publish_gauges_follow_the_messages_waiting() {
+    let handle = recorder();
+    // Nothing listens there: the messages wait for a connection.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let client = Client::builder()
+        .endpoint(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let publisher = Publisher::new(
+        &client,
+        PublisherOptions::default().publish_timeout(Duration::from_secs(30)),
+    );
+    let health = Health::new(&client);
+    health.watch_publisher(&publisher);
+    let mut confirms = Vec::new();
+    for i in 0..3 {
+        confirms.push(
+            publisher
+                .send(Message::new("", "q", format!("{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let gauge = |name: &str| value(&handle.render(), name);
+    wait_until(
+        "three messages counted as waiting",
+        Duration::from_secs(10),
+        || gauge("lepus_publish_buffer_depth") == Some(3.0),
+    )
+    .await;
+    assert_eq!(gauge("lepus_publish_in_flight"), Some(0.0));
+    assert_eq!(publisher.stats().snapshot().buffered, 3);
+    assert_eq!(health.report().publish_buffer_depth, 3);
+
+    // Closing fails what waits, each message handed back; the gauges go back to zero.
+    assert!(publisher.close(Duration::from_millis(100)).await.is_err());
+    for (i, confirm) in confirms.into_iter().enumerate() {
+        let err = confirm.await.unwrap_err();
+        assert_eq!(err.error.kind(), lepus::ErrorKind::Closed);
+        assert_eq!(&err.message.body()[..], format!("{i}").as_bytes());
+    }
+    wait_until(
+        "no message counted as waiting",
+        Duration::from_secs(10),
+        || gauge("lepus_publish_buffer_depth") == Some(0.0),
+    )
+    .await;
+    assert_eq!(publisher.stats().snapshot().buffered, 0);
+    let _ = client.close(Duration::from_secs(1)).await;
+}
