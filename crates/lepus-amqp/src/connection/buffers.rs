@@ -287,7 +287,10 @@ mod tests {
             decoded.extend(frames(&mut rb));
         }
         match decoded.as_slice() {
-            [crate::codec::Frame::Body(1, b), crate::codec::Frame::Heartbeat] => {
+            [
+                crate::codec::Frame::Body(1, b),
+                crate::codec::Frame::Heartbeat,
+            ] => {
                 assert_eq!(b[..], large[7..large.len() - 1]);
             }
             other => panic!("{other:?}"),

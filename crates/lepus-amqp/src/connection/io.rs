@@ -213,4 +213,3 @@ async fn write_loop(
         shared.out.written();
     }
 }
-
