@@ -13,9 +13,9 @@
 //! allocation goes back, and the next read goes to an array on the stack of the poll
 //! that performs it. A pending read keeps nothing (`AsyncRead` borrows the buffer only for
 //! the duration of one poll), so the task waits holding no buffer; what arrives is copied
-//! into an allocation of just its size. A heartbeat every few seconds costs one small
-//! allocation; a busy connection keeps its buffer, since it reads large or always has a
-//! partial frame in it.
+//! into an allocation of just its size. A heartbeat every few seconds costs a small
+//! allocation or two; a busy connection keeps its buffer, since it reads large or always
+//! has a partial frame in it.
 //! The write buffers start empty, grow with what callers queue (bounded by the write
 //! buffer's limit) and are given back once nothing large was written for
 //! [`WRITE_SHRINK_AFTER`].
