@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::buffers::{ReadBuffer, WriteSpare};
@@ -58,11 +58,10 @@ async fn read_loop(
     heartbeat: Duration,
     _alive: Alive,
 ) {
-    let mut kill = shared.kill.subscribe();
     let dead = failed_a_while_ago(&shared);
     let result = tokio::select! {
         r = read_frames(&shared, &mut rd, ReadBuffer::new(buf), heartbeat) => r,
-        _ = kill.wait_for(|k| *k) => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
+        () = shared.killed() => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
         () = dead => Err(Error::new(ErrorKind::ConnectionClosed, "connection shut down")),
     };
     if let Err(err) = result {
@@ -101,11 +100,17 @@ async fn read_frames(
             return Ok(());
         }
         buf.settle();
-        let room = buf.prepare();
+        // A channel that closed since is no longer worth keeping alive for the next frame.
+        if last
+            .as_ref()
+            .is_some_and(|c| !c.registered.load(Ordering::Acquire))
+        {
+            last = None;
+        }
         let n = if heartbeat.is_zero() {
-            rd.read_buf(&mut buf.buf).await
+            buf.fill(rd).await
         } else {
-            match tokio::time::timeout(silence_limit, rd.read_buf(&mut buf.buf)).await {
+            match tokio::time::timeout(silence_limit, buf.fill(rd)).await {
                 Ok(r) => r,
                 Err(_) => {
                     return Err(Error::new(
@@ -122,7 +127,6 @@ async fn read_frames(
                 "the broker closed the socket without connection.close",
             ));
         }
-        buf.read(n, room);
     }
 }
 
@@ -152,7 +156,6 @@ async fn write_loop(
     heartbeat: Duration,
     _alive: Alive,
 ) {
-    let mut kill = shared.kill.subscribe();
     let dead = failed_a_while_ago(&shared);
     tokio::pin!(dead);
     let mut spare = WriteSpare::new();
@@ -180,7 +183,7 @@ async fn write_loop(
             tokio::select! {
                 _ = shared.out.writer_wait() => continue,
                 _ = beat => codec::put_heartbeat(&mut spare.buf),
-                _ = kill.wait_for(|k| *k) => return,
+                () = shared.killed() => return,
                 () = &mut dead => {
                     shared.out.discard();
                     return;
@@ -193,7 +196,7 @@ async fn write_loop(
         };
         let result = tokio::select! {
             r = write => r,
-            _ = kill.wait_for(|k| *k) => return,
+            () = shared.killed() => return,
             () = &mut dead => {
                 // Blocked on a peer that stopped reading: drop the socket mid-write.
                 shared.out.discard();

@@ -25,7 +25,11 @@ pub(crate) struct ConnShared {
     channels: Mutex<Channels>,
     pub(super) closed: watch::Sender<Option<Error>>,
     pub(super) blocked: watch::Sender<Option<String>>,
-    pub(super) kill: watch::Sender<bool>,
+    /// Set (and `kill_notify` woken) when the socket tasks must stop at once. Not a
+    /// watch: only the two socket tasks wait on it, and a watch is an allocation of its
+    /// own on every connection.
+    killed: AtomicBool,
+    kill_notify: tokio::sync::Notify,
     pub(super) closing: AtomicBool,
     pub(super) server_properties: ServerProperties,
     /// Socket tasks (reader, writer) still running.
@@ -114,7 +118,22 @@ impl ConnShared {
     }
 
     pub(super) fn kill(&self) {
-        let _ = self.kill.send(true);
+        self.killed.store(true, Ordering::Release);
+        self.kill_notify.notify_waiters();
+    }
+
+    /// Resolves once [`Self::kill`] was called.
+    pub(super) async fn killed(&self) {
+        loop {
+            let notified = self.kill_notify.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read: a kill in between still wakes us.
+            notified.as_mut().enable();
+            if self.killed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Sends `connection.close` once; the reader finishes on `close-ok`.
@@ -145,7 +164,6 @@ impl ConnShared {
     ) -> Arc<Self> {
         let (closed, _) = watch::channel(None);
         let (blocked, _) = watch::channel(None);
-        let (kill, _) = watch::channel(false);
         Arc::new(ConnShared {
             out: WriteBuffer::new(opts.write_buffer),
             frame_max: negotiated.frame_max as usize,
@@ -156,7 +174,8 @@ impl ConnShared {
             }),
             closed,
             blocked,
-            kill,
+            killed: AtomicBool::new(false),
+            kill_notify: tokio::sync::Notify::new(),
             closing: AtomicBool::new(false),
             server_properties: ServerProperties::new(&server_properties),
             io_tasks: Arc::default(),

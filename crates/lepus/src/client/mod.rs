@@ -313,7 +313,11 @@ impl Client {
 
     /// The outcome of the last topology declaration on `role`'s connection.
     pub fn topology_report(&self, role: Role) -> TopologyReport {
-        self.sup(role).report.borrow().clone()
+        self.sup(role)
+            .report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Declares the topology again on `role`'s current connection (after a server-side
@@ -330,7 +334,7 @@ impl Client {
             exclusive,
         )
         .await?;
-        sup.report.send_replace(report.clone());
+        sup.set_report(report.clone());
         Ok(report)
     }
 

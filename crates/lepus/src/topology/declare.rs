@@ -73,6 +73,11 @@ pub(crate) async fn declare(
     names: &Names,
     exclusive: bool,
 ) -> lepus_amqp::Result<TopologyReport> {
+    if topology.is_empty() {
+        // Nothing to declare: no channel either (a round trip per connect saved, and
+        // nothing of a closed channel left behind on an idle connection).
+        return Ok(TopologyReport::default());
+    }
     let channel = conn.open_channel().await?;
     let report = declare_with(channel.clone(), conn, topology, names, exclusive).await?;
     let _ = channel.close().await;
