@@ -54,9 +54,9 @@ impl Acker {
         }
     }
 
-    pub(crate) fn track(&mut self, tag: u64) {
-        self.outstanding
-            .push_back((tag, Instant::now(), State::Running));
+    /// Keeps `tag`, taken `at`, until it is settled.
+    pub(crate) fn track(&mut self, tag: u64, at: Instant) {
+        self.outstanding.push_back((tag, at, State::Running));
     }
 
     fn entry(&mut self, tag: u64) -> Option<&mut (u64, Instant, State)> {

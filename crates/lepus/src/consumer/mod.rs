@@ -25,6 +25,7 @@
 mod acker;
 mod builder;
 mod handler;
+mod in_flight;
 mod invocation;
 mod pause;
 pub(crate) mod retry;
