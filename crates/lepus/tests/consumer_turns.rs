@@ -59,10 +59,10 @@ struct Seen(Mutex<Vec<usize>>);
 /// future it makes names a higher-ranked lifetime.
 async fn record(seen: &Seen, msg: Incoming) -> Outcome {
     let n: usize = msg.text().unwrap().parse().unwrap();
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         tokio::task::yield_now().await;
     }
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     seen.0.lock().unwrap().push(n);
