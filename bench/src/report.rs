@@ -147,7 +147,7 @@ struct Target {
     at_least: bool,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 6] = [
     Target {
         key: "lepus_publish_msgs_per_s_vs_lepus_amqp",
         text: "lepus / lepus-amqp publish msg/s >= 0.95 (issue 5)",
@@ -164,6 +164,24 @@ const TARGETS: [Target; 4] = [
         base: "amqprs",
         figure: 2,
         bound: 1.0,
+        at_least: false,
+    },
+    Target {
+        key: "lepus_publish_cpu_vs_amqprs_issue16",
+        text: "lepus / amqprs publish CPU/msg <= 0.50 (issue 16)",
+        row: "lepus",
+        base: "amqprs",
+        figure: 2,
+        bound: 0.5,
+        at_least: false,
+    },
+    Target {
+        key: "lepus_consume_cpu_vs_amqprs_issue16",
+        text: "lepus / amqprs consume CPU/msg <= 0.70 (issue 16)",
+        row: "lepus",
+        base: "amqprs",
+        figure: 3,
+        bound: 0.7,
         at_least: false,
     },
     Target {

@@ -96,10 +96,7 @@ pub async fn publish(url: &str, queue: &str, workload: &Workload, phase: &Phase)
     // The warm-up message, then the workload: nothing else was confirmed, nothing
     // republished (a reconnect in the middle would have shown here).
     let stats = publisher.stats();
-    let (confirmed, republished) = (
-        stats.snapshot().confirmed,
-        stats.snapshot().republished,
-    );
+    let (confirmed, republished) = (stats.snapshot().confirmed, stats.snapshot().republished);
     if confirmed != workload.count + 1 || republished != 0 {
         bail!(
             "{NAME}: the publisher to {queue} counted {confirmed} confirms and {republished} republishes, expected {} and 0",

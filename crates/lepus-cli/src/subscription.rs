@@ -29,6 +29,12 @@ pub(crate) enum Next {
 /// Subscribing again waits at least this long, so a consumer the broker keeps cancelling
 /// does not spin.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(100);
+/// A subscription that ended sooner than this after it began doubles the next pause, up
+/// to [`MAX_RESUBSCRIBE_PAUSE`]: a broker that cancels every new consumer at once (a queue
+/// whose leader cannot be elected, a policy that keeps cancelling) sees a subscription
+/// every few seconds, not ten a second. One that lived longer starts the pause over.
+const SHORT_LIVED: Duration = Duration::from_secs(10);
+const MAX_RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(5);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,6 +47,10 @@ pub(crate) struct Subscription {
     consumer: Option<Consumer>,
     subscribes: u64,
     no_ack: bool,
+    /// When the live consumer subscribed.
+    subscribed_at: Instant,
+    /// The pause before the next resubscription (see [`SHORT_LIVED`]).
+    pause: Duration,
 }
 
 impl Subscription {
@@ -55,6 +65,8 @@ impl Subscription {
             consumer: None,
             subscribes: 0,
             no_ack: false,
+            subscribed_at: Instant::now(),
+            pause: RESUBSCRIBE_PAUSE,
         }
     }
 
@@ -89,7 +101,7 @@ impl Subscription {
             let consumer = match self.consumer.as_mut() {
                 Some(consumer) => consumer,
                 None => {
-                    tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                    tokio::time::sleep(self.pause).await;
                     self.subscribe().await?;
                     continue;
                 }
@@ -103,17 +115,23 @@ impl Subscription {
                         self.queue,
                         lepus::error::report(&err)
                     );
-                    self.consumer = None;
+                    self.ended();
                 }
                 Ok(None) => {
                     eprintln!(
                         "lepus: consumer on '{}' ended; subscribing again",
                         self.queue
                     );
-                    self.consumer = None;
+                    self.ended();
                 }
             }
         }
+    }
+
+    /// The live consumer ended: drop it and set the pause before the next one.
+    fn ended(&mut self) {
+        self.consumer = None;
+        self.pause = next_pause(self.pause, self.subscribed_at.elapsed());
     }
 
     async fn subscribe(&mut self) -> anyhow::Result<()> {
@@ -125,6 +143,7 @@ impl Subscription {
                 Ok(consumer) => {
                     self.subscribes += 1;
                     self.consumer = Some(consumer);
+                    self.subscribed_at = Instant::now();
                     return Ok(());
                 }
                 Err(err) if is_final(&err) => {
@@ -178,6 +197,15 @@ impl Subscription {
     }
 }
 
+/// The pause after a subscription that lived `lived`, the last pause having been `last`.
+fn next_pause(last: Duration, lived: Duration) -> Duration {
+    if lived < SHORT_LIVED {
+        last.saturating_mul(2).min(MAX_RESUBSCRIBE_PAUSE)
+    } else {
+        RESUBSCRIBE_PAUSE
+    }
+}
+
 /// Errors that subscribing again cannot fix.
 fn is_final(err: &lepus::Error) -> bool {
     err.is_not_found()
@@ -187,4 +215,30 @@ fn is_final(err: &lepus::Error) -> bool {
             err.kind(),
             lepus::ErrorKind::Failed | lepus::ErrorKind::Closed
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_cancelled_at_once_again_and_again_waits_longer_each_time_up_to_a_bound() {
+        let mut pause = RESUBSCRIBE_PAUSE;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            pause = next_pause(pause, Duration::from_millis(5));
+            seen.push(pause);
+        }
+        assert_eq!(seen.first(), Some(&Duration::from_millis(200)));
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&MAX_RESUBSCRIBE_PAUSE));
+    }
+
+    #[test]
+    fn a_consumer_that_lived_starts_the_pause_over() {
+        assert_eq!(
+            next_pause(MAX_RESUBSCRIBE_PAUSE, SHORT_LIVED + Duration::from_secs(1)),
+            RESUBSCRIBE_PAUSE
+        );
+    }
 }

@@ -163,3 +163,86 @@ impl ChannelShared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::sync::Arc;
+
+    use amq_protocol::protocol::{AMQPClass, BasicProperties, basic};
+    use bytes::BytesMut;
+
+    use crate::codec;
+    use crate::connection::ConnShared;
+    use crate::error::{Error, ErrorKind};
+    use crate::message::Confirmation;
+
+    /// The frames the broker sends to return `body` (published to `ex`/`rk`) on channel 2.
+    fn return_frames(ex: &str, rk: &str, props: &BasicProperties, body: &[u8]) -> BytesMut {
+        let mut out = Vec::new();
+        codec::put_method(
+            &mut out,
+            2,
+            &AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+                exchange: ex.into(),
+                routing_key: rk.into(),
+            })),
+        )
+        .unwrap();
+        let method_len = out.len();
+        // A publish's content frames are the return's: encode one, keep all but its method.
+        let mut publish = Vec::new();
+        codec::put_publish(
+            &mut publish,
+            &mut Vec::new(),
+            2,
+            ex,
+            rk,
+            true,
+            props,
+            body,
+            4096,
+        )
+        .unwrap();
+        let publish_method_len =
+            u32::from_be_bytes(publish[3..7].try_into().unwrap()) as usize + codec::FRAME_OVERHEAD;
+        out.extend_from_slice(&publish[publish_method_len..]);
+        assert!(out.len() > method_len);
+        BytesMut::from(&out[..])
+    }
+
+    #[tokio::test]
+    async fn a_publish_returned_before_its_ack_stays_returned_when_the_channel_closes() {
+        let conn = ConnShared::detached(4096, 64 * 1024);
+        let _deliveries = conn.open_fuzz_channels();
+        let ch = conn.channel(2).unwrap();
+        let props = BasicProperties::default().with_message_id("m-1".into());
+        let returned = ch
+            .publish("ex", "nowhere", true, &props, b"unroutable")
+            .unwrap();
+        let unanswered = ch
+            .publish("ex", "somewhere", true, &props, b"routed")
+            .unwrap();
+
+        let mut frames = return_frames("ex", "nowhere", &props, b"unroutable");
+        while let Some(frame) = codec::decode_frame(&mut frames, 4096).unwrap() {
+            Arc::clone(&conn).dispatch_frame(frame).unwrap();
+        }
+        // The channel goes before the broker's ack for either publish arrived.
+        ch.close_with(Error::new(ErrorKind::ChannelClosed, "connection lost"));
+
+        match returned.await {
+            Ok(Confirmation::Returned(r)) => {
+                assert_eq!(&r.body[..], b"unroutable");
+                assert_eq!(r.reply_code, 312);
+            }
+            other => panic!("the returned publish got {other:?}"),
+        }
+        // Nothing is known of the other one: it fails with the channel, as before.
+        let err = unanswered.await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ChannelClosed);
+    }
+}

@@ -19,7 +19,7 @@ use super::content::Incoming;
 use crate::codec::{self, Settle};
 use crate::connection::ConnShared;
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::GetMessage;
+use crate::message::{Confirmation, GetMessage};
 
 /// What a caller waiting on a synchronous method gets back.
 pub(crate) enum Reply {
@@ -220,7 +220,13 @@ impl ChannelShared {
             let _ = w.tx.send(Err(err.clone()));
         }
         for p in st.pending.drain(..) {
-            let _ = p.tx.send(Err(err.clone()));
+            // The broker returns an unroutable mandatory message before it acks it: one
+            // already returned has its outcome (no queue took it), whatever comes next.
+            let outcome = match p.returned {
+                Some(returned) => Ok(Confirmation::Returned(returned)),
+                None => Err(err.clone()),
+            };
+            let _ = p.tx.send(outcome);
         }
         for slot in st.consumers.drain() {
             slot.end(ConsumerEnd::Error(err.clone()));
