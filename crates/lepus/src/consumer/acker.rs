@@ -166,6 +166,12 @@ impl Acker {
         self.pending_count = 0;
     }
 
+    /// Whether any delivery taken is not settled yet (running, held, or waiting for an
+    /// earlier one).
+    pub(crate) fn has_unsettled(&self) -> bool {
+        !self.outstanding.is_empty()
+    }
+
     /// How long the oldest unsettled delivery has been held.
     pub(crate) fn oldest_age(&self) -> Option<Duration> {
         self.outstanding.front().map(|e| e.1.elapsed())

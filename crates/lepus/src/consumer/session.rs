@@ -210,12 +210,14 @@ impl Consumer {
                     acker.flush();
                     linger_armed = false;
                 }
-                _ = tick.tick() => {
+                // Only while deliveries are unsettled: that is all it checks, and an idle
+                // turn (one per wake-up) then skips the timer.
+                _ = tick.tick(), if acker.has_unsettled() => {
                     if let Some(age) = acker.oldest_age() && age > cfg.broker_consumer_timeout.mul_f64(0.8) {
                         tracing::warn!(queue = %queue, age = ?age, broker_consumer_timeout = ?cfg.broker_consumer_timeout, "a message has been unacknowledged for close to the broker's consumer timeout");
                     }
                 }
-                _ = sleep_until_opt(drain_deadline) => {}
+                _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {}
             }
             counted = self.count_in_flight(counted, handlers.len(), metrics);
         };
