@@ -167,7 +167,7 @@ impl Publisher {
             sent_at: None,
             _span: span,
         };
-        self.queue.push(job, &self.shared).map_err(|job| {
+        self.queue.push(job).map_err(|job| {
             self.shared.give_back();
             PublishError {
                 error: Error::new(ErrorKind::Closed, "the publisher is closed"),

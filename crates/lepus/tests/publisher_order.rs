@@ -1,5 +1,6 @@
-//! Order through the publisher's direct path and its queue: many callers publish at once
-//! while the broker drops every connection, twice; each caller's messages must reach the
+//! Order through the publisher: many callers publish at once while the broker is killed
+//! and restarted (what it had not yet written is lost and goes out again) and then drops
+//! every connection; each caller's messages must reach the
 //! queue in the order it sent them (a message republished after a loss may come again,
 //! but nothing new may arrive after a later message of the same caller), and none that
 //! was confirmed may be missing.
@@ -59,7 +60,7 @@ async fn drain_ids(url: &str, queue: &str, expected: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_callers_keep_their_order_through_forced_closes() {
+async fn concurrent_callers_keep_their_order_through_a_kill_and_a_forced_close() {
     let broker = Arc::new(blocking(|| Broker::start().unwrap()).await);
     let q = unique_name("order");
     let client = client(&broker.url(), Topology::new().queue(Queue::new(&q)));
@@ -76,11 +77,11 @@ async fn concurrent_callers_keep_their_order_through_forced_closes() {
     );
     let confirmed = Arc::new(AtomicUsize::new(0));
 
-    // Two forced closes of every connection, driven by progress.
+    // A kill and restart, then a forced close of every connection, driven by progress.
     let faults = {
         let (broker, confirmed) = (broker.clone(), confirmed.clone());
         tokio::spawn(async move {
-            for at in [SENDERS * EACH / 4, SENDERS * EACH / 2] {
+            for (at, kill) in [(SENDERS * EACH / 4, true), (SENDERS * EACH / 2, false)] {
                 let reached = async {
                     while confirmed.load(Ordering::Relaxed) < at {
                         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -90,7 +91,15 @@ async fn concurrent_callers_keep_their_order_through_forced_closes() {
                     .await
                     .unwrap();
                 let b = broker.clone();
-                blocking(move || b.close_all_connections().unwrap()).await;
+                if kill {
+                    blocking(move || {
+                        b.kill().unwrap();
+                        b.restart().unwrap();
+                    })
+                    .await;
+                } else {
+                    blocking(move || b.close_all_connections().unwrap()).await;
+                }
             }
         })
     };

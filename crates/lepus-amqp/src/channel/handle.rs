@@ -129,35 +129,6 @@ impl Channel {
         properties: &BasicProperties,
         body: &[u8],
     ) -> Result<PublishConfirm> {
-        self.check_publish(exchange, routing_key, body)?;
-        let conn = &self.shared().conn;
-        conn.out.wait_for_space(conn.opts.operation_timeout).await?;
-        self.shared()
-            .publish(exchange, routing_key, options.mandatory, properties, body)
-    }
-
-    /// Publishes a message like [`Channel::basic_publish`] if the connection's write
-    /// buffer has room now, without waiting; `Ok(None)` (nothing written) if it is full.
-    /// For a caller that has somewhere else to put the message meanwhile.
-    pub fn try_basic_publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        options: PublishOptions,
-        properties: &BasicProperties,
-        body: &[u8],
-    ) -> Result<Option<PublishConfirm>> {
-        self.check_publish(exchange, routing_key, body)?;
-        if !self.shared().conn.out.has_space() {
-            return Ok(None);
-        }
-        self.shared()
-            .publish(exchange, routing_key, options.mandatory, properties, body)
-            .map(Some)
-    }
-
-    /// The limits a publish is checked against before anything is written.
-    fn check_publish(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Result<()> {
         if exchange.len() > 255 {
             return Err(Error::invalid(format!(
                 "exchange name is {} bytes long; AMQP allows at most 255",
@@ -181,7 +152,9 @@ impl Channel {
                 ),
             ));
         }
-        Ok(())
+        conn.out.wait_for_space(conn.opts.operation_timeout).await?;
+        self.shared()
+            .publish(exchange, routing_key, options.mandatory, properties, body)
     }
 
     /// Starts a consumer on `queue`. Deliveries come through the returned [`Consumer`],

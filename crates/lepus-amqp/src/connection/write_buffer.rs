@@ -68,11 +68,6 @@ impl WriteBuffer {
         Ok(())
     }
 
-    /// Whether fewer than `limit` bytes are queued (a publish may be written now).
-    pub(crate) fn has_space(&self) -> bool {
-        self.queued.load(Ordering::Acquire) < self.limit
-    }
-
     /// Waits until fewer than `limit` bytes are queued, up to `timeout`.
     pub(crate) async fn wait_for_space(&self, timeout: Duration) -> Result<()> {
         if self.queued.load(Ordering::Acquire) < self.limit {

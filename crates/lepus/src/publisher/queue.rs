@@ -7,25 +7,13 @@
 //! woken only when the queue goes from empty to not empty.
 //!
 //! It is bounded by the outage buffer: a job is queued only after taking a slot of it.
-//!
-//! **The direct path.** While the task waits with nothing to do but settle (its channel
-//! open, nothing waiting, delayed or being probed, room in the window) it leaves a
-//! [`Gate`] here, and a caller that finds the queue empty publishes on the gate's channel
-//! itself, under this lock, and leaves the task only the job and its confirm to settle.
-//! The message is then encoded on the thread that built it, and the task is not woken
-//! for it. Order is exact because everything happens under the one lock: a caller goes
-//! direct only while no job is queued, the task takes the gate back (with the jobs
-//! published through it, which go behind its own in-flight ones) before it does anything
-//! else, and it leaves the gate again only once it has published everything it held.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use lepus_amqp::{Channel, PublishConfirm, PublishOptions};
-use tokio::sync::{Notify, watch};
-use tokio::time::Instant;
+use tokio::sync::Notify;
 
-use super::shared::{Job, Shared};
+use super::shared::Job;
 
 /// Jobs on their way from the handles to the task.
 #[derive(Default)]
@@ -43,49 +31,6 @@ struct Inner {
     closed: bool,
     /// Every handle is gone: nothing more will come.
     abandoned: bool,
-    /// Left by the task while callers may publish themselves.
-    gate: Option<Gate>,
-    /// What callers published through the gate, in publish order, for the task to settle.
-    direct: VecDeque<(Job, PublishConfirm)>,
-}
-
-/// What a caller needs to publish on the task's channel: left by the task (see the
-/// module's docs), valid while the channel is.
-pub(super) struct Gate {
-    pub(super) channel: Channel,
-    pub(super) blocked: watch::Receiver<Option<String>>,
-    pub(super) mandatory: bool,
-    /// The exchange the task last published to, with its metric slot and counter: only
-    /// messages to it go direct (any other registers its metrics on the task first).
-    pub(super) exchange: String,
-    pub(super) metrics: usize,
-    pub(super) published: metrics::Counter,
-    /// How many may go out through the gate before the window is full.
-    pub(super) room: usize,
-    /// The task waits on no confirm: wake it for the first message through the gate.
-    pub(super) wake: bool,
-}
-
-impl Gate {
-    /// Publishes `job` if this gate lets it through and the connection takes it now.
-    fn publish(&self, job: &Job, through: usize) -> Option<PublishConfirm> {
-        if through >= self.room
-            || job.msg.exchange != self.exchange
-            || self.blocked.borrow().is_some()
-        {
-            return None;
-        }
-        let m = &job.msg;
-        let options = PublishOptions {
-            mandatory: m.mandatory.unwrap_or(self.mandatory),
-        };
-        // Anything but a written message (no room, a closed channel, a message the
-        // engine refuses) goes the usual way, and the task deals with it.
-        self.channel
-            .try_basic_publish(&m.exchange, &m.routing_key, options, &m.properties, &m.body)
-            .ok()
-            .flatten()
-    }
 }
 
 /// What [`Queue::take_into`] found.
@@ -103,29 +48,11 @@ impl Queue {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Publishes `job` through the gate if it is open and nothing is queued, otherwise
-    /// queues it for the task; gives it back if the task stopped taking jobs.
-    pub(super) fn push(&self, mut job: Job, shared: &Shared) -> Result<(), Job> {
+    /// Queues `job` for the task; gives it back if the task stopped taking jobs.
+    pub(super) fn push(&self, job: Job) -> Result<(), Job> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(job);
-        }
-        if inner.jobs.is_empty()
-            && let Some(gate) = &inner.gate
-            && let Some(confirm) = gate.publish(&job, inner.direct.len())
-        {
-            job.sent_at = Some(Instant::now());
-            job.metrics = gate.metrics;
-            gate.published.increment(1);
-            let wake = gate.wake && inner.direct.is_empty();
-            shared.stats.count_published();
-            shared.stats.add_in_flight();
-            inner.direct.push_back((job, confirm));
-            drop(inner);
-            if wake {
-                self.ready.notify_one();
-            }
-            return Ok(());
         }
         let was_empty = inner.jobs.is_empty();
         inner.jobs.push_back(job);
@@ -155,42 +82,16 @@ impl Queue {
         Taken::Open
     }
 
-    /// Leaves `gate` for callers, unless jobs are queued (the task has work first) or the
-    /// queue is closed: then it comes back.
-    pub(super) fn open_gate(&self, gate: Gate) -> Option<Gate> {
-        let mut inner = self.lock();
-        if inner.closed || !inner.jobs.is_empty() {
-            return Some(gate);
-        }
-        inner.gate = Some(gate);
-        None
-    }
-
-    /// Takes the gate back; what went through it goes to the back of `inflight`, in
-    /// publish order.
-    pub(super) fn shut_gate(&self, inflight: &mut VecDeque<(Job, PublishConfirm)>) -> Option<Gate> {
-        let mut inner = self.lock();
-        inflight.extend(inner.direct.drain(..));
-        inner.gate.take()
-    }
-
     /// Resolves when a job may have been queued (or the last handle went) since the task
     /// last took them all.
     pub(super) async fn ready(&self) {
         self.ready.notified().await;
     }
 
-    /// Takes no more jobs; what is queued goes to the back of `into`, what went through
-    /// the gate to the back of `inflight`.
-    pub(super) fn close(
-        &self,
-        into: &mut VecDeque<Job>,
-        inflight: &mut VecDeque<(Job, PublishConfirm)>,
-    ) {
+    /// Takes no more jobs; what is queued goes to the back of `into`.
+    pub(super) fn close(&self, into: &mut VecDeque<Job>) {
         let mut inner = self.lock();
         inner.closed = true;
-        inner.gate = None;
-        inflight.extend(inner.direct.drain(..));
         into.extend(inner.jobs.drain(..));
     }
 
@@ -209,8 +110,8 @@ impl Sender {
         Sender(queue)
     }
 
-    pub(super) fn push(&self, job: Job, shared: &Shared) -> Result<(), Job> {
-        self.0.push(job, shared)
+    pub(super) fn push(&self, job: Job) -> Result<(), Job> {
+        self.0.push(job)
     }
 }
 
@@ -231,9 +132,7 @@ mod tests {
 
     use super::{Queue, Sender, Taken};
     use crate::message::Message;
-    use crate::publisher::shared::{Job, Reply, Shared};
-
-    static SHARED: std::sync::LazyLock<Shared> = std::sync::LazyLock::new(|| Shared::new(100));
+    use crate::publisher::shared::{Job, Reply};
 
     fn job(id: &str) -> Job {
         let (tx, _rx) = oneshot::channel();
@@ -259,12 +158,12 @@ mod tests {
         let queue = Queue::default();
         let mut taken = VecDeque::new();
         for id in ["a", "b"] {
-            assert!(queue.push(job(id), &SHARED).is_ok());
+            assert!(queue.push(job(id)).is_ok());
         }
         assert_eq!(queue.take_into(&mut taken), Taken::Open);
         // Taken into a deque that already holds some: appended behind them.
         for id in ["c", "d"] {
-            assert!(queue.push(job(id), &SHARED).is_ok());
+            assert!(queue.push(job(id)).is_ok());
         }
         assert_eq!(queue.take_into(&mut taken), Taken::Open);
         assert_eq!(ids(&taken), ["a", "b", "c", "d"]);
@@ -276,14 +175,14 @@ mod tests {
     async fn the_task_is_woken_by_the_first_job_after_it_took_them_all() {
         let queue = Arc::new(Queue::default());
         let mut taken = VecDeque::new();
-        assert!(queue.push(job("a"), &SHARED).is_ok());
+        assert!(queue.push(job("a")).is_ok());
         tokio::time::timeout(Duration::from_secs(5), queue.ready())
             .await
             .unwrap();
         assert_eq!(queue.take_into(&mut taken), Taken::Open);
         let pusher = {
             let queue = Arc::clone(&queue);
-            tokio::spawn(async move { queue.push(job("b"), &SHARED).is_ok() })
+            tokio::spawn(async move { queue.push(job("b")).is_ok() })
         };
         tokio::time::timeout(Duration::from_secs(5), queue.ready())
             .await
@@ -297,7 +196,7 @@ mod tests {
     async fn a_closed_queue_hands_jobs_back_and_a_dropped_sender_ends_it() {
         let queue = Arc::new(Queue::default());
         let sender = Sender::new(Arc::clone(&queue));
-        assert!(sender.push(job("a"), &SHARED).is_ok());
+        assert!(sender.push(job("a")).is_ok());
         drop(sender);
         tokio::time::timeout(Duration::from_secs(5), queue.ready())
             .await
@@ -306,8 +205,8 @@ mod tests {
         // What was queued still comes out first; then the end.
         assert_eq!(queue.take_into(&mut taken), Taken::Open);
         assert_eq!(queue.take_into(&mut taken), Taken::Abandoned);
-        queue.close(&mut taken, &mut VecDeque::new());
-        let back = queue.push(job("late"), &SHARED).err().unwrap();
+        queue.close(&mut taken);
+        let back = queue.push(job("late")).err().unwrap();
         assert_eq!(back.msg.message_id(), Some("late"));
         assert_eq!(ids(&taken), ["a"]);
     }

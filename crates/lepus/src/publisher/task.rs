@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::PublisherOptions;
-use super::queue::{Gate, Queue, Taken};
+use super::queue::{Queue, Taken};
 use super::shared::{Job, Shared};
 use crate::error::{Error, ErrorKind};
 use crate::observability::metrics::{self as m, PublishMetrics};
@@ -77,11 +77,6 @@ pub(super) struct Task {
     progress: Instant,
     /// Stalls in a row without a confirm in between (see [`Task::check_stall`]).
     stalls: u32,
-    /// The gate for callers to publish through while the task waits (see `queue`): kept
-    /// here while shut, dropped when the channel or the exchange it is for changes.
-    gate: Option<Gate>,
-    /// Whether the gate is left open in the queue.
-    gate_open: bool,
 }
 
 /// The channel in use and the connection it is on.
@@ -129,8 +124,6 @@ impl Task {
             renew: None,
             progress: Instant::now(),
             stalls: 0,
-            gate: None,
-            gate_open: false,
         }
     }
 
@@ -151,10 +144,7 @@ impl Task {
             }
             self.expire();
             self.report_gauges();
-            self.open_gate();
             let event = self.next_event().await;
-            // Before anything else: what callers published meanwhile is in flight too.
-            self.shut_gate();
             match event {
                 Event::Stop => break,
                 Event::Confirmed(outcome) => {
@@ -167,60 +157,6 @@ impl Task {
             }
         }
         self.shutdown().await;
-    }
-
-    /// Leaves the gate for callers if they may publish themselves: the channel is open
-    /// and not blocked, nothing waits, is delayed or is being probed, the channel is not
-    /// being renewed, and the window has room.
-    fn open_gate(&mut self) {
-        let Some(open) = &self.channel else { return };
-        let room = self.options.window.saturating_sub(self.inflight.len());
-        if room == 0
-            || !self.waiting.is_empty()
-            || !self.delayed.is_empty()
-            || self.probe > 0
-            || self.renew.is_some()
-            || self.is_blocked()
-            || !open.channel.is_open()
-        {
-            return;
-        }
-        let gate = match self.gate.take() {
-            Some(gate) => gate,
-            None => {
-                let Some((exchange, slot)) = &self.last_metrics else {
-                    return;
-                };
-                let Some(handles) = self.metrics.get(*slot) else {
-                    return;
-                };
-                Gate {
-                    channel: open.channel.clone(),
-                    blocked: open.connection.blocked(),
-                    mandatory: self.options.mandatory,
-                    exchange: exchange.clone(),
-                    metrics: *slot,
-                    published: handles.published.clone(),
-                    room,
-                    wake: true,
-                }
-            }
-        };
-        let gate = Gate {
-            room,
-            wake: self.inflight.is_empty(),
-            ..gate
-        };
-        self.gate = self.queue.open_gate(gate);
-        self.gate_open = self.gate.is_none();
-    }
-
-    /// Takes the gate back, with what went through it.
-    fn shut_gate(&mut self) {
-        if !std::mem::take(&mut self.gate_open) {
-            return;
-        }
-        self.gate = self.queue.shut_gate(&mut self.inflight);
     }
 
     fn is_blocked(&self) -> bool {
@@ -290,8 +226,6 @@ impl Task {
             }
         };
         self.last_metrics = Some((exchange.to_owned(), slot));
-        // The gate is for the last exchange only.
-        self.gate = None;
         slot
     }
 
@@ -311,9 +245,8 @@ impl Task {
     }
 
     async fn shutdown(mut self) {
-        self.shut_gate();
-        self.queue.close(&mut self.waiting, &mut self.inflight);
         self.settle_ready();
+        self.queue.close(&mut self.waiting);
         let closed = || {
             Error::new(
                 ErrorKind::Closed,

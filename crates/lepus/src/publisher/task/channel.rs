@@ -169,7 +169,6 @@ impl Task {
 
     pub(super) fn drop_channel(&mut self) -> Option<Open> {
         self.blocked = None;
-        self.gate = None;
         self.renew = None;
         self.channel.take()
     }
