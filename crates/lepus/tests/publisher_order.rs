@@ -1,0 +1,167 @@
+//! Order through the publisher: many callers publish at once while the broker is killed
+//! and restarted (what it had not yet written is lost and goes out again) and then drops
+//! every connection; each caller's messages must reach the
+//! queue in the order it sent them (a message republished after a loss may come again,
+//! but nothing new may arrive after a later message of the same caller), and none that
+//! was confirmed may be missing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lepus::amqp::{Connection, ConsumeOptions};
+use lepus::{Message, Publisher, PublisherOptions, Queue, Topology};
+use lepus_testkit::{Broker, unique_name};
+
+use common::{blocking, client};
+
+const SENDERS: usize = 8;
+const EACH: usize = 3_000;
+
+/// Every message id in `queue`, in queue order, acking as it goes, until `expected`
+/// distinct ones came and the queue then stays empty for a moment.
+async fn drain_ids(url: &str, queue: &str, expected: usize) -> Vec<String> {
+    let conn = Connection::open(url).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.basic_qos(1000, false).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(queue, ConsumeOptions::default())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut distinct = HashSet::new();
+    loop {
+        let wait = if distinct.len() < expected {
+            Duration::from_secs(20)
+        } else {
+            Duration::from_millis(500)
+        };
+        let Ok(Some(d)) = tokio::time::timeout(wait, consumer.next()).await else {
+            break;
+        };
+        let d = d.unwrap();
+        let id = d.properties().message_id().as_ref().unwrap().to_string();
+        distinct.insert(id.clone());
+        ids.push(id);
+        d.ack().unwrap();
+    }
+    conn.close().await.unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_keep_their_order_through_a_kill_and_a_forced_close() {
+    let broker = Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let q = unique_name("order");
+    let client = client(&broker.url(), Topology::new().queue(Queue::new(&q)));
+    client
+        .wait_connected(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let publisher = Publisher::new(
+        &client,
+        PublisherOptions::default()
+            .window(300)
+            .buffer(2_000)
+            .publish_timeout(Duration::from_secs(60)),
+    );
+    let confirmed = Arc::new(AtomicUsize::new(0));
+
+    // A kill and restart, then a forced close of every connection, driven by progress.
+    let faults = {
+        let (broker, confirmed) = (broker.clone(), confirmed.clone());
+        tokio::spawn(async move {
+            for (at, kill) in [(SENDERS * EACH / 4, true), (SENDERS * EACH / 2, false)] {
+                let reached = async {
+                    while confirmed.load(Ordering::Relaxed) < at {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(60), reached)
+                    .await
+                    .unwrap();
+                let b = broker.clone();
+                if kill {
+                    blocking(move || {
+                        b.kill().unwrap();
+                        b.restart().unwrap();
+                    })
+                    .await;
+                } else {
+                    blocking(move || b.close_all_connections().unwrap()).await;
+                }
+            }
+        })
+    };
+
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (publisher, confirmed, q) = (publisher.clone(), confirmed.clone(), q.clone());
+            tokio::spawn(async move {
+                let mut pending = VecDeque::new();
+                for k in 0..EACH {
+                    let message =
+                        Message::new("", &q, vec![b'x'; 16]).message_id_str(&format!("{s}-{k}"));
+                    pending.push_back(publisher.send(message).await.unwrap());
+                    while pending.len() > 200 {
+                        pending.pop_front().unwrap().await.unwrap();
+                        confirmed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                for confirm in pending {
+                    confirm.await.unwrap();
+                    confirmed.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(60), faults)
+        .await
+        .unwrap()
+        .unwrap();
+    let republished = publisher.stats().snapshot().republished;
+    assert!(
+        republished > 0,
+        "the forced closes made nothing go out again"
+    );
+
+    let ids = drain_ids(&broker.url(), &q, SENDERS * EACH).await;
+    // Per caller: the highest sequence number seen so far; a message seen for the first
+    // time must come after it.
+    let mut highest: HashMap<usize, usize> = HashMap::new();
+    let mut seen = HashSet::new();
+    for id in &ids {
+        let (s, k) = id.split_once('-').unwrap();
+        let (s, k): (usize, usize) = (s.parse().unwrap(), k.parse().unwrap());
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let top = highest.entry(s).or_insert(k);
+        assert!(
+            k >= *top,
+            "caller {s}'s message {k} arrived first after its message {top}"
+        );
+        *top = k;
+    }
+    assert_eq!(
+        seen.len(),
+        SENDERS * EACH,
+        "every confirmed message is in the queue ({} of them came, {} with repeats; {republished} republished)",
+        seen.len(),
+        ids.len()
+    );
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
