@@ -212,7 +212,7 @@ impl Task {
     /// exchange's is checked first: most publishers use one or two.
     fn metrics_slot(&mut self, exchange: &str) -> usize {
         if let Some((last, slot)) = &self.last_metrics
-            && last == exchange
+            && same_name(last, exchange)
         {
             return *slot;
         }
@@ -275,5 +275,29 @@ fn move_gauge(gauge: &metrics::Gauge, from: usize, to: usize) {
         gauge.increment((to - from) as f64);
     } else if from > to {
         gauge.decrement((from - to) as f64);
+    }
+}
+
+/// `a == b` for exchange names, with the default exchange's empty name answered without
+/// calling `memcmp`. An empty `String`'s pointer is dangling, and glibc's AVX-512 `memcmp`
+/// reads its operands with a masked load even for zero bytes; a masked load of a page
+/// that is not mapped is completed by a microcode assist, hundreds of cycles. That was
+/// 11% of the publisher's CPU at four queues on the default exchange (perf).
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_name;
+
+    #[test]
+    fn exchange_names_compare_like_strings() {
+        assert!(same_name("", ""));
+        assert!(same_name("orders", "orders"));
+        assert!(!same_name("", "orders"));
+        assert!(!same_name("orders", ""));
+        assert!(!same_name("orders", "ordersx"));
+        assert!(!same_name("orders", "Orders"));
     }
 }
