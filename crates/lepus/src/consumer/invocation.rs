@@ -87,38 +87,55 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic payload".into())
 }
 
-/// One message's handling.
-pub(super) struct Invocation<H> {
+/// What every invocation of one session shares: one reference count per message
+/// instead of a copy of each handle.
+pub(super) struct Calls<H> {
     pub(super) handler: Arc<H>,
-    pub(super) incoming: Incoming,
     pub(super) immediate: u32,
     pub(super) timeout: Duration,
     pub(super) stats: Arc<ConsumerStats>,
     pub(super) metrics: Arc<ConsumeMetrics>,
     pub(super) store: Option<Arc<dyn IdempotencyStore>>,
+}
+
+/// One message's handling.
+pub(super) struct Invocation<H> {
+    pub(super) calls: Arc<Calls<H>>,
+    pub(super) incoming: Incoming,
     pub(super) span: tracing::Span,
+    /// When the message was taken: the first attempt's start (a clock read the session
+    /// made anyway).
+    pub(super) started: Instant,
 }
 
 impl<H: Handler> Invocation<H> {
     pub(super) async fn run(self) -> Done {
         let Invocation {
-            handler,
+            calls,
             incoming,
+            span,
+            started,
+        } = self;
+        let Calls {
+            handler,
             immediate,
             timeout,
             stats,
             metrics,
             store,
-            span,
-        } = self;
-        if let (Some(store), Some(id)) = (&store, incoming.message_id())
-            && seen(store, id).await
-        {
-            return Done::Skipped { incoming };
+        } = &*calls;
+        let (immediate, timeout) = (*immediate, *timeout);
+        let mut started = Some(started);
+        if let (Some(store), Some(id)) = (store, incoming.message_id()) {
+            if seen(store, id).await {
+                return Done::Skipped { incoming };
+            }
+            // The lookup may have taken a while: the handler's clock starts after it.
+            started = None;
         }
         let mut failures = 0u32;
         loop {
-            let started = Instant::now();
+            let started = started.take().unwrap_or_else(Instant::now);
             let mut this_attempt = incoming.clone();
             this_attempt.attempt = incoming.attempt.saturating_add(failures);
             // The call itself is user code too: a closure may panic before it returns
@@ -140,7 +157,10 @@ impl<H: Handler> Invocation<H> {
                 }
                 Err(panic) => Ok(Err(panic)),
             };
-            metrics.duration.record(started.elapsed().as_secs_f64());
+            let mut finished = Instant::now();
+            metrics
+                .duration
+                .record(finished.saturating_duration_since(started).as_secs_f64());
             let outcome = match result {
                 Ok(Ok(outcome)) => {
                     if outcome != Outcome::Ack {
@@ -162,7 +182,7 @@ impl<H: Handler> Invocation<H> {
                     Outcome::Retry(format!("handler timed out after {timeout:?}"))
                 }
             };
-            let finished = match &outcome {
+            let last = match &outcome {
                 Outcome::Ack => true,
                 Outcome::DeadLetter(_) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -175,18 +195,22 @@ impl<H: Handler> Invocation<H> {
                     failures > immediate
                 }
             };
-            if finished {
+            if last {
                 // Recorded before the ack: a redelivery after a lost ack is recognised.
                 if outcome == Outcome::Ack
-                    && let (Some(store), Some(id)) = (&store, incoming.message_id())
+                    && let (Some(store), Some(id)) = (store, incoming.message_id())
                 {
                     remember(store, id).await;
+                    // The store may have taken a while: `finished` says when the session
+                    // got the message back (the next one's start may reuse it).
+                    finished = Instant::now();
                 }
                 return Done::Handled {
                     incoming,
                     outcome,
                     failures,
                     span,
+                    finished,
                 };
             }
         }

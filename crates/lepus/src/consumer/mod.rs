@@ -19,12 +19,15 @@
 //! subscription's loop (deliveries in, handlers polled, acks out); `settle.rs` decides
 //! what a finished handler's message becomes (acked, moved to a wait queue or the
 //! dead-letter queue) and retries failed moves; `invocation.rs` runs one handler call
-//! (timeout, panic, idempotency), `acker.rs` batches acks, `retry.rs` names the wait
-//! queues and writes the failure headers.
+//! (timeout, panic, idempotency), `in_flight.rs` holds the running handlers (at
+//! concurrency 1 one slot reused for every message, no allocation per message) and
+//! watches for shutdown, `acker.rs` batches acks, `retry.rs` names the wait queues and
+//! writes the failure headers.
 
 mod acker;
 mod builder;
 mod handler;
+mod in_flight;
 mod invocation;
 mod pause;
 pub(crate) mod retry;

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::task::Poll;
+
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use lepus_amqp::{ConsumeOptions, ErrorKind as AmqpErrorKind};
+use lepus_amqp::{ConsumeOptions, Delivery, ErrorKind as AmqpErrorKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::acker::Acker;
-use super::invocation::{Invocation, handle_span};
+use super::in_flight::{CancelWatch, InFlight};
+use super::invocation::{Calls, Invocation, handle_span};
 use super::settle::{Move, Settling};
 use super::{ACK_LINGER, Consumer, Handler, Incoming, Outcome};
 use crate::error::{Error, ErrorKind};
@@ -40,6 +42,8 @@ pub(super) enum Done {
         outcome: Outcome,
         failures: u32,
         span: tracing::Span,
+        /// When the handler returned (a clock read the next message may reuse).
+        finished: Instant,
     },
     Moved {
         /// The copy is given back when its publish failed.
@@ -100,43 +104,38 @@ impl Consumer {
         // stops delivering when the window is full.
         let batch = cfg.ack_batch.min(usize::from(cfg.prefetch / 2).max(1));
         let mut acker = Acker::new(channel.clone(), batch, Arc::clone(&self.stats));
-        let mut running: FuturesUnordered<Running> = FuturesUnordered::new();
-        let mut handlers_running = 0usize;
+        let calls = Arc::new(Calls {
+            handler: Arc::clone(handler),
+            immediate: cfg.retry.immediate,
+            timeout: cfg.handler_timeout,
+            stats: Arc::clone(&self.stats),
+            metrics: Arc::clone(metrics),
+            store: cfg.idempotency.clone(),
+        });
+        let mut handlers: InFlight<H> = InFlight::new(cfg.concurrency);
+        // Failed messages on their way to a wait queue or the dead-letter queue.
+        let mut moves: FuturesUnordered<Running> = FuturesUnordered::new();
+        // Handlers counted in `in_flight` (stats and gauge): brought up to date once per
+        // turn of the loop, so a handler that finishes on its first poll costs no update.
+        let mut counted = 0usize;
         let mut draining: Option<Instant> = None;
         let linger = tokio::time::sleep(ACK_LINGER);
         tokio::pin!(linger);
         let mut linger_armed = false;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One wait on the token for the whole session: a new one per turn of the loop
-        // would register and unregister a waiter for every message.
-        // Once registered with this task's waker, the wait is not polled again while
-        // deliveries flow: reading the flag is enough, and much cheaper than re-arming
-        // the waiter every turn. A different waker (the session moved to another task)
-        // re-registers.
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
-        let mut registered: Option<std::task::Waker> = None;
-        let mut cancel_wait = std::pin::pin!(std::future::poll_fn(|cx| {
-            if shutdown.is_cancelled() {
-                return std::task::Poll::Ready(());
-            }
-            if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                return std::task::Poll::Pending;
-            }
-            registered = Some(cx.waker().clone());
-            cancelled.as_mut().poll(cx)
-        }));
-        let end = loop {
+        let mut cancel = CancelWatch::new(shutdown);
+        let end = 'session: loop {
             if let Some(since) = draining {
-                if running.is_empty() {
+                if handlers.len() == 0 && moves.is_empty() {
                     break SessionEnd::Shutdown;
                 }
                 if since.elapsed() >= cfg.shutdown_timeout {
-                    tracing::warn!(queue = %queue, left = running.len(), "shutdown deadline passed; unfinished messages go back to the queue");
+                    tracing::warn!(queue = %queue, left = handlers.len() + moves.len(), "shutdown deadline passed; unfinished messages go back to the queue");
                     break SessionEnd::Shutdown;
                 }
             }
-            let can_take = draining.is_none() && handlers_running < cfg.concurrency;
+            let can_take = draining.is_none() && handlers.len() < cfg.concurrency;
             // A partial ack batch waits at most ACK_LINGER: one timer per batch, not
             // per message.
             if !acker.has_pending() {
@@ -149,62 +148,80 @@ impl Consumer {
                 draining.map(|since| crate::deadline::deadline_from(since, cfg.shutdown_timeout));
             tokio::select! {
                 biased;
-                _ = &mut cancel_wait, if draining.is_none() => {
+                _ = cancel.cancelled(), if draining.is_none() => {
                     draining = Some(Instant::now());
                     if let Err(e) = consumer.cancel().await {
                         tracing::debug!(error = %crate::error::report(&e), "cancelling the consumer failed");
                     }
                 }
-                Some(done) = running.next(), if !running.is_empty() => {
-                    if matches!(done, Done::Handled { .. } | Done::Skipped { .. }) {
-                        handlers_running -= 1;
-                        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        metrics.in_flight.decrement(1.0);
-                    }
+                Some(done) = moves.next(), if !moves.is_empty() => {
                     let settling = Settling { acker: &mut acker, publisher, queue: &queue, metrics, shutdown };
                     if let Some(next) = self.settle(done, settling) {
-                        running.push(next);
+                        moves.push(next);
                     }
                 }
-                delivery = consumer.next(), if can_take => match delivery {
-                    Some(Ok(delivery)) => {
+                Some(done) = handlers.next(), if handlers.len() > 0 => {
+                    let settling = Settling { acker: &mut acker, publisher, queue: &queue, metrics, shutdown };
+                    if let Some(next) = self.settle(done, settling) {
+                        moves.push(next);
+                    }
+                }
+                delivery = consumer.next(), if can_take => {
+                    // Deliveries already buffered are taken here, one after the other,
+                    // while their handlers finish on their first poll: no turn of the
+                    // loop (and of every branch of this select) per message.
+                    let mut item = delivery;
+                    let mut budget = DRAIN_BUDGET;
+                    // The clock read that ended the previous handler, reused as the next
+                    // message's start.
+                    let mut now = None;
+                    loop {
+                        let delivery = match taken(item) {
+                            Ok(delivery) => delivery,
+                            Err(end) => break 'session end,
+                        };
+                        let at = now.take().unwrap_or_else(Instant::now);
                         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                         metrics.delivered.increment(1);
                         let incoming = Incoming::new(delivery);
-                        acker.track(incoming.delivery.delivery_tag());
-                        handlers_running += 1;
-                        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                        metrics.in_flight.increment(1.0);
+                        acker.track(incoming.delivery.delivery_tag(), at);
                         let span = handle_span(&queue, &incoming);
-                        let call = Invocation {
-                            handler: Arc::clone(handler),
-                            incoming,
-                            immediate: cfg.retry.immediate,
-                            timeout: cfg.handler_timeout,
-                            stats: Arc::clone(&self.stats),
-                            metrics: Arc::clone(metrics),
-                            store: cfg.idempotency.clone(),
-                            span: span.clone(),
-                        };
-                        running.push(Box::pin(call.run().instrument(span)));
+                        handlers.start(Invocation { calls: Arc::clone(&calls), incoming, span, started: at });
+                        while let Some(done) = handlers.ready().await {
+                            if let Done::Handled { finished, .. } = &done {
+                                now = Some(*finished);
+                            }
+                            let settling = Settling { acker: &mut acker, publisher, queue: &queue, metrics, shutdown };
+                            if let Some(next) = self.settle(done, settling) {
+                                moves.push(next);
+                            }
+                        }
+                        budget -= 1;
+                        if budget == 0 || handlers.len() >= cfg.concurrency || cancel.is_cancelled() {
+                            break;
+                        }
+                        match std::future::poll_fn(|cx| Poll::Ready(consumer.poll_next_unpin(cx))).await {
+                            Poll::Ready(next) => item = next,
+                            Poll::Pending => break,
+                        }
                     }
-                    Some(Err(err)) if err.kind() == AmqpErrorKind::ConsumerCancelled => break SessionEnd::Cancelled(err.into()),
-                    Some(Err(err)) => break SessionEnd::Lost(err.into()),
-                    None => break SessionEnd::Lost(Error::new(ErrorKind::Closed, "consumer ended")),
-                },
+                }
                 _ = &mut linger, if linger_armed => {
                     acker.flush();
                     linger_armed = false;
                 }
-                _ = tick.tick() => {
+                // Only while deliveries are unsettled: that is all it checks, and an idle
+                // turn (one per wake-up) then skips the timer.
+                _ = tick.tick(), if acker.has_unsettled() => {
                     if let Some(age) = acker.oldest_age() && age > cfg.broker_consumer_timeout.mul_f64(0.8) {
                         tracing::warn!(queue = %queue, age = ?age, broker_consumer_timeout = ?cfg.broker_consumer_timeout, "a message has been unacknowledged for close to the broker's consumer timeout");
                     }
                 }
-                _ = sleep_until_opt(drain_deadline) => {}
+                _ = sleep_until_opt(drain_deadline), if drain_deadline.is_some() => {}
             }
+            counted = self.count_in_flight(counted, handlers.len(), metrics);
         };
-        if !matches!(end, SessionEnd::Shutdown) && !running.is_empty() {
+        if !matches!(end, SessionEnd::Shutdown) && handlers.len() > 0 {
             // The channel is gone, but handlers already running are let finish (within
             // their timeout): their side effects complete and a success is recorded in
             // the idempotency store (by the invocation), so the broker's redelivery is
@@ -212,21 +229,14 @@ impl Consumer {
             // another message. A failed message's copy is not moved now (moves still
             // under way are dropped): the original comes back.
             let deadline = crate::deadline::deadline_after(cfg.handler_timeout);
-            while handlers_running > 0
-                && let Ok(Some(done)) = tokio::time::timeout_at(deadline, running.next()).await
+            while handlers.len() > 0
+                && let Ok(Some(_)) = tokio::time::timeout_at(deadline, handlers.next()).await
             {
-                if matches!(done, Done::Handled { .. } | Done::Skipped { .. }) {
-                    handlers_running -= 1;
-                    self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    metrics.in_flight.decrement(1.0);
-                }
+                counted = self.count_in_flight(counted, handlers.len(), metrics);
             }
         }
         // Handlers abandoned at a deadline no longer count as running.
-        self.stats
-            .in_flight
-            .fetch_sub(handlers_running, Ordering::Relaxed);
-        metrics.in_flight.decrement(handlers_running as f64);
+        self.count_in_flight(counted, 0, metrics);
         acker.flush();
         // Buffered deliveries that never started, and any handler abandoned at a
         // deadline, go back to the queue with the channel.
@@ -235,6 +245,39 @@ impl Consumer {
             tracing::info!(queue = %queue, "consumer stopped");
         }
         end
+    }
+
+    /// Brings `in_flight` (stats and gauge) from `counted` to `running`; returns it.
+    fn count_in_flight(&self, counted: usize, running: usize, metrics: &ConsumeMetrics) -> usize {
+        if running > counted {
+            let up = running - counted;
+            self.stats.in_flight.fetch_add(up, Ordering::Relaxed);
+            metrics.in_flight.increment(up as f64);
+        } else if running < counted {
+            let down = counted - running;
+            self.stats.in_flight.fetch_sub(down, Ordering::Relaxed);
+            metrics.in_flight.decrement(down as f64);
+        }
+        running
+    }
+}
+
+/// Deliveries taken in one turn of the session's loop at most, so its timers (the ack
+/// linger, the consumer-timeout check) and shutdown are looked at in between.
+const DRAIN_BUDGET: usize = 64;
+
+/// A delivery from the stream, or why the session ends.
+fn taken(item: Option<lepus_amqp::Result<Delivery>>) -> std::result::Result<Delivery, SessionEnd> {
+    match item {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(err)) if err.kind() == AmqpErrorKind::ConsumerCancelled => {
+            Err(SessionEnd::Cancelled(err.into()))
+        }
+        Some(Err(err)) => Err(SessionEnd::Lost(err.into())),
+        None => Err(SessionEnd::Lost(Error::new(
+            ErrorKind::Closed,
+            "consumer ended",
+        ))),
     }
 }
 

@@ -47,6 +47,7 @@ impl Consumer {
                 outcome,
                 failures,
                 span,
+                ..
             } => {
                 let headers = incoming.headers();
                 let failed_attempts = failure::count(headers, failure::ATTEMPTS_HEADER)
