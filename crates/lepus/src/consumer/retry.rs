@@ -18,7 +18,7 @@ use lepus_amqp::FieldTable;
 
 use crate::clock::now_ms;
 use crate::failure::FailureRecord;
-use crate::topology::{Queue, QueueType, Topology};
+use crate::topology::{DeadLetterStrategy, Overflow, Queue, QueueType, Topology};
 
 const MAX_ERROR_TEXT: usize = 1000;
 
@@ -116,7 +116,8 @@ impl RetryPolicy {
     }
 
     /// The wait queues and the dead-letter queue for `queue`, as topology (durable
-    /// queues, classic unless [`RetryPolicy::quorum`]).
+    /// queues, classic unless [`RetryPolicy::quorum`]). Quorum wait queues hand expired
+    /// messages back at least once (see the module docs); classic ones at most once.
     pub fn topology(&self, queue: &str) -> Topology {
         let kind = if self.quorum {
             QueueType::Quorum
@@ -125,13 +126,27 @@ impl RetryPolicy {
         };
         let mut topology = Topology::new().queue(Queue::new(self.dlq(queue)).queue_type(kind));
         for (tier, delay) in self.delays.iter().enumerate() {
-            topology = topology.queue(
-                Queue::new(self.wait_queue(queue, tier))
-                    .queue_type(kind)
-                    .message_ttl(*delay)
-                    .dead_letter_exchange("")
-                    .dead_letter_routing_key(queue),
-            );
+            let name = self.wait_queue(queue, tier);
+            let mut wait = Queue::new(&name)
+                .queue_type(kind)
+                .message_ttl(*delay)
+                .dead_letter_exchange("")
+                .dead_letter_routing_key(queue);
+            if self.quorum {
+                // Reject-publish is what at-least-once needs; with no length limit the
+                // wait queue never rejects anything.
+                wait = wait
+                    .dead_letter_strategy(DeadLetterStrategy::AtLeastOnce)
+                    .overflow(Overflow::RejectPublish);
+            }
+            wait.mismatch_hint = Some(format!(
+                "a wait queue declared with other arguments, e.g. by a lepus older than \
+                 at-least-once dead-lettering of quorum wait queues; it keeps working as \
+                 it was declared. To move it: stop the consumers of '{queue}', wait until \
+                 it is empty (at most {delay:?}), delete it \
+                 (`rabbitmqctl delete_queue --if-empty {name}`) and start them again"
+            ));
+            topology = topology.queue(wait);
         }
         topology
     }
