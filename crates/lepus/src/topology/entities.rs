@@ -275,7 +275,7 @@ impl Queue {
         &self.name
     }
 
-    pub(super) fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.queue_type == QueueType::Quorum
             && (!self.durable || self.exclusive || self.auto_delete)
         {
@@ -322,4 +322,20 @@ const OVERFLOW_ARG: &str = "x-overflow";
 
 pub(crate) fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_least_once_needs_a_quorum_queue_with_reject_publish() {
+        let q = || Queue::new("q").dead_letter_strategy(DeadLetterStrategy::AtLeastOnce);
+        assert!(q().quorum().overflow(Overflow::RejectPublish).validate().is_ok());
+        assert!(q().quorum().validate().is_err());
+        assert!(q().quorum().overflow(Overflow::DropHead).validate().is_err());
+        assert!(q().overflow(Overflow::RejectPublish).validate().is_err());
+        let most = Queue::new("q").dead_letter_strategy(DeadLetterStrategy::AtMostOnce);
+        assert!(most.validate().is_ok());
+    }
 }
