@@ -280,7 +280,10 @@ mod tests {
         ] {
             let t = policy.clone().quorum(quorum).topology("q");
             let wait = t.queues().find(|q| q.name() == "q.retry.1").unwrap();
-            assert_eq!(argument(wait, "x-dead-letter-strategy").as_deref(), strategy);
+            assert_eq!(
+                argument(wait, "x-dead-letter-strategy").as_deref(),
+                strategy
+            );
             assert_eq!(argument(wait, "x-overflow").as_deref(), overflow);
             assert!(wait.validate().is_ok());
             assert!(wait.mismatch_hint.as_deref().unwrap().contains("q.retry.1"));

@@ -331,9 +331,19 @@ mod tests {
     #[test]
     fn at_least_once_needs_a_quorum_queue_with_reject_publish() {
         let q = || Queue::new("q").dead_letter_strategy(DeadLetterStrategy::AtLeastOnce);
-        assert!(q().quorum().overflow(Overflow::RejectPublish).validate().is_ok());
+        assert!(
+            q().quorum()
+                .overflow(Overflow::RejectPublish)
+                .validate()
+                .is_ok()
+        );
         assert!(q().quorum().validate().is_err());
-        assert!(q().quorum().overflow(Overflow::DropHead).validate().is_err());
+        assert!(
+            q().quorum()
+                .overflow(Overflow::DropHead)
+                .validate()
+                .is_err()
+        );
         assert!(q().overflow(Overflow::RejectPublish).validate().is_err());
         let most = Queue::new("q").dead_letter_strategy(DeadLetterStrategy::AtMostOnce);
         assert!(most.validate().is_ok());
