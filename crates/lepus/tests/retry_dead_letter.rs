@@ -166,7 +166,7 @@ async fn an_old_wait_queue_is_kept_and_the_report_says_how_to_move_it() {
         .message_ttl(Duration::from_millis(100))
         .dead_letter_exchange("")
         .dead_letter_routing_key(&work);
-    let before = client(&broker.url(), Topology::new().queue(old));
+    let before = client(broker.url(), Topology::new().queue(old));
     before
         .wait_connected(Duration::from_secs(10))
         .await
@@ -174,7 +174,7 @@ async fn an_old_wait_queue_is_kept_and_the_report_says_how_to_move_it() {
     before.close(Duration::from_secs(5)).await.unwrap();
 
     let topology = policy.topology(&work).queue(Queue::new(&work).quorum());
-    let client = client(&broker.url(), topology);
+    let client = client(broker.url(), topology);
     client
         .wait_connected(Duration::from_secs(10))
         .await
