@@ -7,13 +7,17 @@
 //! node and is gone with its disk. Work queues then carry a delivery limit
 //! ([`DELIVERY_LIMIT`]) and dead-letter to their DLQ, so that a message that keeps
 //! killing its consumer (it is never acked, the broker returns it each time the
-//! consumer's channel dies) ends in the DLQ instead of looping forever. lepus's own retries
+//! consumer's channel dies) ends in the DLQ instead of looping forever; quorum queues
+//! dead-letter at least once (work queues to their DLQ, wait queues back to their work
+//! queue), so a dead letter is not dropped when its target cannot take it at that moment
+//! (a leader election after a node kill or a zone cut). lepus's own retries
 //! never requeue, so they do not count against the limit. The DLQs carry no limit:
 //! `lepus dlq list` reads by holding messages and letting the broker return them, which
 //! counts as a delivery, and a DLQ has nowhere further to send them.
 
 use std::time::Duration;
 
+use lepus::topology::{DeadLetterStrategy, Overflow};
 use lepus::{Exchange, Queue, QueueType, RetryPolicy, Topology};
 
 use crate::events::{
@@ -125,14 +129,19 @@ fn retry_topology(policy: RetryPolicy, queue: &str, queue_type: QueueType) -> To
 }
 
 /// A work queue of `queue_type`; a quorum one gets the delivery limit and dead-letters
-/// to its DLQ.
+/// to its DLQ at least once: a message past the limit stays in the work queue until the
+/// DLQ has confirmed it, instead of being dropped if the DLQ cannot take it then (no
+/// leader during an election, say). At-least-once needs `reject-publish` overflow; the
+/// work queues have no length limit, so it never refuses a publish.
 fn work_queue(name: &str, queue_type: QueueType) -> Queue {
     let queue = Queue::new(name).queue_type(queue_type);
     match queue_type {
         QueueType::Quorum => queue
             .delivery_limit(DELIVERY_LIMIT)
             .dead_letter_exchange("")
-            .dead_letter_routing_key(&retry_policy().dlq(name)),
+            .dead_letter_routing_key(&retry_policy().dlq(name))
+            .dead_letter_strategy(DeadLetterStrategy::AtLeastOnce)
+            .overflow(Overflow::RejectPublish),
         _ => queue,
     }
 }
@@ -213,6 +222,11 @@ mod tests {
             match kind_of(&q.name) {
                 "work" => {
                     assert_eq!(limit, Some(DELIVERY_LIMIT), "{}", q.name);
+                    let text = |key: &str| q.arguments.get(key).and_then(|v| v.as_str());
+                    assert_eq!(text("x-dead-letter-strategy"), Some("at-least-once"));
+                    assert_eq!(text("x-overflow"), Some("reject-publish"));
+                    assert!(q.arguments.get("x-max-length").is_none());
+                    assert!(q.arguments.get("x-max-length-bytes").is_none());
                     assert_eq!(
                         q.arguments
                             .get("x-dead-letter-routing-key")

@@ -11,6 +11,22 @@
 //! quorum queue's `x-delivery-limit` count (which RabbitMQ advances on requeues, and in
 //! recent versions differently for `reject` and `nack`), so the limit remains what it is
 //! meant to be: a backstop for messages that crash the consumer process itself.
+//!
+//! How the broker moves an expired message back is its dead-lettering strategy. By
+//! default it is *at most once*: the message is forwarded once, without a confirm, and
+//! dropped if the work queue cannot take it at that moment (a quorum work queue without
+//! a leader during an election, a full classic one with `reject-publish`, a missing
+//! one); such a retry is in no queue any more. Quorum wait queues
+//! ([`RetryPolicy::quorum`]) are therefore declared *at least once*
+//! ([`DeadLetterStrategy::AtLeastOnce`], with the `reject-publish` overflow it requires;
+//! they have no length limit, so it never rejects anything): the message stays in the
+//! wait queue until the work queue has confirmed it, and the broker sends it again until
+//! then (after `dead_letter_worker_publisher_confirm_timeout`, 3 minutes by default, if
+//! the work queue refused it). Classic queues cannot do that, so classic wait queues stay
+//! at most once: use quorum retry tiers where a lost retry matters. A wait queue declared
+//! by an older lepus (at most once) fails the new declaration with 406
+//! PRECONDITION_FAILED; it is left as it is and keeps working, and the failure says how
+//! to replace it (stop the consumers, let it empty, delete it, start them again).
 
 use std::time::Duration;
 
@@ -18,7 +34,7 @@ use lepus_amqp::FieldTable;
 
 use crate::clock::now_ms;
 use crate::failure::FailureRecord;
-use crate::topology::{Queue, QueueType, Topology};
+use crate::topology::{DeadLetterStrategy, Overflow, Queue, QueueType, Topology};
 
 const MAX_ERROR_TEXT: usize = 1000;
 
@@ -116,7 +132,8 @@ impl RetryPolicy {
     }
 
     /// The wait queues and the dead-letter queue for `queue`, as topology (durable
-    /// queues, classic unless [`RetryPolicy::quorum`]).
+    /// queues, classic unless [`RetryPolicy::quorum`]). Quorum wait queues hand expired
+    /// messages back at least once (see the module docs); classic ones at most once.
     pub fn topology(&self, queue: &str) -> Topology {
         let kind = if self.quorum {
             QueueType::Quorum
@@ -125,13 +142,27 @@ impl RetryPolicy {
         };
         let mut topology = Topology::new().queue(Queue::new(self.dlq(queue)).queue_type(kind));
         for (tier, delay) in self.delays.iter().enumerate() {
-            topology = topology.queue(
-                Queue::new(self.wait_queue(queue, tier))
-                    .queue_type(kind)
-                    .message_ttl(*delay)
-                    .dead_letter_exchange("")
-                    .dead_letter_routing_key(queue),
-            );
+            let name = self.wait_queue(queue, tier);
+            let mut wait = Queue::new(&name)
+                .queue_type(kind)
+                .message_ttl(*delay)
+                .dead_letter_exchange("")
+                .dead_letter_routing_key(queue);
+            if self.quorum {
+                // Reject-publish is what at-least-once needs; with no length limit the
+                // wait queue never rejects anything.
+                wait = wait
+                    .dead_letter_strategy(DeadLetterStrategy::AtLeastOnce)
+                    .overflow(Overflow::RejectPublish);
+            }
+            wait.mismatch_hint = Some(format!(
+                "a wait queue declared with other arguments, e.g. by a lepus older than \
+                 at-least-once dead-lettering of quorum wait queues; it keeps working as \
+                 it was declared. To move it: stop the consumers of '{queue}', wait until \
+                 it is empty (at most {delay:?}), delete it \
+                 (`rabbitmqctl delete_queue --if-empty {name}`) and start them again"
+            ));
+            topology = topology.queue(wait);
         }
         topology
     }
@@ -229,5 +260,33 @@ mod tests {
             .topology("q");
         let names: Vec<_> = t.queues().map(|q| q.name().to_owned()).collect();
         assert_eq!(names, ["q.dlq", "q.retry.1"]);
+    }
+
+    fn argument(q: &Queue, key: &str) -> Option<String> {
+        match q.arguments.inner().get(key) {
+            Some(lepus_amqp::AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn quorum_wait_queues_dead_letter_at_least_once() {
+        let policy = RetryPolicy::default().delays([Duration::from_secs(1)]);
+        for (quorum, strategy, overflow) in [
+            (true, Some("at-least-once"), Some("reject-publish")),
+            (false, None, None),
+        ] {
+            let t = policy.clone().quorum(quorum).topology("q");
+            let wait = t.queues().find(|q| q.name() == "q.retry.1").unwrap();
+            assert_eq!(
+                argument(wait, "x-dead-letter-strategy").as_deref(),
+                strategy
+            );
+            assert_eq!(argument(wait, "x-overflow").as_deref(), overflow);
+            assert!(wait.validate().is_ok());
+            assert!(wait.mismatch_hint.as_deref().unwrap().contains("q.retry.1"));
+        }
     }
 }

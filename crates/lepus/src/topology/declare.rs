@@ -104,7 +104,8 @@ async fn declare_with(
     let mut report = TopologyReport::default();
     let record = |report: &mut TopologyReport,
                   entity: String,
-                  result: lepus_amqp::Result<()>|
+                  result: lepus_amqp::Result<()>,
+                  mismatch_hint: Option<&str>|
      -> bool {
         match result {
             Ok(()) => {
@@ -112,11 +113,15 @@ async fn declare_with(
                 true
             }
             Err(err) => {
-                tracing::warn!(%entity, error = %crate::error::report(&err), "declaration failed; continuing with the rest");
-                report.failures.push(TopologyFailure {
-                    entity: entity.clone(),
-                    error: Error::with_amqp(ErrorKind::Topology, entity.clone(), err),
-                });
+                // A queue that exists with other arguments: say how to move it, where
+                // the topology knows (the broker's reply only names the argument).
+                let message = match mismatch_hint {
+                    Some(hint) if err.is_precondition_failed() => format!("{entity} ({hint})"),
+                    _ => entity.clone(),
+                };
+                let error = Error::with_amqp(ErrorKind::Topology, message, err);
+                tracing::warn!(%entity, error = %error.report(), "declaration failed; continuing with the rest");
+                report.failures.push(TopologyFailure { entity, error });
                 false
             }
         }
@@ -131,7 +136,7 @@ async fn declare_with(
         let result = channel
             .exchange_declare(&ex.name, ex.kind.clone(), options, ex.arguments.clone())
             .await;
-        if !record(&mut report, format!("exchange '{}'", ex.name), result) {
+        if !record(&mut report, format!("exchange '{}'", ex.name), result, None) {
             channel = conn.open_channel().await?;
         }
     }
@@ -160,7 +165,8 @@ async fn declare_with(
                 names.set(&q.name, info.name);
             }
         });
-        if !record(&mut report, format!("queue '{}'", q.name), result) {
+        let entity = format!("queue '{}'", q.name);
+        if !record(&mut report, entity, result, q.mismatch_hint.as_deref()) {
             channel = conn.open_channel().await?;
         }
     }
@@ -195,7 +201,7 @@ async fn declare_with(
                     .await,
             ),
         };
-        if !record(&mut report, entity, result) {
+        if !record(&mut report, entity, result, None) {
             channel = conn.open_channel().await?;
         }
     }

@@ -106,6 +106,26 @@ pub enum Overflow {
     RejectPublishDlx,
 }
 
+/// How the broker hands a queue's dead letters to their target
+/// (`x-dead-letter-strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterStrategy {
+    /// The broker forwards a dead letter once, without waiting for the target to take
+    /// it, and forgets it: if the target cannot take it at that moment (a quorum queue
+    /// without a leader during an election, a full queue with `reject-publish`, a
+    /// missing queue) it is lost. RabbitMQ's default, and the only strategy classic
+    /// queues have.
+    AtMostOnce,
+    /// Quorum queues only (RabbitMQ 3.10+), and only with
+    /// [`Overflow::RejectPublish`]: the dead letter stays in the source queue until
+    /// every target queue has confirmed it, and the broker sends it again until then
+    /// (after `dead_letter_worker_publisher_confirm_timeout`, 3 minutes by default, when
+    /// a target refused it). Without reject-publish the broker would quietly fall back
+    /// to at-most-once, so [`crate::Client`] refuses such a queue.
+    AtLeastOnce,
+}
+
 /// A queue to declare.
 #[derive(Debug, Clone)]
 #[must_use]
@@ -117,6 +137,9 @@ pub struct Queue {
     pub(crate) exclusive: bool,
     pub(crate) auto_delete: bool,
     pub(crate) arguments: FieldTable,
+    /// What to tell the user when the queue exists with other arguments (406), after
+    /// the broker's reply: how to move it to these.
+    pub(crate) mismatch_hint: Option<String>,
 }
 
 impl Queue {
@@ -130,6 +153,7 @@ impl Queue {
             exclusive: false,
             auto_delete: false,
             arguments: FieldTable::default(),
+            mismatch_hint: None,
         }
     }
 
@@ -209,7 +233,30 @@ impl Queue {
             Overflow::RejectPublish => "reject-publish",
             Overflow::RejectPublishDlx => "reject-publish-dlx",
         };
-        self.argument("x-overflow", long_string(value))
+        self.argument(OVERFLOW_ARG, long_string(value))
+    }
+
+    /// How dead letters reach the dead-letter exchange; see [`DeadLetterStrategy`]
+    /// (at-least-once needs a quorum queue and [`Overflow::RejectPublish`]).
+    ///
+    /// ```
+    /// use lepus::topology::{DeadLetterStrategy, Overflow};
+    /// use lepus::Queue;
+    ///
+    /// let work = Queue::new("orders")
+    ///     .quorum()
+    ///     .dead_letter_exchange("")
+    ///     .dead_letter_routing_key("orders.dlq")
+    ///     .dead_letter_strategy(DeadLetterStrategy::AtLeastOnce)
+    ///     .overflow(Overflow::RejectPublish);
+    /// # let _ = work;
+    /// ```
+    pub fn dead_letter_strategy(self, strategy: DeadLetterStrategy) -> Self {
+        let value = match strategy {
+            DeadLetterStrategy::AtMostOnce => "at-most-once",
+            DeadLetterStrategy::AtLeastOnce => "at-least-once",
+        };
+        self.argument(DEAD_LETTER_STRATEGY_ARG, long_string(value))
     }
 
     /// Quorum queues: dead-letter (or drop) a message returned this many times.
@@ -228,7 +275,7 @@ impl Queue {
         &self.name
     }
 
-    pub(super) fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.queue_type == QueueType::Quorum
             && (!self.durable || self.exclusive || self.auto_delete)
         {
@@ -236,6 +283,19 @@ impl Queue {
                 ErrorKind::Config,
                 format!(
                     "quorum queue '{}' must be durable, not exclusive and not auto-delete",
+                    self.name
+                ),
+            ));
+        }
+        if self.text_argument(DEAD_LETTER_STRATEGY_ARG) == Some("at-least-once")
+            && (self.queue_type != QueueType::Quorum
+                || self.text_argument(OVERFLOW_ARG) != Some("reject-publish"))
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "queue '{}': at-least-once dead-lettering needs a quorum queue with \
+                     reject-publish overflow (RabbitMQ would quietly dead-letter at most once)",
                     self.name
                 ),
             ));
@@ -248,8 +308,44 @@ impl Queue {
         }
         Ok(())
     }
+
+    fn text_argument(&self, key: &str) -> Option<&str> {
+        match self.arguments.inner().get(key) {
+            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+            _ => None,
+        }
+    }
 }
+
+const DEAD_LETTER_STRATEGY_ARG: &str = "x-dead-letter-strategy";
+const OVERFLOW_ARG: &str = "x-overflow";
 
 pub(crate) fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_least_once_needs_a_quorum_queue_with_reject_publish() {
+        let q = || Queue::new("q").dead_letter_strategy(DeadLetterStrategy::AtLeastOnce);
+        assert!(
+            q().quorum()
+                .overflow(Overflow::RejectPublish)
+                .validate()
+                .is_ok()
+        );
+        assert!(q().quorum().validate().is_err());
+        assert!(
+            q().quorum()
+                .overflow(Overflow::DropHead)
+                .validate()
+                .is_err()
+        );
+        assert!(q().overflow(Overflow::RejectPublish).validate().is_err());
+        let most = Queue::new("q").dead_letter_strategy(DeadLetterStrategy::AtMostOnce);
+        assert!(most.validate().is_ok());
+    }
 }

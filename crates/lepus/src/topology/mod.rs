@@ -24,7 +24,7 @@ pub use definitions::{
     BindingDef, Definitions, ExchangeDef, QueueDef, json_to_table, table_to_json,
 };
 pub(crate) use entities::long_string;
-pub use entities::{Exchange, Overflow, Queue, QueueType};
+pub use entities::{DeadLetterStrategy, Exchange, Overflow, Queue, QueueType};
 
 /// A binding to declare.
 #[derive(Debug, Clone)]
