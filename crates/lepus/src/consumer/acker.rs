@@ -39,6 +39,7 @@ pub(crate) struct Acker {
     pending_ack: Option<u64>,
     pending_count: usize,
     held: usize,
+    batches_sent: u64,
 }
 
 impl Acker {
@@ -51,6 +52,7 @@ impl Acker {
             pending_ack: None,
             pending_count: 0,
             held: 0,
+            batches_sent: 0,
         }
     }
 
@@ -156,14 +158,20 @@ impl Acker {
 
     /// Sends the pending batch now.
     pub(crate) fn flush(&mut self) {
-        if let Some(tag) = self.pending_ack.take()
-            && self.channel.basic_ack(tag, true).is_err()
-        {
-            self.stats
-                .stale_settles
-                .fetch_add(self.pending_count as u64, Ordering::Relaxed);
+        if let Some(tag) = self.pending_ack.take() {
+            self.batches_sent += 1;
+            if self.channel.basic_ack(tag, true).is_err() {
+                self.stats
+                    .stale_settles
+                    .fetch_add(self.pending_count as u64, Ordering::Relaxed);
+            }
         }
         self.pending_count = 0;
+    }
+
+    /// How many batches were sent: a pending batch is a new one when this changed.
+    pub(crate) fn batches_sent(&self) -> u64 {
+        self.batches_sent
     }
 
     /// Whether any delivery taken is not settled yet (running, held, or waiting for an
