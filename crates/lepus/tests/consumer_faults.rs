@@ -96,6 +96,29 @@ async fn queue_depth(client: &Client, queue: &str) -> (u32, u32) {
     (ok.message_count, ok.consumer_count)
 }
 
+/// The queue's messages, ready and unacknowledged, as the broker counts them.
+async fn messages_in(broker: &Arc<Broker>, queue: &str) -> u64 {
+    let b = Arc::clone(broker);
+    let listed = blocking(move || {
+        b.rabbitmqctl(&[
+            "-q",
+            "list_queues",
+            "name",
+            "messages",
+            "--no-table-headers",
+        ])
+        .unwrap()
+    })
+    .await;
+    listed
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            (cols.next() == Some(queue)).then(|| cols.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{queue} not listed in {listed}"))
+}
+
 struct Replica {
     client: Client,
     task: tokio::task::JoinHandle<lepus::Result<()>>,
@@ -225,6 +248,21 @@ async fn every_message_is_handled_through_faults(setup: Setup) {
         (0..n).filter(|i| !counts.contains_key(i)).collect()
     };
     assert!(missing.is_empty(), "never handled to its end: {missing:?}");
+    // Redeliveries of messages already handled (their acks went with a lost connection or
+    // the killed consumer) may still be on their way: while the consumers run, every
+    // delivery gets acked, so the queue empties, ready and unacknowledged alike.
+    let name = admin.queue_name(&q);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = messages_in(&broker, &name).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} messages ready or unacknowledged while the consumers run"
+        );
+    }
     // And every delivery acked: once the consumers have stopped (their channels closed,
     // anything unacknowledged requeued), the queue is empty.
     stop.cancel();

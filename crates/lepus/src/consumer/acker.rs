@@ -4,8 +4,10 @@
 //! unacknowledged delivery up to its tag, so it may only be sent once every earlier
 //! delivery is settled. The acker keeps the channel's deliveries in order and sends one
 //! `basic.ack(multiple)` per run of `batch` finished ones (at most half the prefetch, so
-//! the broker never runs out of credit); a partial batch goes out after a few
-//! milliseconds, so finished work never holds the prefetch window for long.
+//! the broker never runs out of credit); a partial batch goes out when deliveries pause
+//! for a few milliseconds, and at most `ACK_LINGER_MAX` after its first ack while they
+//! keep coming (the session keeps that timer), so finished work never holds the prefetch
+//! window for long.
 //!
 //! A delivery can be *held*: its move to a wait queue or the dead-letter queue failed and
 //! is being tried again, possibly for minutes. While one is held, an ack with `multiple`
