@@ -2,7 +2,8 @@
 //! settled at once and the next buffered delivery taken in the same turn, one that awaits
 //! is polled again on its wake-up, in the one slot the session reuses for every message;
 //! shutdown is seen between two deliveries of the same turn. And the consumer's future
-//! stays `Send` for a handler whose future borrows the handler's state.
+//! stays `Send` for a handler whose future borrows the handler's state. A partial ack
+//! batch goes out when deliveries pause, and within a bound while they keep coming.
 
 #![allow(
     clippy::unwrap_used,
@@ -22,7 +23,7 @@ use lepus::{
     Client, Consumer, Incoming, Message, Outcome, Publisher, PublisherOptions, Queue, RetryPolicy,
     Topology,
 };
-use lepus_testkit::{shared_broker, unique_name};
+use lepus_testkit::{Broker, shared_broker, unique_name};
 use tokio_util::sync::CancellationToken;
 
 use common::{blocking, client, wait_until};
@@ -175,5 +176,104 @@ async fn a_handler_that_cancels_shutdown_is_the_last_to_run() {
         async || ready_messages(&probe, &qn).await == expected,
     )
     .await;
+    client.close(Duration::from_secs(5)).await.unwrap();
+}
+
+/// The broker's count of the queue's delivered, unacknowledged messages.
+async fn unacked(broker: &Arc<Broker>, queue: &str) -> u64 {
+    let b = Arc::clone(broker);
+    let listed = blocking(move || {
+        b.rabbitmqctl(&[
+            "-q",
+            "list_queues",
+            "name",
+            "messages_unacknowledged",
+            "--no-table-headers",
+        ])
+        .unwrap()
+    })
+    .await;
+    listed
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            (cols.next() == Some(queue)).then(|| cols.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{queue} not listed in {listed}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_ack_batch_goes_out_within_the_bound_while_deliveries_keep_coming() {
+    const N: usize = 6000;
+    let broker = Arc::new(blocking(|| Broker::start().unwrap()).await);
+    let q = unique_name("turns-linger");
+    let client = client(&broker.url(), Topology::new().queue(Queue::new(&q)));
+    publish_numbered(&client, &q, N).await;
+    // The batch (5,000) does not fill before the check below: only the linger sends acks.
+    let consumer = Consumer::builder(&client, &q)
+        .prefetch(10_000)
+        .ack_batch(5_000)
+        .concurrency(1)
+        .retry(RetryPolicy::none())
+        .declare_retry_queues(false)
+        .build()
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let task = {
+        let (consumer, stop, handled) = (consumer.clone(), stop.clone(), Arc::clone(&handled));
+        tokio::spawn(async move {
+            consumer
+                .run(
+                    move |_msg: Incoming| {
+                        // A little work per message: a handler finishes (and its ack is
+                        // added) about every half millisecond, never pausing 5 ms.
+                        std::thread::sleep(Duration::from_micros(400));
+                        handled.fetch_add(1, Ordering::SeqCst);
+                        async { Outcome::Ack }
+                    },
+                    stop,
+                )
+                .await
+        })
+    };
+    let queue = client.queue_name(&q);
+    wait_until("300 handled", Duration::from_secs(30), || {
+        handled.load(Ordering::SeqCst) >= 300
+    })
+    .await;
+    // While messages keep being handled, what is unacknowledged is about what was handled
+    // in the last 50 ms (ACK_LINGER_MAX) plus the buffered deliveries, far from
+    // everything handled.
+    let open = unacked(&broker, &queue).await;
+    let now = handled.load(Ordering::SeqCst);
+    assert!(
+        now < N,
+        "the check came after the last message ({now} handled)"
+    );
+    let buffered = N - now;
+    assert!(
+        open < buffered as u64 + 500,
+        "{open} unacknowledged with {buffered} not yet handled"
+    );
+    wait_until("every message handled", Duration::from_secs(60), || {
+        handled.load(Ordering::SeqCst) >= N
+    })
+    .await;
+    // Once deliveries stop, the rest is acked (the consumer still runs).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = unacked(&broker, &queue).await;
+        if open == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} still unacknowledged after deliveries stopped"
+        );
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(handled.load(Ordering::SeqCst), N);
     client.close(Duration::from_secs(5)).await.unwrap();
 }

@@ -4,8 +4,10 @@
 //! unacknowledged delivery up to its tag, so it may only be sent once every earlier
 //! delivery is settled. The acker keeps the channel's deliveries in order and sends one
 //! `basic.ack(multiple)` per run of `batch` finished ones (at most half the prefetch, so
-//! the broker never runs out of credit); a partial batch goes out after a few
-//! milliseconds, so finished work never holds the prefetch window for long.
+//! the broker never runs out of credit); a partial batch goes out when deliveries pause
+//! for a few milliseconds, and at most `ACK_LINGER_MAX` after its first ack while they
+//! keep coming (the session keeps that timer), so finished work never holds the prefetch
+//! window for long.
 //!
 //! A delivery can be *held*: its move to a wait queue or the dead-letter queue failed and
 //! is being tried again, possibly for minutes. While one is held, an ack with `multiple`
@@ -39,6 +41,7 @@ pub(crate) struct Acker {
     pending_ack: Option<u64>,
     pending_count: usize,
     held: usize,
+    batches_sent: u64,
 }
 
 impl Acker {
@@ -51,6 +54,7 @@ impl Acker {
             pending_ack: None,
             pending_count: 0,
             held: 0,
+            batches_sent: 0,
         }
     }
 
@@ -156,14 +160,20 @@ impl Acker {
 
     /// Sends the pending batch now.
     pub(crate) fn flush(&mut self) {
-        if let Some(tag) = self.pending_ack.take()
-            && self.channel.basic_ack(tag, true).is_err()
-        {
-            self.stats
-                .stale_settles
-                .fetch_add(self.pending_count as u64, Ordering::Relaxed);
+        if let Some(tag) = self.pending_ack.take() {
+            self.batches_sent += 1;
+            if self.channel.basic_ack(tag, true).is_err() {
+                self.stats
+                    .stale_settles
+                    .fetch_add(self.pending_count as u64, Ordering::Relaxed);
+            }
         }
         self.pending_count = 0;
+    }
+
+    /// How many batches were sent: a pending batch is a new one when this changed.
+    pub(crate) fn batches_sent(&self) -> u64 {
+        self.batches_sent
     }
 
     /// Whether any delivery taken is not settled yet (running, held, or waiting for an

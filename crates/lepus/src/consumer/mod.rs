@@ -64,8 +64,11 @@ pub const DEFAULT_HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive acks sent as one `basic.ack` with `multiple` (when order allows).
 pub const DEFAULT_ACK_BATCH: usize = 50;
-/// The longest a finished message waits for its ack to be sent with others.
+/// A partial ack batch is sent once deliveries and acks pause this long.
 pub(crate) const ACK_LINGER: Duration = Duration::from_millis(5);
+/// The longest a finished message waits for its ack to be sent with others, however
+/// steadily deliveries keep coming.
+pub(crate) const ACK_LINGER_MAX: Duration = Duration::from_millis(50);
 /// RabbitMQ's default `consumer_timeout` (30 minutes): a delivery unacked longer closes
 /// the channel.
 pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);

@@ -21,7 +21,7 @@ use super::acker::Acker;
 use super::in_flight::{CancelWatch, InFlight};
 use super::invocation::{Calls, Invocation, handle_span};
 use super::settle::{Move, Settling};
-use super::{ACK_LINGER, Consumer, Handler, Incoming, Outcome};
+use super::{ACK_LINGER, ACK_LINGER_MAX, Consumer, Handler, Incoming, Outcome};
 use crate::error::{Error, ErrorKind};
 use crate::message::Message;
 use crate::observability::metrics::ConsumeMetrics;
@@ -119,9 +119,20 @@ impl Consumer {
         // turn of the loop, so a handler that finishes on its first poll costs no update.
         let mut counted = 0usize;
         let mut draining: Option<Instant> = None;
+        // The ack linger: one timer for the session, moved later while deliveries keep
+        // coming (an atomic update inside tokio as long as it has not fired) and armed
+        // anew only after it fired, that is after a pause. Re-arming a fired timer per
+        // partial batch took the timer driver's lock and woke the other worker.
         let linger = tokio::time::sleep(ACK_LINGER);
         tokio::pin!(linger);
         let mut linger_armed = false;
+        let mut linger_due = Instant::now();
+        // The latest clock read of the loop (a delivery taken, a handler finished): the
+        // time the last ack was added, without a clock read of its own.
+        let mut last_activity = linger_due;
+        // When the pending batch was first seen here, and the acker's count of batches
+        // sent then (a batch that filled and went out in between makes a new one).
+        let mut pending_since: Option<(Instant, u64)> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cancel = CancelWatch::new(shutdown);
@@ -136,13 +147,36 @@ impl Consumer {
                 }
             }
             let can_take = draining.is_none() && handlers.len() < cfg.concurrency;
-            // A partial ack batch waits at most ACK_LINGER: one timer per batch, not
-            // per message.
+            // A partial ack batch is sent once deliveries pause for ACK_LINGER, and at
+            // most ACK_LINGER_MAX after its first ack.
+            if acker.has_pending() {
+                let sent = acker.batches_sent();
+                let first = match pending_since {
+                    Some((at, n)) if n == sent => at,
+                    _ => {
+                        pending_since = Some((last_activity, sent));
+                        last_activity
+                    }
+                };
+                if last_activity >= first + ACK_LINGER_MAX {
+                    // The timer's branch comes after the deliveries' in the biased
+                    // `select!`, so it is not polled while deliveries stay buffered: the
+                    // bound is then seen here, by the loop's own latest clock read.
+                    acker.flush();
+                } else {
+                    let due = (last_activity + ACK_LINGER).min(first + ACK_LINGER_MAX);
+                    // The timer is moved only when its deadline moves by more than its
+                    // own resolution (a millisecond).
+                    if !linger_armed || due > linger_due + LINGER_SLACK {
+                        linger.as_mut().reset(due);
+                        linger_due = due;
+                        linger_armed = true;
+                    }
+                }
+            }
             if !acker.has_pending() {
+                pending_since = None;
                 linger_armed = false;
-            } else if !linger_armed {
-                linger.as_mut().reset(Instant::now() + ACK_LINGER);
-                linger_armed = true;
             }
             let drain_deadline =
                 draining.map(|since| crate::deadline::deadline_from(since, cfg.shutdown_timeout));
@@ -155,12 +189,17 @@ impl Consumer {
                     }
                 }
                 Some(done) = moves.next(), if !moves.is_empty() => {
+                    last_activity = Instant::now();
                     let settling = Settling { acker: &mut acker, publisher, queue: &queue, metrics, shutdown };
                     if let Some(next) = self.settle(done, settling) {
                         moves.push(next);
                     }
                 }
                 Some(done) = handlers.next(), if handlers.len() > 0 => {
+                    last_activity = match &done {
+                        Done::Handled { finished, .. } => *finished,
+                        _ => Instant::now(),
+                    };
                     let settling = Settling { acker: &mut acker, publisher, queue: &queue, metrics, shutdown };
                     if let Some(next) = self.settle(done, settling) {
                         moves.push(next);
@@ -181,6 +220,7 @@ impl Consumer {
                             Err(end) => break 'session end,
                         };
                         let at = now.take().unwrap_or_else(Instant::now);
+                        last_activity = at;
                         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                         metrics.delivered.increment(1);
                         let incoming = Incoming::new(delivery);
@@ -190,6 +230,7 @@ impl Consumer {
                         while let Some(done) = handlers.ready().await {
                             if let Done::Handled { finished, .. } = &done {
                                 now = Some(*finished);
+                                last_activity = *finished;
                             }
                             let settling = Settling { acker: &mut acker, publisher, queue: &queue, metrics, shutdown };
                             if let Some(next) = self.settle(done, settling) {
@@ -208,6 +249,7 @@ impl Consumer {
                 }
                 _ = &mut linger, if linger_armed => {
                     acker.flush();
+                    pending_since = None;
                     linger_armed = false;
                 }
                 // Only while deliveries are unsettled: that is all it checks, and an idle
@@ -261,6 +303,9 @@ impl Consumer {
         running
     }
 }
+
+/// How much later the ack linger's deadline must move before its timer is moved.
+const LINGER_SLACK: Duration = Duration::from_millis(1);
 
 /// Deliveries taken in one turn of the session's loop at most, so its timers (the ack
 /// linger, the consumer-timeout check) and shutdown are looked at in between.
