@@ -243,7 +243,7 @@ async fn a_partial_ack_batch_goes_out_within_the_bound_while_deliveries_keep_com
     })
     .await;
     // While messages keep being handled, what is unacknowledged is about what was handled
-    // in the last 50 ms (ACK_LINGER_MAX) plus the buffered deliveries, far from
+    // in the last few milliseconds (ACK_LINGER_MAX) plus the buffered deliveries, far from
     // everything handled.
     let open = unacked(&broker, &queue).await;
     let now = handled.load(Ordering::SeqCst);

@@ -67,8 +67,11 @@ pub const DEFAULT_ACK_BATCH: usize = 50;
 /// A partial ack batch is sent once deliveries and acks pause this long.
 pub(crate) const ACK_LINGER: Duration = Duration::from_millis(5);
 /// The longest a finished message waits for its ack to be sent with others, however
-/// steadily deliveries keep coming.
-pub(crate) const ACK_LINGER_MAX: Duration = Duration::from_millis(50);
+/// steadily deliveries keep coming. Equal to [`ACK_LINGER`]: holding acks up to 50 ms
+/// (one ack frame per 50 messages at 1,000 msg/s instead of one per 5) raised the
+/// end-to-end p99 at that rate from 0.75-0.96x amqprs' to 1.11-1.34x (bench latency
+/// arm, builds taking turns), for no consume CPU gain at four queues.
+pub(crate) const ACK_LINGER_MAX: Duration = ACK_LINGER;
 /// RabbitMQ's default `consumer_timeout` (30 minutes): a delivery unacked longer closes
 /// the channel.
 pub const BROKER_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
