@@ -202,9 +202,11 @@ impl Connection {
         if self.shared.close_reason().is_some() {
             return;
         }
-        self.shared.kill();
+        // The reason first: the I/O task, woken by the kill, records its own
+        // ("connection shut down") if it gets there first, and the first reason stays.
         self.shared
             .fail(Error::new(ErrorKind::ConnectionClosed, reason.to_owned()));
+        self.shared.kill();
     }
 
     /// Closes gracefully: `connection.close`, then waits (up to the operation timeout) for
@@ -216,12 +218,16 @@ impl Connection {
         self.shared.begin_close(200, "closed by the application");
         let limit = self.shared.opts.operation_timeout;
         let done = tokio::time::timeout(limit, self.closed()).await;
-        self.shared.kill();
         match done {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.shared.kill();
+                Ok(())
+            }
             Err(_) => {
+                // The timeout is the reason, recorded before the kill (see `abort`).
                 let err = Error::timeout("connection.close", limit);
                 self.shared.fail(err.clone());
+                self.shared.kill();
                 Err(err)
             }
         }
