@@ -119,6 +119,12 @@ async fn run_once() -> (Vec<String>, u64) {
     let broker = Arc::new(blocking(|| Broker::start().unwrap()).await);
     let q = unique_name("order");
     declare_with_sentinel(&broker.url(), &q).await;
+    // The declaration lives in Mnesia, whose transaction log is not synced per
+    // declaration: synced here, the queue should survive the kill; the sentinel still
+    // tells if it did not.
+    let b = Arc::clone(&broker);
+    let synced = blocking(move || b.rabbitmqctl(&["eval", "mnesia:sync_log()."]).unwrap()).await;
+    assert_eq!(synced.trim(), "ok");
     let client = client(&broker.url(), Topology::new().queue(Queue::new(&q)));
     client
         .wait_connected(Duration::from_secs(10))
