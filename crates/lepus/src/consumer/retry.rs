@@ -262,15 +262,6 @@ mod tests {
         assert_eq!(names, ["q.dlq", "q.retry.1"]);
     }
 
-    fn argument(q: &Queue, key: &str) -> Option<String> {
-        match q.arguments.inner().get(key) {
-            Some(lepus_amqp::AMQPValue::LongString(s)) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            _ => None,
-        }
-    }
-
     #[test]
     fn quorum_wait_queues_dead_letter_at_least_once() {
         let policy = RetryPolicy::default().delays([Duration::from_secs(1)]);
@@ -280,11 +271,8 @@ mod tests {
         ] {
             let t = policy.clone().quorum(quorum).topology("q");
             let wait = t.queues().find(|q| q.name() == "q.retry.1").unwrap();
-            assert_eq!(
-                argument(wait, "x-dead-letter-strategy").as_deref(),
-                strategy
-            );
-            assert_eq!(argument(wait, "x-overflow").as_deref(), overflow);
+            assert_eq!(wait.text_argument("x-dead-letter-strategy"), strategy);
+            assert_eq!(wait.text_argument("x-overflow"), overflow);
             assert!(wait.validate().is_ok());
             assert!(wait.mismatch_hint.as_deref().unwrap().contains("q.retry.1"));
         }

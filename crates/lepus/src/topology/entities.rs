@@ -309,7 +309,8 @@ impl Queue {
         Ok(())
     }
 
-    fn text_argument(&self, key: &str) -> Option<&str> {
+    /// The string argument `key`, if the queue has one.
+    pub(crate) fn text_argument(&self, key: &str) -> Option<&str> {
         match self.arguments.inner().get(key) {
             Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
             _ => None,
